@@ -1,0 +1,47 @@
+//! The public API of lifeline: three namespaced kinds in `lifeline.dev/v1alpha1`.
+//!
+//! Doc comments on these types become `kubectl explain` text, so they are written for
+//! the people who apply the resources, not for the people who read the Rust.
+
+pub mod botpool;
+pub mod condition;
+pub mod policy;
+pub mod trunk;
+
+pub use botpool::*;
+pub use condition::*;
+pub use policy::*;
+pub use trunk::*;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+/// API group of every lifeline kind.
+pub const GROUP: &str = "lifeline.dev";
+/// API version of every lifeline kind.
+pub const VERSION: &str = "v1alpha1";
+/// The field manager used for every server-side apply lifeline makes.
+pub const FIELD_MANAGER: &str = "lifeline.dev/operator";
+
+/// CEL expression (RE2) for a SIP or SIPS URI: scheme, optional user part, a host name,
+/// IPv4 address or bracketed IPv6 address, optional port and `;param` list.
+pub(crate) const SIP_URI_RULE: &str = r"self.matches('^sips?:([^@;?\\s]+@)?(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?(;[A-Za-z0-9_.!~*-]+(=[A-Za-z0-9_.!~*-]+)?)*$')";
+/// CEL expression: a `;transport=` parameter, when present, is udp, tcp or tls.
+pub(crate) const SIP_TRANSPORT_RULE: &str =
+    r"!self.contains(';transport=') || self.matches(';transport=(udp|tcp|tls)(;|$)')";
+
+/// All CRDs in the order they should be applied.
+pub fn all_crds() -> Vec<CustomResourceDefinition> {
+    vec![Trunk::crd(), BotPool::crd(), FallbackPolicy::crd()]
+}
+
+/// The CRDs as one multi-document YAML stream, exactly as `lifeline crds` prints them
+/// and as they are committed under `crds/`.
+pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
+    let mut out = String::new();
+    for crd in all_crds() {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd)?);
+    }
+    Ok(out)
+}

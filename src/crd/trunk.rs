@@ -1,0 +1,261 @@
+//! `Trunk`: one carrier connection (or alternative line) into one region.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// A SIP trunk: one carrier connection into one region, on one medium, with one or
+/// more endpoints that lifeline probes continuously with SIP OPTIONS.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "lifeline.dev",
+    version = "v1alpha1",
+    kind = "Trunk",
+    namespaced,
+    cel,
+    shortname = "trk",
+    category = "lifeline",
+    status = "TrunkStatus",
+    printcolumn(json_path = ".spec.region", name = "Region", type_ = "string"),
+    printcolumn(json_path = ".spec.medium", name = "Medium", type_ = "string"),
+    printcolumn(
+        json_path = ".status.healthySummary",
+        name = "Healthy",
+        type_ = "string",
+        description = "healthy endpoints / endpoints"
+    ),
+    printcolumn(
+        json_path = ".status.conditions[?(@.type==\"Healthy\")].reason",
+        name = "State",
+        type_ = "string"
+    ),
+    printcolumn(
+        json_path = ".spec.disabled",
+        name = "Disabled",
+        type_ = "boolean",
+        priority = 1
+    ),
+    printcolumn(
+        json_path = ".metadata.creationTimestamp",
+        name = "Age",
+        type_ = "date"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TrunkSpec {
+    /// The region this line brings calls into, e.g. `cologne`. FallbackPolicies group
+    /// trunks and bot pools by this name.
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("spec.region must be a lowercase DNS label such as 'cologne' (a-z, 0-9, '-')"))]
+    #[schemars(length(min = 1, max = 63))]
+    pub region: String,
+
+    /// The medium the line runs on. Lines on different media rarely fail together,
+    /// which is the point of having several.
+    #[serde(default)]
+    pub medium: Medium,
+
+    /// The carrier's SIP endpoints for this line. Each is probed on its own.
+    #[schemars(length(min = 1, max = 16))]
+    pub endpoints: Vec<TrunkEndpoint>,
+
+    /// How much traffic the line can carry. Used by FallbackPolicies to decide whether
+    /// healthy capacity covers the expected calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<TrunkCapacity>,
+
+    /// How lifeline probes the endpoints.
+    #[serde(default)]
+    pub probe: ProbeSpec,
+
+    /// Maintenance switch: a disabled trunk gets no traffic and is not probed.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+/// The medium a trunk runs on.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash,
+)]
+pub enum Medium {
+    /// A fixed-line (landline) carrier connection.
+    #[default]
+    FixedLine,
+    /// A connection over a mobile network.
+    Mobile,
+    /// SIP over the public internet.
+    Internet,
+}
+
+impl std::fmt::Display for Medium {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Medium::FixedLine => "FixedLine",
+            Medium::Mobile => "Mobile",
+            Medium::Internet => "Internet",
+        })
+    }
+}
+
+/// One SIP endpoint of a trunk.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrunkEndpoint {
+    /// SIP URI of the endpoint, e.g. `sip:203.0.113.10:5060;transport=udp`. Use `sips:`
+    /// for TLS. `transport` may be `udp` (default for `sip:`), `tcp` or `tls`.
+    #[x_kube(validation = Rule::new(crate::crd::SIP_URI_RULE).message("uri must be a SIP URI such as 'sip:carrier.example.net:5060' (sip: or sips:, a host, an optional port and ;params)"))]
+    #[x_kube(validation = Rule::new(crate::crd::SIP_TRANSPORT_RULE).message("uri: ;transport= must be udp, tcp or tls"))]
+    #[schemars(length(min = 5, max = 256))]
+    pub uri: String,
+
+    /// Relative share of this trunk's traffic sent to this endpoint (1–100).
+    #[serde(default = "default_weight")]
+    #[schemars(range(min = 1, max = 100))]
+    pub weight: u32,
+}
+
+/// Traffic limits of a trunk.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TrunkCapacity {
+    /// Calls the line can carry at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_concurrent_calls: Option<u32>,
+    /// New calls per second the line accepts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_calls_per_second: Option<u32>,
+}
+
+/// SIP OPTIONS probing of a trunk's endpoints.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.timeoutMillis <= self.periodSeconds * 1000").message("probe.timeoutMillis must not exceed probe.periodSeconds × 1000; lower the timeout or lengthen the period"))]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeSpec {
+    /// Seconds between two probes of one endpoint.
+    #[serde(default = "default_period")]
+    #[schemars(range(min = 1, max = 300))]
+    pub period_seconds: u32,
+    /// How long to wait for a final response before the probe counts as failed. This
+    /// is independent of SIP's 32 s transaction timer, which is far too slow to notice
+    /// a dead carrier.
+    #[serde(default = "default_timeout")]
+    #[schemars(range(min = 50, max = 30000))]
+    pub timeout_millis: u32,
+    /// Consecutive failed probes before an endpoint is marked Down.
+    #[serde(default = "default_failure_threshold")]
+    #[schemars(range(min = 1, max = 20))]
+    pub failure_threshold: u32,
+    /// Consecutive successful probes before a Down endpoint is marked Up again.
+    #[serde(default = "default_success_threshold")]
+    #[schemars(range(min = 1, max = 20))]
+    pub success_threshold: u32,
+    /// Final response codes that count as alive. Any other final response, a timeout or
+    /// a connection error counts as a failure.
+    #[serde(default = "default_alive_codes")]
+    #[schemars(length(min = 1, max = 20))]
+    #[x_kube(validation = Rule::new("self.all(c, c >= 100 && c <= 699)").message("probe.aliveStatusCodes must be SIP status codes between 100 and 699, e.g. [200]"))]
+    pub alive_status_codes: Vec<u16>,
+}
+
+impl Default for ProbeSpec {
+    fn default() -> Self {
+        Self {
+            period_seconds: default_period(),
+            timeout_millis: default_timeout(),
+            failure_threshold: default_failure_threshold(),
+            success_threshold: default_success_threshold(),
+            alive_status_codes: default_alive_codes(),
+        }
+    }
+}
+
+fn default_weight() -> u32 {
+    1
+}
+fn default_period() -> u32 {
+    5
+}
+fn default_timeout() -> u32 {
+    1000
+}
+fn default_failure_threshold() -> u32 {
+    3
+}
+fn default_success_threshold() -> u32 {
+    2
+}
+fn default_alive_codes() -> Vec<u16> {
+    vec![200]
+}
+
+/// Observed state of a trunk, written by lifeline on transitions only.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrunkStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Healthy`: at least one endpoint is Up.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// Number of endpoints that are Up.
+    #[serde(default)]
+    pub healthy_endpoints: u32,
+    /// `healthy/total`, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_summary: Option<String>,
+    /// Per-endpoint probe results.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+/// Probe state of one endpoint.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointStatus {
+    /// The endpoint URI, as in the spec.
+    pub uri: String,
+    /// Up, Down or Unknown (not probed enough yet).
+    pub state: EndpointState,
+    /// Round-trip time of the last successful probe, refreshed at most every 30 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_millis: Option<u32>,
+    /// SIP status code of the last final response, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status_code: Option<u16>,
+    /// Failed probes in a row.
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// When `state` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+    /// Why the last probe failed, if it did (timeout, status code, connection error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Health of one probed endpoint.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash,
+)]
+pub enum EndpointState {
+    /// Answers probes with an alive status code.
+    Up,
+    /// Failed `failureThreshold` probes in a row.
+    Down,
+    /// Not probed often enough yet to tell.
+    #[default]
+    Unknown,
+}
+
+impl std::fmt::Display for EndpointState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EndpointState::Up => "Up",
+            EndpointState::Down => "Down",
+            EndpointState::Unknown => "Unknown",
+        })
+    }
+}
