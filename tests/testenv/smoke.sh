@@ -62,11 +62,6 @@ ips="$(kubectl get pods -n "$ns" -l app=web -o 'jsonpath={range .items[*]}{.stat
 [[ "$(grep -cE '^127\.[0-9]+\.[0-9]+\.[0-9]+$' <<<"$ips")" == 3 ]] || fail "pod IPs are not 3 loopback addresses: $(echo $ips)"
 [[ "$(sort -u <<<"$ips" | wc -l)" == 3 ]] || fail "pod IPs are not unique: $(echo $ips)"
 ok "3 pods Ready in $((SECONDS - t1))s with IPs $(echo $ips)"
-kubectl expose deployment web -n "$ns" --port 80 >/dev/null || fail "expose deployment web"
-poll "EndpointSlice of service web lists 3 ready endpoints" 20 3 bash -c '
-  kubectl get endpointslice -n "$0" -l kubernetes.io/service-name=web \
-    -o "jsonpath={range .items[*].endpoints[?(@.conditions.ready==true)]}{.addresses[0]}{\"\n\"}{end}" | grep -c .' "$ns"
-ok "EndpointSlice has 3 ready endpoints"
 
 # 3. annotations: readiness flip and a chosen pod IP
 pod="$(kubectl get pods -n "$ns" -l app=web -o 'jsonpath={.items[0].metadata.name}')"

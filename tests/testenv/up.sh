@@ -108,8 +108,8 @@ start kube-controller-manager \
   --kubeconfig "$RUN/kcm.kubeconfig" \
   --authentication-kubeconfig "$RUN/kcm.kubeconfig" --authorization-kubeconfig "$RUN/kcm.kubeconfig" \
   --bind-address 127.0.0.1 --secure-port 0 \
-  --controllers "${KCM_CONTROLLERS:-deployment,replicaset,endpointslice,garbagecollector,namespace,serviceaccount,serviceaccount-token,root-ca-cert-publisher,disruption,horizontalpodautoscaling}" \
-  --use-service-account-credentials=false \
+  --controllers "${KCM_CONTROLLERS:-deployment-controller,replicaset-controller,endpointslice-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,disruption-controller,horizontal-pod-autoscaler-controller}" \
+  --use-service-account-credentials=true \
   --root-ca-file "$CERTS/ca.crt" --service-account-private-key-file "$CERTS/sa.key" \
   --leader-elect=false --profiling=false
 start kubelet --kubeconfig "$KUBECONFIG_OUT" --node-name testenv-node
