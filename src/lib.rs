@@ -1,8 +1,16 @@
 //! lifeline keeps a contact center reachable when the network under it fails.
 //!
-//! The crate is organised a module per concept (see `README.md` and `docs/concepts.md`):
-//! `crd` is the public API, `probe` the SIP OPTIONS prober, `plan` the pure fallback
-//! planner, `render` the routing renderers, `controller` the reconcilers, `sync` the
-//! Kamailio sidecar and `telemetry` logs and metrics.
+//! A module per concept: `crd` is the public API, `probe` the SIP OPTIONS prober,
+//! `plan` the pure fallback planner, `render` the routing renderers, `controller` the
+//! reconcilers, `operator` the process that runs them, `sync` the Kamailio sidecar,
+//! `status` the `lifeline status` table and `telemetry` logs and metrics.
 
+pub mod controller;
 pub mod crd;
+pub mod operator;
+pub mod plan;
+pub mod probe;
+pub mod render;
+pub mod status;
+pub mod sync;
+pub mod telemetry;

@@ -1,0 +1,66 @@
+//! Reconcilers, one file per kind. Each exposes `run(ctx, shutdown)` that drives a
+//! kube-runtime `Controller` until `shutdown` is cancelled.
+
+pub mod botpool;
+pub mod policy;
+pub mod trunk;
+
+use std::sync::Arc;
+
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use tokio_util::sync::CancellationToken;
+
+use crate::probe::ProbeHub;
+use crate::telemetry::Metrics;
+
+/// Shared state of every reconciler.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Publishes Events (as `lifeline`).
+    pub recorder: Recorder,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// The SIP OPTIONS prober shared by the Trunk controller and static policy targets.
+    pub probes: ProbeHub,
+    /// Namespace to watch; `None` watches all namespaces.
+    pub namespace: Option<String>,
+}
+
+impl Context {
+    /// A context for the operator (or for a test that runs the controllers itself).
+    pub fn new(client: Client, metrics: Arc<Metrics>, namespace: Option<String>) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: "lifeline".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Arc::new(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            probes: ProbeHub::new(metrics.clone()),
+            client,
+            metrics,
+            namespace,
+        })
+    }
+
+    /// An `Api` for `K`, scoped to the watched namespace (or all namespaces).
+    pub fn api<K>(&self) -> kube::Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match &self.namespace {
+            Some(ns) => kube::Api::namespaced(self.client.clone(), ns),
+            None => kube::Api::all(self.client.clone()),
+        }
+    }
+}
+
+/// Run the three controllers until `shutdown` is cancelled.
+pub async fn run_all(ctx: Arc<Context>, shutdown: CancellationToken) {
+    tokio::join!(
+        trunk::run(ctx.clone(), shutdown.clone()),
+        botpool::run(ctx.clone(), shutdown.clone()),
+        policy::run(ctx.clone(), shutdown.clone()),
+    );
+}

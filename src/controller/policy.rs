@@ -1,0 +1,13 @@
+//! The policy controller (being written; see its issue).
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Context;
+
+/// Run the policy controller until `shutdown` is cancelled.
+pub async fn run(_ctx: Arc<Context>, shutdown: CancellationToken) {
+    tracing::warn!("the policy controller is not implemented yet");
+    shutdown.cancelled().await;
+}

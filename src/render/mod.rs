@@ -1,0 +1,1 @@
+//! Renderers from a plan to Kamailio `dispatcher.list` and JSON (being written).

@@ -1,0 +1,228 @@
+//! Logs and metrics.
+//!
+//! Every metric is registered here, with a `lifeline_` prefix and labels drawn from
+//! small fixed sets (controller names, error categories, states) so that cardinality
+//! stays bounded no matter how many objects a cluster has.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Plain,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// Install the global tracing subscriber. The filter comes from `RUST_LOG`
+/// (default `info`). Safe to call more than once (later calls are ignored).
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = match format {
+        LogFormat::Json => registry
+            .with(fmt::layer().json().flatten_event(true))
+            .try_init(),
+        LogFormat::Plain => registry.with(fmt::layer().with_target(false)).try_init(),
+    };
+}
+
+/// Label: which controller.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    /// `trunk`, `botpool` or `policy`.
+    pub controller: &'static str,
+}
+
+/// Label: controller and error category.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// `trunk`, `botpool` or `policy`.
+    pub controller: &'static str,
+    /// Short static error category (see each controller's error enum).
+    pub error: &'static str,
+}
+
+/// Label: a failure reason from a small fixed set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// e.g. `timeout`, `status`, `connect`, `io`, `parse`, `resolve`.
+    pub reason: &'static str,
+}
+
+/// Label: a state name (endpoint Up/Down/Unknown, region Active/Failed/...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// The state.
+    pub state: &'static str,
+}
+
+/// All metrics of the operator and the sidecar.
+pub struct Metrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+    /// Reconcile duration per controller.
+    pub reconcile_duration: Family<ControllerLabels, Histogram>,
+    /// Reconcile errors per controller and category.
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    /// SIP OPTIONS probes sent.
+    pub probes_sent: Counter,
+    /// Failed probes by reason.
+    pub probes_failed: Family<ReasonLabels, Counter>,
+    /// Probed endpoints per state.
+    pub endpoints: Family<StateLabels, Gauge>,
+    /// Regions (over all policies) per state.
+    pub regions: Family<StateLabels, Gauge>,
+    /// Region failovers (Active → Failed/Draining).
+    pub failovers: Counter,
+    /// Region failbacks (back to Active).
+    pub failbacks: Counter,
+    /// Routing ConfigMap writes.
+    pub configmap_writes: Counter,
+    /// sip-sync: routing versions applied to Kamailio and confirmed.
+    pub sync_applied: Counter,
+    /// sip-sync: failed apply attempts by reason.
+    pub sync_failures: Family<ReasonLabels, Counter>,
+    /// sip-sync: time from seeing a ConfigMap change to a confirmed reload.
+    pub sync_duration: Histogram,
+    /// 1 while this process holds the leader Lease.
+    pub leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("lifeline");
+        let reconcile_duration =
+            Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 14))
+            });
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        let probes_sent = Counter::default();
+        let probes_failed = Family::<ReasonLabels, Counter>::default();
+        let endpoints = Family::<StateLabels, Gauge>::default();
+        let regions = Family::<StateLabels, Gauge>::default();
+        let failovers = Counter::default();
+        let failbacks = Counter::default();
+        let configmap_writes = Counter::default();
+        let sync_applied = Counter::default();
+        let sync_failures = Family::<ReasonLabels, Counter>::default();
+        let sync_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let leader = Gauge::default();
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconcile errors by category",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "probes_sent",
+            "SIP OPTIONS probes sent",
+            probes_sent.clone(),
+        );
+        registry.register(
+            "probes_failed",
+            "Failed SIP OPTIONS probes by reason",
+            probes_failed.clone(),
+        );
+        registry.register("endpoints", "Probed endpoints by state", endpoints.clone());
+        registry.register("regions", "Policy regions by state", regions.clone());
+        registry.register(
+            "failovers",
+            "Regions taken out of traffic",
+            failovers.clone(),
+        );
+        registry.register(
+            "failbacks",
+            "Regions returned to traffic",
+            failbacks.clone(),
+        );
+        registry.register(
+            "configmap_writes",
+            "Routing ConfigMap writes",
+            configmap_writes.clone(),
+        );
+        registry.register(
+            "sync_applied",
+            "Routing versions reloaded into Kamailio and confirmed",
+            sync_applied.clone(),
+        );
+        registry.register(
+            "sync_failures",
+            "Failed sip-sync apply attempts by reason",
+            sync_failures.clone(),
+        );
+        registry.register(
+            "sync_duration_seconds",
+            "Time from a ConfigMap change to a confirmed Kamailio reload",
+            sync_duration.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this process holds the leader Lease",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            reconcile_duration,
+            reconcile_errors,
+            probes_sent,
+            probes_failed,
+            endpoints,
+            regions,
+            failovers,
+            failbacks,
+            configmap_writes,
+            sync_applied,
+            sync_failures,
+            sync_duration,
+            leader,
+        }
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_prefixed_and_encoded() {
+        let m = Metrics::new();
+        m.probes_sent.inc();
+        m.probes_failed
+            .get_or_create(&ReasonLabels { reason: "timeout" })
+            .inc();
+        let text = m.encode();
+        assert!(text.contains("lifeline_probes_sent_total 1"), "{text}");
+        assert!(
+            text.contains("lifeline_probes_failed_total{reason=\"timeout\"} 1"),
+            "{text}"
+        );
+    }
+}
