@@ -1,0 +1,133 @@
+//! Shared helpers for integration tests against the real control plane from
+//! `tests/testenv` (`make testenv-up`).
+//!
+//! Each test gets its own namespace, deleted when the guard drops, even when the test
+//! panics. When the control plane is not running, `TestEnv::connect` panics with a
+//! clear message, unless `LIFELINE_SKIP_CLUSTER_TESTS=1` asks to skip (then tests return early).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use serde_json::json;
+
+/// Path of the kubeconfig `make testenv-up` writes.
+pub fn kubeconfig_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/testenv/kubeconfig")
+}
+
+/// A client for the testenv control plane, or `None` when tests are asked to skip.
+pub async fn client() -> Option<Client> {
+    let path = kubeconfig_path();
+    if !path.exists() {
+        if std::env::var("LIFELINE_SKIP_CLUSTER_TESTS").as_deref() == Ok("1") {
+            eprintln!("control plane not available ({} missing): skipping", path.display());
+            return None;
+        }
+        panic!(
+            "control plane not available: {} is missing. Run `make testenv-up` first \
+             (or set LIFELINE_SKIP_CLUSTER_TESTS=1 to skip cluster tests)",
+            path.display()
+        );
+    }
+    let kubeconfig = Kubeconfig::read_from(&path).expect("readable kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("valid kubeconfig");
+    Some(Client::try_from(config).expect("client"))
+}
+
+/// A temporary namespace, deleted on drop.
+pub struct TestNamespace {
+    /// The client used to create it.
+    pub client: Client,
+    /// Its name.
+    pub name: String,
+}
+
+impl TestNamespace {
+    /// Create a namespace `<prefix>-<random>` with the given labels.
+    pub async fn create(client: Client, prefix: &str, labels: &[(&str, &str)]) -> Self {
+        let name = format!("{prefix}-{:08x}", rand::random::<u32>());
+        let labels: serde_json::Map<String, serde_json::Value> =
+            labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let ns: Namespace = serde_json::from_value(json!({
+            "metadata": { "name": name, "labels": labels }
+        }))
+        .unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create test namespace");
+        // Pods need the default ServiceAccount, created asynchronously by the controller-manager.
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &name);
+        for _ in 0..100 {
+            if sas.get_opt("default").await.ok().flatten().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self { client, name }
+    }
+
+    /// A namespaced `Api` in this namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let client = self.client.clone();
+        let name = self.name.clone();
+        // The test's runtime may be shutting down; delete from a fresh thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let _ = Api::<Namespace>::all(client).delete(&name, &DeleteParams::background()).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Apply the CRDs (server-side) and wait until they are established.
+pub async fn install_crds(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let pp = PatchParams::apply("lifeline-tests").force();
+    for crd in lifeline::crd::all_crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        api.patch(&name, &pp, &Patch::Apply(&crd)).await.expect("apply CRD");
+        let cond = kube::runtime::wait::conditions::is_crd_established();
+        tokio::time::timeout(Duration::from_secs(30), kube::runtime::wait::await_condition(api.clone(), &name, cond))
+            .await
+            .expect("CRD established in 30 s")
+            .expect("watch CRD");
+    }
+}
+
+/// Poll `f` every 100 ms until it returns `Some`, or panic with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
