@@ -20,6 +20,7 @@ fi
 "$here/build.sh"
 "$here/certs.sh"
 mkdir -p "$RUN" "$LOGS"
+for c in "${COMPONENTS[@]}"; do : > "$LOGS/$c.log"; done
 t1=$SECONDS
 
 mapfile -t ports < <("$BIN" freeport 3)
@@ -60,12 +61,11 @@ EOK
 write_kubeconfig "$KUBECONFIG_OUT" testenv-admin "$CERTS/admin.crt" "$CERTS/admin.key"
 write_kubeconfig "$RUN/kcm.kubeconfig" system:kube-controller-manager "$CERTS/kcm.crt" "$CERTS/kcm.key"
 
-tail_logs() { for c in "$@"; do echo "----- last lines of $LOGS/$c.log -----" >&2; tail -n 25 "$LOGS/$c.log" >&2 || true; done; }
+tail_logs() { for c in "$@"; do [[ -s "$LOGS/$c.log" ]] || continue; echo "----- last lines of $LOGS/$c.log -----" >&2; tail -n 25 "$LOGS/$c.log" >&2 || true; done; }
 fail() { log "ERROR: $*"; tail_logs "${COMPONENTS[@]}"; "$here/down.sh" >/dev/null 2>&1 || true; exit 1; }
 
 start() { # name args...
   local name="$1"; shift
-  : > "$LOGS/$name.log"
   # setsid: own session, so the plane outlives the shell that started it
   setsid bash -c 'echo $$ > "$0"; exec "$@"' "$RUN/$name.pid" "$BIN" "$name" "$@" \
     >> "$LOGS/$name.log" 2>&1 < /dev/null &
