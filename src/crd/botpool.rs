@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
     group = "lifeline.dev",
     version = "v1alpha1",
     kind = "BotPool",
+    doc = "A pool of phone-bot pods in one region, sized by lifeline to the calls that FallbackPolicies send to it.",
     namespaced,
     cel,
     shortname = "bp",
@@ -78,7 +79,8 @@ pub struct BotPoolSpec {
 
     /// SIP URI of the human agents that bots escalate complex calls to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(crate::crd::SIP_URI_RULE).message("escalationUri must be a SIP URI such as 'sip:agents@pbx.example.net' (sip: or sips:, a host, an optional port and ;params)"))]
+    #[x_kube(validation = Rule::new(crate::crd::SIP_URI_RULE).message("escalationUri must be a SIP URI such as 'sip:agents@pbx.example.net' (sip: or sips:, a host, an optional port 1-65535 and ;params)"))]
+    #[x_kube(validation = Rule::new(crate::crd::SIP_TRANSPORT_RULE).message("escalationUri: ;transport= must be udp, tcp or tls"))]
     #[schemars(length(max = 256))]
     pub escalation_uri: Option<String>,
 

@@ -24,8 +24,10 @@ pub const VERSION: &str = "v1alpha1";
 pub const FIELD_MANAGER: &str = "lifeline.dev/operator";
 
 /// CEL expression (RE2) for a SIP or SIPS URI: scheme, optional user part, a host name,
-/// IPv4 address or bracketed IPv6 address, optional port and `;param` list.
-pub(crate) const SIP_URI_RULE: &str = r"self.matches('^sips?:([^@;?\\s]+@)?(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?(;[A-Za-z0-9_.!~*-]+(=[A-Za-z0-9_.!~*-]+)?)*$')";
+/// IPv4 address or bracketed IPv6 address, optional port (1–65535) and `;param` list.
+/// The port is spelled out digit by digit because CEL cannot cheaply extract and compare
+/// a number from inside a string.
+pub(crate) const SIP_URI_RULE: &str = r"self.matches('^sips?:([^@;?\\s]+@)?(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(;[A-Za-z0-9_.!~*-]+(=[A-Za-z0-9_.!~*-]+)?)*$')";
 /// CEL expression: a `;transport=` parameter, when present, is udp, tcp or tls.
 pub(crate) const SIP_TRANSPORT_RULE: &str =
     r"!self.contains(';transport=') || self.matches(';transport=(udp|tcp|tls)(;|$)')";

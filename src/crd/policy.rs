@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
     group = "lifeline.dev",
     version = "v1alpha1",
     kind = "FallbackPolicy",
+    doc = "Pre-configured fallback: ordered tiers per route and weights per region, rewritten by lifeline into the SIP edge's routing when health fails and restored without flapping.",
     namespaced,
     cel,
     shortname = "fbp",
@@ -168,7 +169,8 @@ pub struct TargetSpec {
     pub bot_pool: Option<String>,
     /// A static SIP destination such as a human agents' PBX, probed like a trunk endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(crate::crd::SIP_URI_RULE).message("targets[].uri must be a SIP URI such as 'sip:agents.example.net:5060'"))]
+    #[x_kube(validation = Rule::new(crate::crd::SIP_URI_RULE).message("targets[].uri must be a SIP URI such as 'sip:agents.example.net:5060' (sip: or sips:, a host, an optional port 1-65535 and ;params)"))]
+    #[x_kube(validation = Rule::new(crate::crd::SIP_TRANSPORT_RULE).message("targets[].uri: ;transport= must be udp, tcp or tls"))]
     #[schemars(length(min = 5, max = 256))]
     pub uri: Option<String>,
     /// Region of a `uri` target.

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
     group = "lifeline.dev",
     version = "v1alpha1",
     kind = "Trunk",
+    doc = "A SIP trunk: one carrier connection (or alternative line) into one region, probed continuously with SIP OPTIONS.",
     namespaced,
     cel,
     shortname = "trk",
@@ -102,7 +103,7 @@ impl std::fmt::Display for Medium {
 pub struct TrunkEndpoint {
     /// SIP URI of the endpoint, e.g. `sip:203.0.113.10:5060;transport=udp`. Use `sips:`
     /// for TLS. `transport` may be `udp` (default for `sip:`), `tcp` or `tls`.
-    #[x_kube(validation = Rule::new(crate::crd::SIP_URI_RULE).message("uri must be a SIP URI such as 'sip:carrier.example.net:5060' (sip: or sips:, a host, an optional port and ;params)"))]
+    #[x_kube(validation = Rule::new(crate::crd::SIP_URI_RULE).message("uri must be a SIP URI such as 'sip:carrier.example.net:5060' (sip: or sips:, a host, an optional port 1-65535 and ;params)"))]
     #[x_kube(validation = Rule::new(crate::crd::SIP_TRANSPORT_RULE).message("uri: ;transport= must be udp, tcp or tls"))]
     #[schemars(length(min = 5, max = 256))]
     pub uri: String,
