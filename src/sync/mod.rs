@@ -1,21 +1,580 @@
-//! `lifeline sip-sync`: the Kamailio sidecar (being written; see its issue).
+//! `lifeline sip-sync`: the sidecar that brings the routing ConfigMap into Kamailio
+//! within milliseconds.
+//!
+//! A ConfigMap mounted as a volume reaches a pod only after the kubelet's sync
+//! (about a minute). sip-sync instead watches the one ConfigMap through the API and,
+//! for every new content: validates it ([`dispatcher::parse`]), writes the file
+//! Kamailio loads atomically ([`file::write_atomic`]), calls `dispatcher.reload`,
+//! reads `dispatcher.list` back and checks that the sets and URIs match. It retries
+//! with capped exponential backoff while Kamailio is not up or the check fails, and
+//! reports the outcome in metrics, logs and two annotations on the ConfigMap
+//! (`lifeline.dev/applied-hash`, `lifeline.dev/applied-at`), written by server-side
+//! apply with the field manager `lifeline.dev/sip-sync`. With several Kamailio
+//! replicas the annotations show the last writer; each pod's own truth is its
+//! metrics and logs.
+
+pub mod dispatcher;
+pub mod file;
+pub mod kamailio;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Api, Client, ResourceExt as _};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::telemetry::{Metrics, ReasonLabels};
+use dispatcher::DispatcherList;
+use kamailio::{KamailioRpc, RpcError};
+
+/// Field manager of every write sip-sync makes.
+pub const FIELD_MANAGER: &str = "lifeline.dev/sip-sync";
+/// Annotation: hash of the content Kamailio loaded and confirmed (last writer wins).
+pub const APPLIED_HASH_ANNOTATION: &str = "lifeline.dev/applied-hash";
+/// Annotation: RFC 3339 time of that confirmation.
+pub const APPLIED_AT_ANNOTATION: &str = "lifeline.dev/applied-at";
+/// Annotation: why the latest content is not applied (absent when it is).
+pub const SYNC_ERROR_ANNOTATION: &str = "lifeline.dev/sync-error";
+/// Annotation the operator writes: hash of the data it rendered.
+pub const CONTENT_HASH_ANNOTATION: &str = "lifeline.dev/content-hash";
 
 /// Arguments of `lifeline sip-sync`.
 #[derive(clap::Args, Debug, Clone)]
-pub struct SyncArgs {}
+pub struct SyncArgs {
+    /// Namespace of the routing ConfigMap (in a pod: from the downward API).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: String,
+    /// Name of the routing ConfigMap (FallbackPolicy `spec.routingConfigMap.name`).
+    #[arg(long, env = "LIFELINE_CONFIGMAP")]
+    pub configmap: String,
+    /// Data key holding the dispatcher list.
+    #[arg(long, env = "LIFELINE_KEY", default_value = "dispatcher.list")]
+    pub key: String,
+    /// The dispatcher file Kamailio loads (its `list_file`); written atomically.
+    #[arg(long, env = "LIFELINE_DISPATCHER_FILE")]
+    pub file: PathBuf,
+    /// Kamailio's JSON-RPC endpoint (jsonrpcs over xhttp; the example config serves
+    /// it on a loopback-only TCP listener).
+    #[arg(
+        long,
+        env = "LIFELINE_RPC_URL",
+        default_value = "http://127.0.0.1:5071/RPC"
+    )]
+    pub rpc_url: String,
+    /// Timeout of one JSON-RPC call, in milliseconds.
+    #[arg(long, env = "LIFELINE_RPC_TIMEOUT_MS", default_value_t = 2000)]
+    pub rpc_timeout_ms: u64,
+    /// Upper bound of the retry backoff, in milliseconds.
+    #[arg(long, env = "LIFELINE_MAX_BACKOFF_MS", default_value_t = 10_000)]
+    pub max_backoff_ms: u64,
+    /// Serve `/metrics`, `/healthz` and `/readyz` (ready once a routing is confirmed)
+    /// on this address.
+    #[arg(long, env = "LIFELINE_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
 
 /// Errors of the sidecar.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Not built yet.
-    #[error("lifeline sip-sync is not implemented yet")]
-    NotImplemented,
+    /// Kubernetes API error (client setup, annotation patch).
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    /// The ConfigMap has no such data key.
+    #[error("ConfigMap has no data key {0:?}")]
+    MissingKey(String),
+    /// The dispatcher list is empty or malformed; not written.
+    #[error("rejected dispatcher list: {0}")]
+    Invalid(#[from] dispatcher::ParseError),
+    /// Reading or writing the dispatcher file failed.
+    #[error("dispatcher file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The JSON-RPC call failed.
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    /// Kamailio reloaded but holds other destinations than the file.
+    #[error("Kamailio did not load the new list: {0}")]
+    Mismatch(String),
+    /// Binding the metrics server failed.
+    #[error("metrics server on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Short static category for metric labels and logs.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::MissingKey(_) => "missing-key",
+            Error::Invalid(dispatcher::ParseError::Empty) => "empty",
+            Error::Invalid(_) => "parse",
+            Error::Io { .. } => "io",
+            Error::Rpc(e) => e.category(),
+            Error::Mismatch(_) => "confirm",
+            Error::Bind { .. } => "bind",
+        }
+    }
+
+    /// True when retrying the same content cannot help (wait for a new version).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Error::MissingKey(_) | Error::Invalid(_))
+    }
+}
+
+/// One version of the ConfigMap as sip-sync sees it.
+#[derive(Clone, Debug)]
+pub struct Desired {
+    /// The data text under the key, or `None` when the key is missing.
+    pub content: Option<String>,
+    /// `applied-hash` currently on the ConfigMap (kept when sip-sync rewrites its
+    /// annotations after a restart).
+    pub applied_hash: Option<String>,
+    /// `applied-at` currently on the ConfigMap.
+    pub applied_at: Option<String>,
+    /// When the watch delivered it; the start of `sync_duration_seconds`.
+    pub seen: Instant,
+}
+
+/// What an apply did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// This hash was already confirmed by this process: nothing to do.
+    Unchanged,
+    /// Kamailio already held this content (e.g. after a sidecar restart): no reload.
+    AlreadyLoaded,
+    /// Written, reloaded and confirmed.
+    Reloaded,
+}
+
+/// Applies dispatcher lists to one Kamailio and remembers the last confirmed hash.
+pub struct Applier {
+    rpc: KamailioRpc,
+    file: PathBuf,
+    confirmed: Option<String>,
+}
+
+impl Applier {
+    /// An applier writing `file` and talking to `rpc`.
+    pub fn new(rpc: KamailioRpc, file: PathBuf) -> Self {
+        Self {
+            rpc,
+            file,
+            confirmed: None,
+        }
+    }
+
+    /// Hash of the last content this process confirmed in Kamailio.
+    pub fn confirmed_hash(&self) -> Option<&str> {
+        self.confirmed.as_deref()
+    }
+
+    /// Make Kamailio run `content`: validate, write (unless the file already holds
+    /// it), reload (unless Kamailio already shows it) and confirm.
+    pub async fn apply(&mut self, content: &str) -> Result<Outcome, Error> {
+        let expected = dispatcher::parse(content)?;
+        let hash = file::content_hash(content);
+        if self.confirmed.as_deref() == Some(hash.as_str()) {
+            return Ok(Outcome::Unchanged);
+        }
+        let on_disk = self.io(file::file_hash(&self.file))?;
+        if on_disk.as_deref() == Some(hash.as_str()) {
+            // Restart-safe: Kamailio may have loaded this very file at start-up.
+            if let Ok(loaded) = self.rpc.list_dispatcher().await
+                && expected.difference(&loaded).is_none()
+            {
+                self.confirmed = Some(hash);
+                return Ok(Outcome::AlreadyLoaded);
+            }
+        } else {
+            self.io(file::write_atomic(&self.file, content))?;
+        }
+        self.rpc.reload_dispatcher().await?;
+        self.confirm(&expected).await?;
+        self.confirmed = Some(hash);
+        Ok(Outcome::Reloaded)
+    }
+
+    async fn confirm(&self, expected: &DispatcherList) -> Result<(), Error> {
+        let loaded = self.rpc.list_dispatcher().await?;
+        match expected.difference(&loaded) {
+            None => Ok(()),
+            Some(diff) => Err(Error::Mismatch(diff)),
+        }
+    }
+
+    fn io<T>(&self, r: std::io::Result<T>) -> Result<T, Error> {
+        r.map_err(|source| Error::Io {
+            path: self.file.clone(),
+            source,
+        })
+    }
+}
+
+/// Capped exponential backoff with jitter, from 100 ms.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const START: Duration = Duration::from_millis(100);
+
+    /// A backoff that never waits longer than `max`.
+    pub fn new(max: Duration) -> Self {
+        Self {
+            next: Self::START.min(max),
+            max,
+        }
+    }
+
+    /// The next delay: doubles each time up to `max`, with up to 10 % jitter so that
+    /// replicas do not hit a recovering Kamailio in lockstep.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let jitter = base.mul_f64(rand::random::<f64>() * 0.1);
+        (base + jitter).min(self.max)
+    }
+
+    /// Start again from the shortest delay.
+    pub fn reset(&mut self) {
+        self.next = Self::START.min(self.max);
+    }
+}
+
+/// The annotations sip-sync owns on the ConfigMap, as one server-side apply body.
+/// Fields this manager owned before and leaves out are removed by the API server,
+/// which is how `sync-error` disappears once a version is applied.
+pub fn annotation_patch(
+    name: &str,
+    applied: Option<(&str, &str)>,
+    error: Option<&str>,
+) -> serde_json::Value {
+    let mut annotations = serde_json::Map::new();
+    if let Some((hash, at)) = applied {
+        annotations.insert(APPLIED_HASH_ANNOTATION.into(), json!(hash));
+        annotations.insert(APPLIED_AT_ANNOTATION.into(), json!(at));
+    }
+    if let Some(e) = error {
+        annotations.insert(SYNC_ERROR_ANNOTATION.into(), json!(truncate(e, 512)));
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": { "name": name, "annotations": annotations },
+    })
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
 }
 
 /// Run the sidecar until `shutdown` is cancelled.
-pub async fn run(
-    _args: SyncArgs,
-    _shutdown: tokio_util::sync::CancellationToken,
+pub async fn run(args: SyncArgs, shutdown: CancellationToken) -> Result<(), Error> {
+    let client = Client::try_default().await?;
+    run_with_client(client, args, Arc::new(Metrics::new()), shutdown).await
+}
+
+/// [`run`] with a given client and metrics (tests and benchmarks use this).
+pub async fn run_with_client(
+    client: Client,
+    args: SyncArgs,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    Err(Error::NotImplemented)
+    let rpc = KamailioRpc::new(
+        args.rpc_url.clone(),
+        Duration::from_millis(args.rpc_timeout_ms),
+    )?;
+    let api: Api<ConfigMap> = Api::namespaced(client, &args.namespace);
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(addr) = args.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        tokio::spawn(serve_metrics(
+            listener,
+            metrics.clone(),
+            ready.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tracing::info!(
+        namespace = %args.namespace,
+        configmap = %args.configmap,
+        key = %args.key,
+        file = %args.file.display(),
+        rpc = %args.rpc_url,
+        "sip-sync started"
+    );
+    let (tx, rx) = watch::channel::<Option<Desired>>(None);
+    let watch_task = tokio::spawn(watch_configmap(
+        api.clone(),
+        args.configmap.clone(),
+        args.key.clone(),
+        tx,
+        shutdown.clone(),
+    ));
+    let applier = Applier::new(rpc, args.file.clone());
+    apply_loop(applier, api, args, metrics, ready, rx, shutdown).await;
+    let _ = watch_task.await;
+    Ok(())
+}
+
+/// Feed every version of the ConfigMap into `tx`; the watcher re-lists and resumes
+/// with backoff after API errors.
+async fn watch_configmap(
+    api: Api<ConfigMap>,
+    name: String,
+    key: String,
+    tx: watch::Sender<Option<Desired>>,
+    shutdown: CancellationToken,
+) {
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = watcher(api, config)
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            n = stream.next() => n,
+        };
+        match next {
+            None => return,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "watch of the routing ConfigMap failed; retrying")
+            }
+            Some(Ok(cm)) => {
+                let annotations = cm.annotations();
+                let desired = Desired {
+                    content: cm.data.as_ref().and_then(|d| d.get(&key)).cloned(),
+                    applied_hash: annotations.get(APPLIED_HASH_ANNOTATION).cloned(),
+                    applied_at: annotations.get(APPLIED_AT_ANNOTATION).cloned(),
+                    seen: Instant::now(),
+                };
+                // Our own annotation patches come back as events too: only a new
+                // content (or a first one) wakes the apply loop.
+                tx.send_if_modified(|current| {
+                    let changed = current.as_ref().map(|c| &c.content) != Some(&desired.content);
+                    if changed {
+                        *current = Some(desired);
+                    }
+                    changed
+                });
+            }
+        }
+    }
+}
+
+/// Apply the latest wanted content, retrying transient failures with backoff; a newer
+/// version interrupts the wait at once.
+async fn apply_loop(
+    mut applier: Applier,
+    api: Api<ConfigMap>,
+    args: SyncArgs,
+    metrics: Arc<Metrics>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    mut rx: watch::Receiver<Option<Desired>>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(args.max_backoff_ms.max(100)));
+    // What the annotations say now, so that every apply body carries them along.
+    let mut applied: Option<(String, String)> = None;
+    let mut reported_error: Option<(String, &'static str)> = None;
+    loop {
+        let desired = rx.borrow_and_update().clone();
+        let mut retry_in = None;
+        if let Some(desired) = desired {
+            if applied.is_none()
+                && let (Some(h), Some(at)) = (&desired.applied_hash, &desired.applied_at)
+            {
+                applied = Some((h.clone(), at.clone()));
+            }
+            let content = desired.content.as_deref();
+            let hash = content.map(file::content_hash).unwrap_or_default();
+            let result = match content {
+                Some(c) => applier.apply(c).await,
+                None => Err(Error::MissingKey(args.key.clone())),
+            };
+            match result {
+                Ok(Outcome::Unchanged) => {}
+                Ok(outcome) => {
+                    backoff.reset();
+                    let elapsed = desired.seen.elapsed();
+                    metrics.sync_applied.inc();
+                    metrics.sync_duration.observe(elapsed.as_secs_f64());
+                    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(
+                        hash = %hash,
+                        outcome = ?outcome,
+                        millis = elapsed.as_millis() as u64,
+                        "routing applied and confirmed in Kamailio"
+                    );
+                    let at = jiff::Timestamp::now().to_string();
+                    applied = Some((hash.clone(), at));
+                    reported_error = None;
+                    annotate(&api, &args.configmap, &applied, None, &metrics).await;
+                }
+                Err(e) => {
+                    let category = e.category();
+                    metrics
+                        .sync_failures
+                        .get_or_create(&ReasonLabels { reason: category })
+                        .inc();
+                    let permanent = e.is_permanent();
+                    if permanent {
+                        tracing::warn!(hash = %hash, reason = category, error = %e, "routing rejected; keeping the current routing");
+                    } else {
+                        tracing::warn!(hash = %hash, reason = category, error = %e, "applying routing failed; will retry");
+                        retry_in = Some(backoff.next_delay());
+                    }
+                    // Annotate once per (version, reason), not on every retry.
+                    let key = (hash.clone(), category);
+                    if reported_error.as_ref() != Some(&key) {
+                        let msg = format!("{}: {e}", &hash.get(..12).unwrap_or("-"));
+                        annotate(&api, &args.configmap, &applied, Some(&msg), &metrics).await;
+                        reported_error = Some(key);
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = rx.changed() => {
+                if changed.is_err() { return; }
+                backoff.reset();
+            }
+            _ = sleep_opt(retry_in) => {}
+        }
+    }
+}
+
+async fn sleep_opt(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn annotate(
+    api: &Api<ConfigMap>,
+    name: &str,
+    applied: &Option<(String, String)>,
+    error: Option<&str>,
+    metrics: &Metrics,
+) {
+    let body = annotation_patch(
+        name,
+        applied.as_ref().map(|(h, a)| (h.as_str(), a.as_str())),
+        error,
+    );
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    if let Err(e) = api.patch(name, &params, &Patch::Apply(&body)).await {
+        metrics
+            .sync_failures
+            .get_or_create(&ReasonLabels { reason: "annotate" })
+            .inc();
+        tracing::warn!(error = %e, "cannot annotate the routing ConfigMap");
+    }
+}
+
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    use axum::{Router, http::StatusCode, routing::get};
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move { m.encode() }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let r = ready.clone();
+                async move {
+                    if r.load(std::sync::atomic::Ordering::Relaxed) {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "no routing confirmed yet")
+                    }
+                }
+            }),
+        );
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    {
+        tracing::warn!(error = %e, "metrics server stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let mut b = Backoff::new(Duration::from_millis(1000));
+        let delays: Vec<u128> = (0..6).map(|_| b.next_delay().as_millis()).collect();
+        assert!((100..=110).contains(&delays[0]), "{delays:?}");
+        assert!((200..=220).contains(&delays[1]), "{delays:?}");
+        assert!((400..=440).contains(&delays[2]), "{delays:?}");
+        assert!(delays[4..].iter().all(|d| *d == 1000), "{delays:?}");
+        b.reset();
+        assert!(b.next_delay() < Duration::from_millis(111));
+    }
+
+    #[test]
+    fn annotation_patch_carries_applied_hash_and_optional_error() {
+        let body = annotation_patch("routing", Some(("abc", "2026-01-01T00:00:00Z")), None);
+        let ann = &body["metadata"]["annotations"];
+        assert_eq!(ann[APPLIED_HASH_ANNOTATION], "abc");
+        assert_eq!(ann[APPLIED_AT_ANNOTATION], "2026-01-01T00:00:00Z");
+        assert!(ann.get(SYNC_ERROR_ANNOTATION).is_none());
+        let body = annotation_patch("routing", None, Some(&"x".repeat(2000)));
+        let ann = &body["metadata"]["annotations"];
+        assert!(ann.get(APPLIED_HASH_ANNOTATION).is_none());
+        assert_eq!(ann[SYNC_ERROR_ANNOTATION].as_str().unwrap().len(), 512);
+    }
+
+    #[test]
+    fn only_bad_content_is_permanent() {
+        assert!(Error::Invalid(dispatcher::ParseError::Empty).is_permanent());
+        assert!(Error::MissingKey("k".into()).is_permanent());
+        assert!(!Error::Mismatch("m".into()).is_permanent());
+        assert_eq!(
+            Error::Invalid(dispatcher::ParseError::Empty).category(),
+            "empty"
+        );
+        assert_eq!(Error::Mismatch("m".into()).category(), "confirm");
+    }
 }

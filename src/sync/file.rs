@@ -1,0 +1,123 @@
+//! The dispatcher file on disk: read its hash, replace it atomically.
+//!
+//! Kamailio re-reads the whole file on `dispatcher.reload`; if it ever saw a partly
+//! written file it would load a partial routing table. So the new content goes to a
+//! temporary file in the same directory (same filesystem, so `rename` is atomic),
+//! is flushed to disk, and replaces the old file in one `rename`.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+/// Lowercase hex SHA-256 of `text`: the same hash the operator writes to the
+/// `lifeline.dev/content-hash` annotation.
+pub fn content_hash(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Hash of the file's current content, or `None` when it does not exist.
+pub fn file_hash(path: &Path) -> std::io::Result<Option<String>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(hex::encode(Sha256::digest(&bytes)))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Replace `path` with `contents` so that a reader sees either the old or the new
+/// file, never a mix; the temporary file is removed when anything fails.
+pub fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "dispatcher.list".into());
+    let tmp = dir.join(format!(
+        ".{name}.tmp-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        // Persist the rename itself, so a node crash cannot bring back the old file.
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("lifeline-file-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn hash_is_lowercase_hex_sha256() {
+        assert_eq!(
+            content_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn write_replaces_content_and_leaves_no_temp_file() {
+        let dir = temp_dir();
+        let path = dir.join("dispatcher.list");
+        assert_eq!(file_hash(&path).unwrap(), None);
+        write_atomic(&path, "1 sip:a:5060\n").unwrap();
+        write_atomic(&path, "2 sip:b:5060\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "2 sip:b:5060\n");
+        assert_eq!(
+            file_hash(&path).unwrap(),
+            Some(content_hash("2 sip:b:5060\n"))
+        );
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn failed_write_keeps_the_old_file() {
+        let dir = temp_dir();
+        let path = dir.join("dispatcher.list");
+        write_atomic(&path, "1 sip:a:5060\n").unwrap();
+        // Renaming a file over a non-empty directory fails: the old content must stay.
+        let blocked = dir.join("blocked");
+        std::fs::create_dir_all(blocked.join("inside")).unwrap();
+        assert!(write_atomic(&blocked, "x").is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "1 sip:a:5060\n");
+        let leftovers = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".tmp-")
+            })
+            .count();
+        assert_eq!(leftovers, 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,182 @@
+//! A small JSON-RPC 2.0 client for Kamailio's `jsonrpcs` module served over HTTP by
+//! `xhttp` (POST to e.g. `http://127.0.0.1:5071/RPC`).
+//!
+//! Hand-written on top of reqwest because sip-sync needs two methods without
+//! parameters; a general JSON-RPC crate would add more surface than it removes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::dispatcher::{self, DispatcherList};
+
+/// Why an RPC call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    /// Kamailio is not reachable (not started yet, restarting, wrong address).
+    #[error("cannot reach Kamailio at {url}: {source}")]
+    Connect {
+        /// The RPC URL.
+        url: String,
+        /// The transport error.
+        source: reqwest::Error,
+    },
+    /// The HTTP exchange failed or returned a non-success status.
+    #[error("HTTP error from Kamailio: {0}")]
+    Http(String),
+    /// Kamailio answered with a JSON-RPC error object.
+    #[error("Kamailio {method} failed: {code} {message}")]
+    Rpc {
+        /// The method called.
+        method: &'static str,
+        /// JSON-RPC error code.
+        code: i64,
+        /// JSON-RPC error message.
+        message: String,
+    },
+    /// The answer was not the JSON we expected.
+    #[error("unexpected answer from Kamailio: {0}")]
+    Decode(String),
+}
+
+impl RpcError {
+    /// Short static category for metric labels.
+    pub fn category(&self) -> &'static str {
+        match self {
+            RpcError::Connect { .. } => "connect",
+            RpcError::Http(_) => "http",
+            RpcError::Rpc { .. } => "rpc",
+            RpcError::Decode(_) => "decode",
+        }
+    }
+}
+
+/// Client for one Kamailio instance.
+#[derive(Clone, Debug)]
+pub struct KamailioRpc {
+    http: reqwest::Client,
+    url: String,
+    next_id: std::sync::Arc<AtomicU64>,
+}
+
+impl KamailioRpc {
+    /// A client posting to `url`; each call gives up after `timeout`.
+    pub fn new(url: impl Into<String>, timeout: Duration) -> Result<Self, RpcError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .map_err(|e| RpcError::Http(e.to_string()))?;
+        Ok(Self {
+            http,
+            url: url.into(),
+            next_id: Default::default(),
+        })
+    }
+
+    /// The URL this client posts to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Call `method` without parameters and return its `result`.
+    pub async fn call(&self, method: &'static str) -> Result<Value, RpcError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let request = json!({ "jsonrpc": "2.0", "method": method, "id": id });
+        let response = self
+            .http
+            .post(&self.url)
+            .json(&request)
+            .send()
+            .await
+            .map_err(|source| {
+                if source.is_connect() || source.is_timeout() {
+                    RpcError::Connect {
+                        url: self.url.clone(),
+                        source,
+                    }
+                } else {
+                    RpcError::Http(source.to_string())
+                }
+            })?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| RpcError::Http(e.to_string()))?;
+        let answer: Value = serde_json::from_slice(&body).map_err(|e| {
+            if status.is_success() {
+                RpcError::Decode(e.to_string())
+            } else {
+                RpcError::Http(format!("status {status}"))
+            }
+        })?;
+        decode_answer(method, answer)
+    }
+
+    /// `dispatcher.reload`: Kamailio re-reads its list file.
+    pub async fn reload_dispatcher(&self) -> Result<(), RpcError> {
+        self.call("dispatcher.reload").await.map(|_| ())
+    }
+
+    /// `dispatcher.list`: the destinations Kamailio has loaded now.
+    pub async fn list_dispatcher(&self) -> Result<DispatcherList, RpcError> {
+        match self.call("dispatcher.list").await {
+            Ok(result) => {
+                dispatcher::from_rpc_result(&result).map_err(|e| RpcError::Decode(e.to_string()))
+            }
+            // Kamailio reports an empty table as an error rather than an empty list.
+            Err(RpcError::Rpc { message, .. }) if message == "No Destination Sets" => {
+                Ok(DispatcherList::default())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Turn a JSON-RPC answer into its result or an [`RpcError::Rpc`].
+fn decode_answer(method: &'static str, answer: Value) -> Result<Value, RpcError> {
+    if let Some(error) = answer.get("error") {
+        return Err(RpcError::Rpc {
+            method,
+            code: error.get("code").and_then(Value::as_i64).unwrap_or(0),
+            message: error
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        });
+    }
+    answer
+        .get("result")
+        .cloned()
+        .ok_or_else(|| RpcError::Decode("no result and no error".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_results_and_errors() {
+        let ok = json!({"jsonrpc":"2.0","result":"Ok. Dispatcher successfully reloaded.","id":1});
+        assert_eq!(
+            decode_answer("dispatcher.reload", ok).unwrap(),
+            json!("Ok. Dispatcher successfully reloaded.")
+        );
+        let err =
+            json!({"jsonrpc":"2.0","error":{"code":500,"message":"No Destination Sets"},"id":1});
+        match decode_answer("dispatcher.list", err) {
+            Err(RpcError::Rpc { code, message, .. }) => {
+                assert_eq!(code, 500);
+                assert_eq!(message, "No Destination Sets");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            decode_answer("x", json!({"id": 1})).unwrap_err().category(),
+            "decode"
+        );
+    }
+}
