@@ -62,7 +62,7 @@ bench: deps testenv-up ## Run the benchmarks (figures printed as medians and rat
 
 .PHONY: demo
 demo: deps testenv-up ## The carrier-outage replay on an embedded control plane
-	@scripts/demo.sh
+	@python3 scripts/demo.py
 
 .PHONY: clean
 clean: ## Stop the control plane and remove build output

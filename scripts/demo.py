@@ -1,0 +1,473 @@
+#!/usr/bin/env python3
+"""The carrier-outage replay: lifeline on real components, on loopback addresses.
+
+Starts (and always stops) the lifeline operator, the sip-sync sidecar, Kamailio and
+sipp peers for two regions — fixed-line and mobile carriers, human agents, phone bots —
+on 127.0.50.x, applies examples/carrier-outage/, drives calls through Kamailio with
+sipp, kills Cologne's fixed-line carrier, brings it back, and prints a live view and
+a summary. The control plane must be up (`make demo` starts it first).
+
+  scripts/demo.py                  the full replay (about 2 minutes)
+  scripts/demo.py --quick --json F shorter phases, summary as JSON in F, exit 1 when a
+                                   mission criterion is missed (the end-to-end test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KUBECONFIG = ROOT / "target/testenv/kubeconfig"
+WORK = ROOT / "target/demo"
+LIFELINE = ROOT / "target/debug/lifeline"
+NAMESPACE = "lifeline-demo"
+
+EDGE_IP, EDGE_PORT, RPC_PORT = "127.0.50.1", 5060, 5071
+CALLER_IP = "127.0.50.2"
+METRICS_ADDR = "127.0.50.1:9464"
+CARRIERS = {
+    "cologne-fixed": "127.0.50.11",
+    "cologne-mobile": "127.0.50.12",
+    "frankfurt-fixed": "127.0.50.21",
+    "frankfurt-mobile": "127.0.50.22",
+}
+AGENTS = {"agents-cologne": "127.0.50.31", "agents-frankfurt": "127.0.50.32"}
+DEAD = "cologne-fixed"
+# From examples/carrier-outage: probe period 1 s × failureThreshold 2 + timeout 0.5 s.
+DETECTION_BOUND_S = 1 * 2 + 0.5 + 0.5
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
+    env = dict(os.environ, KUBECONFIG=str(KUBECONFIG))
+    res = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True, env=env)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)} failed: {res.stderr.strip()}")
+    return res.stdout
+
+
+def get_json(kind: str) -> list[dict]:
+    out = kubectl("get", kind, "-n", NAMESPACE, "-o", "json", check=False)
+    try:
+        return json.loads(out).get("items", [])
+    except json.JSONDecodeError:
+        return []
+
+
+def rpc(method: str, params: list | None = None, timeout: float = 1.0) -> dict | None:
+    body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params or [], "id": 1}).encode()
+    req = urllib.request.Request(
+        f"http://{EDGE_IP}:{RPC_PORT}/RPC", data=body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except (OSError, ValueError):
+        return None
+
+
+def dispatcher_destinations() -> dict[int, list[str]] | None:
+    """Set id -> destination URIs that Kamailio has loaded and considers usable."""
+    answer = rpc("dispatcher.list")
+    if not answer or "result" not in answer:
+        return None
+    sets: dict[int, list[str]] = {}
+    for rec in answer["result"].get("RECORDS", []) or []:
+        s = rec.get("SET", {})
+        uris = []
+        for t in s.get("TARGETS", []) or []:
+            dest = t.get("DEST", {})
+            flags = dest.get("FLAGS", "")
+            # AP = active+probing is still usable; IX/DX = inactive/disabled.
+            if "I" not in flags and "D" not in flags:
+                uris.append(dest.get("URI", ""))
+        sets[int(s.get("ID", 0))] = uris
+    return sets
+
+
+@dataclass
+class Procs:
+    """Every process the demo starts, stopped on exit whatever happens."""
+
+    running: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
+        logf = open(WORK / "logs" / f"{name}.log", "ab")
+        proc = subprocess.Popen(
+            argv,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(os.environ, **(env or {})),
+            start_new_session=True,
+        )
+        self.running[name] = proc
+        return proc
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.running.pop(name, None)
+        if proc and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def stop_all(self) -> None:
+        for name in list(self.running):
+            self.kill(name, signal.SIGTERM)
+
+
+def sipp_uas(procs: Procs, name: str, ip: str, port: int = 5060) -> None:
+    # -aa answers the OPTIONS probes with 200 while the scenario answers INVITEs.
+    procs.start(name, ["sipp", "-sn", "uas", "-aa", "-i", ip, "-p", str(port), "-nostdin"])
+
+
+@dataclass
+class CallRun:
+    name: str
+    stat_file: Path
+    proc: subprocess.Popen
+
+    def counts(self) -> tuple[int, int]:
+        """(successful, failed) calls so far, from sipp's statistics file."""
+        try:
+            lines = [l for l in self.stat_file.read_text().splitlines() if l.strip()]
+        except OSError:
+            return (0, 0)
+        if len(lines) < 2:
+            return (0, 0)
+        head = lines[0].split(";")
+        last = lines[-1].split(";")
+        try:
+            ok = int(last[head.index("SuccessfulCall(C)")])
+            failed = int(last[head.index("FailedCall(C)")])
+        except (ValueError, IndexError):
+            return (0, 0)
+        return (ok, failed)
+
+
+def start_calls(procs: Procs, name: str, service: str, rate: int, seconds: float, port: int) -> CallRun:
+    stat = WORK / f"{name}.csv"
+    stat.unlink(missing_ok=True)
+    calls = max(1, int(rate * seconds))
+    proc = procs.start(
+        name,
+        [
+            "sipp", "-sn", "uac", "-s", service, "-i", CALLER_IP, "-p", str(port),
+            "-r", str(rate), "-m", str(calls), "-d", "1000", "-l", str(rate * 4),
+            "-recv_timeout", "15000", "-nostdin",
+            "-trace_stat", "-stf", str(stat), "-fd", "1",
+            f"{EDGE_IP}:{EDGE_PORT}",
+        ],
+    )
+    return CallRun(name, stat, proc)
+
+
+def wait_calls(run: CallRun, timeout: float) -> tuple[int, int]:
+    try:
+        run.proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.proc.pid, signal.SIGTERM)
+        run.proc.wait()
+    time.sleep(0.2)
+    return run.counts()
+
+
+def route_log(since: float) -> list[tuple[float, int, str, bool]]:
+    """(time, set, destination, is_retry) of every INVITE Kamailio relayed after `since`."""
+    out = []
+    pat = re.compile(r"lifeline-route ts=([0-9.]+) set=(\d+) dst=(\S+) retry=(\d)")
+    try:
+        text = (WORK / "logs" / "kamailio.log").read_text(errors="replace")
+    except OSError:
+        return out
+    for m in pat.finditer(text):
+        ts = float(m.group(1))
+        if ts >= since:
+            out.append((ts, int(m.group(2)), m.group(3), m.group(4) == "1"))
+    return out
+
+
+class Demo:
+    def __init__(self, quick: bool):
+        self.quick = quick
+        self.procs = Procs()
+        self.t0 = time.time()
+        self.phase = "setup"
+        self.runs: dict[str, list[CallRun]] = {}
+        self.bots: dict[str, str] = {}
+
+    # ---------------------------------------------------------------- setup
+    def setup(self) -> None:
+        shutil.rmtree(WORK, ignore_errors=True)
+        (WORK / "logs").mkdir(parents=True)
+        (WORK / "kamailio-run").mkdir()
+        log("==> building lifeline")
+        subprocess.run(["cargo", "build", "-q", "--bin", "lifeline"], cwd=ROOT, check=True)
+        log(f"==> fresh namespace {NAMESPACE}, CRDs")
+        kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", "--timeout=60s")
+        crds = subprocess.run([str(LIFELINE), "crds"], capture_output=True, text=True, check=True).stdout
+        kubectl("apply", "--server-side", "--field-manager=lifeline-demo", "-f", "-", input=crds)
+        kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/trunks.lifeline.dev",
+                "crd/botpools.lifeline.dev", "crd/fallbackpolicies.lifeline.dev")
+        kubectl("create", "namespace", NAMESPACE)
+
+        log("==> carriers and human agents (sipp) on 127.0.50.x")
+        for name, ip in {**CARRIERS, **AGENTS}.items():
+            sipp_uas(self.procs, name, ip)
+
+        log("==> Kamailio (SIP edge) with JSON-RPC, and lifeline sip-sync next to it")
+        ds_file = WORK / "dispatcher.list"
+        ds_file.write_text("# written by lifeline sip-sync\n")
+        self.procs.start("kamailio", [
+            "kamailio", "-DD", "-E", "-f", str(ROOT / "examples/kamailio/kamailio.cfg"),
+            "-Y", str(WORK / "kamailio-run"), "-w", str(WORK),
+            "-A", f"SIP_IP={EDGE_IP}", "-A", f"SIP_PORT={EDGE_PORT}",
+            "-A", f"RPC_IP={EDGE_IP}", "-A", f"RPC_PORT={RPC_PORT}",
+            "-A", f'DS_LIST_FILE="{ds_file}"', "-A", "LIFELINE_ROUTE_LOG",
+        ])
+        env = {"KUBECONFIG": str(KUBECONFIG), "RUST_LOG": "info"}
+        self.procs.start("sip-sync", [
+            str(LIFELINE), "sip-sync", "--namespace", NAMESPACE, "--configmap", "sip-routing",
+            "--key", "dispatcher.list", "--file", str(ds_file),
+            "--rpc-url", f"http://{EDGE_IP}:{RPC_PORT}/RPC",
+        ], env=env)
+
+        log("==> lifeline operator")
+        self.procs.start("operator", [
+            str(LIFELINE), "operator", "--namespace", NAMESPACE, "--metrics-addr", METRICS_ADDR,
+            "--no-leader-election",
+        ], env=env)
+
+        log("==> kubectl apply -f examples/carrier-outage/")
+        kubectl("apply", "--server-side", "--field-manager=lifeline-demo", "-n", NAMESPACE,
+                "-f", str(ROOT / "examples/carrier-outage/"))
+
+        log("==> waiting for healthy trunks, ready bots and routing in Kamailio")
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            self.sync_bots()
+            sets = dispatcher_destinations() or {}
+            trunks = get_json("trunks.lifeline.dev")
+            healthy = sum(1 for t in trunks if (t.get("status") or {}).get("healthyEndpoints", 0) > 0)
+            if healthy == len(CARRIERS) and len(sets.get(1, [])) > 0 and len(sets.get(2, [])) > 0:
+                break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("setup did not converge in 90 s; see target/demo/logs/")
+
+    def sync_bots(self) -> None:
+        """Start a sipp bot for every bot pod IP (the pods run on the simulated node)."""
+        pods = get_json("pods")
+        want = {}
+        for p in pods:
+            labels = p["metadata"].get("labels", {})
+            ip = (p.get("status") or {}).get("podIP")
+            if "lifeline.dev/botpool" in labels and ip and not p["metadata"].get("deletionTimestamp"):
+                want[f"bot-{ip}"] = ip
+        for name, ip in want.items():
+            if name not in self.bots:
+                sipp_uas(self.procs, name, ip)
+                self.bots[name] = ip
+        for name in list(self.bots):
+            if name not in want:
+                self.procs.kill(name, signal.SIGTERM)
+                del self.bots[name]
+
+    # ---------------------------------------------------------------- phases
+    def drive(self, phase: str, seconds: float, port_base: int) -> None:
+        self.phase = phase
+        runs = [
+            start_calls(self.procs, f"calls-{phase}-outbound", "outbound", 10, seconds, port_base),
+            start_calls(self.procs, f"calls-{phase}-inbound", "inbound", 5, seconds, port_base + 1),
+        ]
+        self.runs[phase] = runs
+
+    def watch(self, seconds: float) -> None:
+        end = time.time() + seconds
+        while time.time() < end:
+            self.sync_bots()
+            self.live_line()
+            time.sleep(min(2.0, max(0.0, end - time.time())))
+
+    def live_line(self) -> None:
+        pols = get_json("fallbackpolicies.lifeline.dev")
+        bps = get_json("botpools.lifeline.dev")
+        regions, tiers = "", ""
+        if pols:
+            st = pols[0].get("status") or {}
+            regions = " ".join(f"{r['name']}={r['state']}/{r.get('effectiveWeight', 0)}" for r in st.get("regions", []))
+            tiers = " ".join(f"{r['name']}:{r.get('activeTier', '-')}" for r in st.get("routes", []))
+        bots = " ".join(
+            f"{b['metadata']['name']}={(b.get('status') or {}).get('readyReplicas', 0)}/"
+            f"{(b.get('status') or {}).get('desiredReplicas', 0)}"
+            for b in bps
+        )
+        ok = failed = 0
+        for runs in self.runs.values():
+            for r in runs:
+                s, f = r.counts()
+                ok, failed = ok + s, failed + f
+        log(f"[{time.time() - self.t0:6.1f}s] {self.phase:<9} | {regions} | {tiers} | bots {bots} | calls ok {ok} failed {failed}")
+
+    def run(self) -> dict:
+        steady, outage, recovery = (10, 30, 40) if self.quick else (20, 40, 45)
+        self.setup()
+        log("\n==> phase 1: normal operation")
+        self.drive("normal", steady, 6001)
+        self.watch(steady)
+
+        log(f"\n==> phase 2: Cologne's fixed-line carrier dies ({CARRIERS[DEAD]} goes silent)")
+        dead_uri = f"sip:{CARRIERS[DEAD]}:5060"
+        t_kill = time.time()
+        self.procs.kill(DEAD)
+        self.drive("outage", outage, 6011)
+        t_switched = None
+        end = time.time() + outage
+        while time.time() < end:
+            sets = dispatcher_destinations()
+            if t_switched is None and sets is not None and all(dead_uri not in v for v in sets.values()):
+                t_switched = time.time()
+            self.sync_bots()
+            self.live_line()
+            time.sleep(0.2 if t_switched is None else 2.0)
+
+        log(f"\n==> phase 3: the carrier is back ({CARRIERS[DEAD]} answers again)")
+        t_back = time.time()
+        sipp_uas(self.procs, DEAD, CARRIERS[DEAD])
+        self.drive("recovery", recovery, 6021)
+        t_returned = None
+        end = time.time() + recovery
+        while time.time() < end:
+            sets = dispatcher_destinations()
+            if t_returned is None and sets is not None and any(dead_uri in v for v in sets.values()):
+                t_returned = time.time()
+            self.sync_bots()
+            self.live_line()
+            time.sleep(0.5)
+
+        per_phase = {}
+        for phase, runs in self.runs.items():
+            ok = failed = 0
+            for r in runs:
+                s, f = wait_calls(r, 30)
+                ok, failed = ok + s, failed + f
+            per_phase[phase] = {"placed": ok + failed, "answered": ok, "failed": failed}
+
+        routed = route_log(t_kill)
+        to_dead_first = [ts for ts, _s, dst, retry in routed if dst == dead_uri and not retry and ts < t_back]
+        last_new_to_dead = (max(to_dead_first) - t_kill) if to_dead_first else 0.0
+        fallback = [ts for ts, s, dst, _r in routed if s == 2 and dst != dead_uri and ts >= t_kill]
+        first_fallback = (min(fallback) - t_kill) if fallback else None
+
+        pol = (get_json("fallbackpolicies.lifeline.dev") or [{}])[0]
+        history = (pol.get("status") or {}).get("history", [])
+        failovers = sum(1 for h in history if h.get("from") == "Active")
+        failbacks = sum(1 for h in history if h.get("to") == "Active" and h.get("from") != "Active")
+        bots = {
+            b["metadata"]["name"]: {
+                "ready": (b.get("status") or {}).get("readyReplicas", 0),
+                "desired": (b.get("status") or {}).get("desiredReplicas", 0),
+                "demand": (b.get("status") or {}).get("demand", 0),
+            }
+            for b in get_json("botpools.lifeline.dev")
+        }
+        recover_after = ((pol.get("spec") or {}).get("failover") or {}).get("recoverAfterSeconds", 0)
+        summary = {
+            "phases": per_phase,
+            "outage_to_routing_switch_s": None if t_switched is None else round(t_switched - t_kill, 3),
+            "outage_to_first_fallback_call_s": None if first_fallback is None else round(first_fallback, 3),
+            "last_new_call_to_dead_carrier_s": round(last_new_to_dead, 3),
+            "detection_bound_s": DETECTION_BOUND_S,
+            "carrier_back_to_routing_s": None if t_returned is None else round(t_returned - t_back, 3),
+            "recover_after_seconds": recover_after,
+            "failovers": failovers,
+            "failbacks": failbacks,
+            "history": history,
+            "bot_pools": bots,
+        }
+        return summary
+
+
+def print_summary(s: dict) -> list[str]:
+    log("\n================ summary ================")
+    log(f"{'phase':<10} {'placed':>7} {'answered':>9} {'failed':>7}")
+    for phase, c in s["phases"].items():
+        log(f"{phase:<10} {c['placed']:>7} {c['answered']:>9} {c['failed']:>7}")
+    log(f"outage -> Kamailio routing without the dead line: {s['outage_to_routing_switch_s']} s")
+    log(f"outage -> first outbound call on a fallback line:  {s['outage_to_first_fallback_call_s']} s")
+    log(f"last new call sent to the dead carrier:           {s['last_new_call_to_dead_carrier_s']} s after the outage"
+        f" (bound {s['detection_bound_s']} s)")
+    log(f"carrier back -> routed again:                     {s['carrier_back_to_routing_s']} s"
+        f" (recoverAfterSeconds {s['recover_after_seconds']})")
+    log(f"failovers {s['failovers']}, failbacks {s['failbacks']}")
+    for name, b in s["bot_pools"].items():
+        log(f"bot pool {name}: {b['ready']} ready / {b['desired']} desired for {b['demand']} calls")
+
+    problems = []
+    out = s["phases"].get("outage", {})
+    if out.get("placed", 0) == 0:
+        problems.append("no calls were placed during the outage")
+    elif out["failed"] > 0.01 * out["placed"]:
+        problems.append(f"{out['failed']} of {out['placed']} calls failed during the outage (> 1 %)")
+    if s["last_new_call_to_dead_carrier_s"] > s["detection_bound_s"]:
+        problems.append("new calls reached the dead carrier after the detection window")
+    if s["outage_to_routing_switch_s"] is None:
+        problems.append("Kamailio's routing never dropped the dead carrier")
+    ret = s["carrier_back_to_routing_s"]
+    if ret is not None and ret < s["recover_after_seconds"]:
+        problems.append(f"the carrier was routed again after {ret} s, before recoverAfterSeconds")
+    for p in problems:
+        log(f"MISSED: {p}")
+    if not problems:
+        log("all mission criteria met")
+    return problems
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="shorter phases (end-to-end test)")
+    ap.add_argument("--json", type=Path, help="write the summary as JSON here")
+    ap.add_argument("--keep-namespace", action="store_true", help="leave the demo namespace for inspection")
+    args = ap.parse_args()
+    if not KUBECONFIG.exists():
+        log("control plane not running: run `make testenv-up` (or use `make demo`)")
+        return 2
+    demo = Demo(args.quick)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        summary = demo.run()
+        problems = print_summary(summary)
+        summary["problems"] = problems
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(summary, indent=2))
+        return 1 if problems else 0
+    finally:
+        demo.procs.stop_all()
+        if not args.keep_namespace:
+            kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=false", check=False)
+        log("stopped everything the demo started (logs in target/demo/logs/)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
