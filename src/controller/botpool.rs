@@ -1,13 +1,911 @@
-//! The botpool controller (being written; see its issue).
+//! The BotPool controller: runs each pool as a Deployment, a headless Service and a
+//! PodDisruptionBudget, sizes it to the calls FallbackPolicies assign to it, and
+//! reports ready bots in status.
+//!
+//! One reconcile is fetch → decide → apply → status:
+//! - fetch: the pool's demand (sum of `FallbackPolicy.status.demand` entries naming it
+//!   in its namespace), its Deployment, its pods and, in `HpaFloor` mode, the HPA;
+//! - decide: [`scaling`] (pure) turns demand into a replica target, with growth at
+//!   once and shrinking only after `scaleDownStabilizationSeconds`;
+//! - apply: [`build`] (pure) makes the owned objects, applied server-side with
+//!   lifeline's field manager;
+//! - status: a merge patch of the status subresource, only when it changed.
+//!
+//! The start of a pending scale-down is kept on the Deployment as the annotation
+//! `lifeline.dev/scale-down-since` (written by the same apply), so a restarted operator
+//! neither shrinks early nor forgets the window. The running target is
+//! `status.desiredReplicas`, so a user's edit of the Deployment's replicas is drift to
+//! undo, not a new target to stabilize from.
 
-use std::sync::Arc;
+pub mod build;
+pub mod scaling;
 
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::Context;
+use crate::crd::{
+    BOTPOOL_AVAILABLE, BOTPOOL_SCALING_LIMITED, BotPool, BotPoolStatus, FIELD_MANAGER,
+    FallbackPolicy, ScalingMode, condition, find_condition, merge_condition,
+};
+use crate::telemetry::{ControllerLabels, ErrorLabels};
+use scaling::{FloorAction, HpaView, Recommendation, Sizing};
+
+/// Controller name in metric labels.
+const CONTROLLER: &str = "botpool";
+/// Annotation on the HPA: the user's own `minReplicas` while lifeline raises it.
+pub const USER_MIN_REPLICAS: &str = "lifeline.dev/user-min-replicas";
+/// Resync period when nothing is pending: a safety net, not the trigger.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// Condition reasons.
+pub mod reason {
+    /// Enough bots are ready.
+    pub const MINIMUM_READY: &str = "MinimumReplicasReady";
+    /// Fewer bots ready than needed.
+    pub const MINIMUM_UNAVAILABLE: &str = "MinimumReplicasUnavailable";
+    /// The API server rejected an owned object built from the spec.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// `replicas.max` covers the demand.
+    pub const WITHIN_BOUNDS: &str = "WithinBounds";
+    /// `replicas.max` is too low for the demand.
+    pub const MAX_REPLICAS: &str = "MaxReplicasReached";
+    /// HpaFloor mode without an HPA targeting the Deployment.
+    pub const HPA_NOT_FOUND: &str = "HpaNotFound";
+    /// The HPA's `maxReplicas` caps the floor.
+    pub const HPA_MAX_REPLICAS: &str = "HpaMaxReplicasReached";
+}
+
+/// Errors of the botpool controller.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object has no namespace (cannot happen for a namespaced kind).
+    #[error("BotPool has no namespace")]
+    MissingNamespace,
+    /// The object has no UID yet, so no owner reference can be made.
+    #[error("BotPool has no uid")]
+    MissingUid,
+    /// A Kubernetes API call failed.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What was being done.
+        action: &'static str,
+        /// The client error.
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// Short static category for metric labels and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::MissingNamespace => "missing_namespace",
+            Error::MissingUid => "missing_uid",
+            Error::Kube { .. } => "kube",
+        }
+    }
+}
+
+fn kube_err(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Kube { action, source }
+}
+
+/// A rejection the spec must fix (the API server said the object is invalid), as
+/// opposed to a failure that may pass on retry.
+fn rejection(err: &Error) -> Option<String> {
+    match err {
+        Error::Kube {
+            action,
+            source: kube::Error::Api(status),
+        } if matches!(status.code, 400 | 422) => Some(format!("{action}: {}", status.message)),
+        _ => None,
+    }
+}
+
+/// State of one controller run.
+struct State {
+    ctx: Arc<Context>,
+    /// Consecutive transient failures per pool, for the backoff.
+    failures: Mutex<HashMap<ObjectRef<BotPool>, u32>>,
+}
 
 /// Run the botpool controller until `shutdown` is cancelled.
-pub async fn run(_ctx: Arc<Context>, shutdown: CancellationToken) {
-    tracing::warn!("the botpool controller is not implemented yet");
-    shutdown.cancelled().await;
+pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=lifeline");
+    let bots =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/name={}", build::APP_NAME));
+    // Remember which pools each policy named, so that a pool dropped from a policy's
+    // demand is still reconciled (and its demand lowered).
+    let named: Arc<Mutex<HashMap<ObjectRef<FallbackPolicy>, BTreeSet<String>>>> = Arc::default();
+    let state = Arc::new(State {
+        ctx: ctx.clone(),
+        failures: Mutex::default(),
+    });
+    Controller::new(ctx.api::<BotPool>(), watcher::Config::default())
+        .owns(ctx.api::<Deployment>(), owned.clone())
+        .owns(ctx.api::<Service>(), owned.clone())
+        .owns(ctx.api::<PodDisruptionBudget>(), owned)
+        .watches(ctx.api::<Pod>(), bots, pool_of_pod)
+        .watches(
+            ctx.api::<FallbackPolicy>(),
+            watcher::Config::default(),
+            move |policy| pools_of_policy(&named, &policy),
+        )
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, state)
+        .for_each(|res| async move {
+            if let Err(err) = res {
+                tracing::debug!(error = %err, "botpool controller event");
+            }
+        })
+        .await;
+}
+
+fn pool_of_pod(pod: Pod) -> Option<ObjectRef<BotPool>> {
+    let name = pod.labels().get(build::POOL_LABEL)?;
+    Some(ObjectRef::new(name).within(pod.namespace().as_deref()?))
+}
+
+/// Pools a policy concerns: those in its demand and those its routes target, now or
+/// at its previous version.
+fn pools_of_policy(
+    named: &Mutex<HashMap<ObjectRef<FallbackPolicy>, BTreeSet<String>>>,
+    policy: &FallbackPolicy,
+) -> Vec<ObjectRef<BotPool>> {
+    let Some(ns) = policy.namespace() else {
+        return Vec::new();
+    };
+    let mut now: BTreeSet<String> = policy
+        .spec
+        .routes
+        .iter()
+        .flat_map(|r| &r.tiers)
+        .flat_map(|t| &t.targets)
+        .filter_map(|t| t.bot_pool.clone())
+        .collect();
+    if let Some(status) = &policy.status {
+        now.extend(status.demand.iter().map(|d| d.bot_pool.clone()));
+    }
+    let mut all = now.clone();
+    if let Ok(mut map) = named.lock() {
+        let key = ObjectRef::from_obj(policy);
+        if let Some(before) = map.insert(key, now) {
+            all.extend(before);
+        }
+    }
+    all.into_iter()
+        .map(|name| ObjectRef::new(&name).within(&ns))
+        .collect()
+}
+
+async fn reconcile(pool: Arc<BotPool>, state: Arc<State>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let key = ObjectRef::from_obj(pool.as_ref());
+    let span = tracing::info_span!("reconcile", kind = "BotPool", name = %pool.name_any(), namespace = ?pool.namespace());
+    let result = {
+        let _guard = span.enter();
+        drop(_guard);
+        reconcile_pool(&pool, &state.ctx).await
+    };
+    state
+        .ctx
+        .metrics
+        .reconcile_duration
+        .get_or_create(&ControllerLabels {
+            controller: CONTROLLER,
+        })
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_ok()
+        && let Ok(mut failures) = state.failures.lock()
+    {
+        failures.remove(&key);
+    }
+    result
+}
+
+fn error_policy(pool: Arc<BotPool>, err: &Error, state: Arc<State>) -> Action {
+    state
+        .ctx
+        .metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels {
+            controller: CONTROLLER,
+            error: err.category(),
+        })
+        .inc();
+    tracing::warn!(name = %pool.name_any(), namespace = ?pool.namespace(), error = %err, "reconcile failed");
+    let attempts = match state.failures.lock() {
+        Ok(mut failures) => {
+            let n = failures
+                .entry(ObjectRef::from_obj(pool.as_ref()))
+                .or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        }
+        Err(_) => 1,
+    };
+    let recorder = state.ctx.recorder.clone();
+    let reference = pool.object_ref(&());
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "ReconcileFailed".into(),
+        note: Some(truncate(&err.to_string(), 1000)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    tokio::spawn(async move {
+        let _ = recorder.publish(&event, &reference).await;
+    });
+    Action::requeue(backoff(attempts))
+}
+
+/// 1 s, 2 s, 4 s, … up to 5 minutes.
+fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.saturating_sub(1).min(9)).min(RESYNC)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// What the pods of a pool look like.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodCounts {
+    /// Pods that exist and are not terminating.
+    pub replicas: u32,
+    /// Of those, pods that are Ready and have an IP.
+    pub ready: u32,
+    /// `ip:port` of the ready pods, sorted by address.
+    pub endpoints: Vec<String>,
+}
+
+/// Count pods and collect ready endpoints.
+pub fn observe_pods<'a>(pods: impl IntoIterator<Item = &'a Pod>, port: i32) -> PodCounts {
+    let mut counts = PodCounts::default();
+    let mut ready: Vec<IpAddr> = Vec::new();
+    for pod in pods {
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let Some(status) = &pod.status else {
+            counts.replicas += 1;
+            continue;
+        };
+        if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+            continue;
+        }
+        counts.replicas += 1;
+        let is_ready = status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let ip = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok());
+        if let (true, Some(ip)) = (is_ready, ip) {
+            ready.push(ip);
+        }
+    }
+    ready.sort();
+    counts.ready = u32::try_from(ready.len()).unwrap_or(u32::MAX);
+    counts.endpoints = ready
+        .into_iter()
+        .map(|ip| std::net::SocketAddr::new(ip, port.clamp(0, 65535) as u16).to_string())
+        .collect();
+    counts
+}
+
+/// Concurrent calls the policies assign to pool `name`.
+pub fn demand_for<'a>(policies: impl IntoIterator<Item = &'a FallbackPolicy>, name: &str) -> u32 {
+    policies
+        .into_iter()
+        .filter_map(|p| p.status.as_ref())
+        .flat_map(|s| &s.demand)
+        .filter(|d| d.bot_pool == name)
+        .fold(0u32, |sum, d| sum.saturating_add(d.concurrent_calls))
+}
+
+/// Sizing settings from the spec.
+pub fn sizing(pool: &BotPool) -> Sizing {
+    Sizing {
+        calls_per_replica: pool.spec.calls_per_replica,
+        headroom_percent: pool.spec.scaling.headroom_percent,
+        min: pool.spec.replicas.min,
+        max: pool.spec.replicas.max,
+    }
+}
+
+/// How scaling went, for the `ScalingLimited` condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// Nothing limits the pool.
+    None,
+    /// `replicas.max` caps it.
+    MaxReplicas,
+    /// No HPA targets the Deployment (HpaFloor mode).
+    HpaNotFound(String),
+    /// The HPA's `maxReplicas` caps the floor.
+    HpaMax(i32),
+}
+
+/// Inputs of the status computation.
+pub struct Observed<'a> {
+    /// The pool.
+    pub pool: &'a BotPool,
+    /// Demand in calls.
+    pub demand: u32,
+    /// The recommendation for that demand.
+    pub recommendation: Recommendation,
+    /// The replica target lifeline runs (after stabilization).
+    pub target: u32,
+    /// Pods.
+    pub pods: PodCounts,
+    /// What limits scaling.
+    pub limit: Limit,
+    /// API server rejection of the owned objects, if any.
+    pub invalid: Option<String>,
+}
+
+/// The status a pool should have. Keeps transition times of unchanged conditions.
+pub fn desired_status(obs: &Observed<'_>, now: jiff::Timestamp) -> BotPoolStatus {
+    let pool = obs.pool;
+    let generation = pool.metadata.generation;
+    let old = pool.status.clone().unwrap_or_default();
+    let per_replica = pool.spec.calls_per_replica;
+    let min = pool.spec.replicas.min;
+    let mut conditions = old.conditions.clone();
+
+    let available = match &obs.invalid {
+        Some(message) => condition(
+            BOTPOOL_AVAILABLE,
+            false,
+            reason::INVALID_SPEC,
+            format!("the API server rejected the pool's objects; fix the BotPool spec: {message}"),
+            generation,
+        ),
+        None => {
+            let ok = obs.pods.ready >= 1 && obs.pods.ready >= min;
+            condition(
+                BOTPOOL_AVAILABLE,
+                ok,
+                if ok {
+                    reason::MINIMUM_READY
+                } else {
+                    reason::MINIMUM_UNAVAILABLE
+                },
+                format!(
+                    "{} of {} bots ready (replicas.min {min}, desired {})",
+                    obs.pods.ready, obs.pods.replicas, obs.target
+                ),
+                generation,
+            )
+        }
+    };
+    merge_condition(&mut conditions, available, now);
+
+    let rec = obs.recommendation;
+    let short = |cap_replicas: u64| {
+        rec.calls_with_headroom
+            .saturating_sub(cap_replicas * u64::from(per_replica))
+    };
+    let limited = match &obs.limit {
+        Limit::None | Limit::MaxReplicas if rec.shortfall_calls == 0 => condition(
+            BOTPOOL_SCALING_LIMITED,
+            false,
+            reason::WITHIN_BOUNDS,
+            format!(
+                "demand {} calls ({} with {}% headroom) fits within replicas.max {}",
+                obs.demand,
+                rec.calls_with_headroom,
+                pool.spec.scaling.headroom_percent,
+                pool.spec.replicas.max
+            ),
+            generation,
+        ),
+        Limit::None | Limit::MaxReplicas => condition(
+            BOTPOOL_SCALING_LIMITED,
+            true,
+            reason::MAX_REPLICAS,
+            format!(
+                "{} calls short: demand {} calls ({} with {}% headroom) needs more than replicas.max {} × {per_replica} calls; raise replicas.max",
+                rec.shortfall_calls,
+                obs.demand,
+                rec.calls_with_headroom,
+                pool.spec.scaling.headroom_percent,
+                pool.spec.replicas.max
+            ),
+            generation,
+        ),
+        Limit::HpaNotFound(deployment) => condition(
+            BOTPOOL_SCALING_LIMITED,
+            true,
+            reason::HPA_NOT_FOUND,
+            format!(
+                "scaling.mode is HpaFloor but no HorizontalPodAutoscaler targets Deployment {deployment}; create one or use mode Direct"
+            ),
+            generation,
+        ),
+        Limit::HpaMax(max) => condition(
+            BOTPOOL_SCALING_LIMITED,
+            true,
+            reason::HPA_MAX_REPLICAS,
+            format!(
+                "{} calls short: the floor {} is capped by the HPA's maxReplicas {max}; raise it",
+                short(u64::try_from(*max).unwrap_or(0)),
+                rec.replicas
+            ),
+            generation,
+        ),
+    };
+    merge_condition(&mut conditions, limited, now);
+
+    BotPoolStatus {
+        observed_generation: generation,
+        conditions,
+        replicas: obs.pods.replicas,
+        ready_replicas: obs.pods.ready,
+        desired_replicas: obs.target,
+        demand: obs.demand,
+        ready_capacity: obs.pods.ready.saturating_mul(per_replica),
+        endpoints: obs.pods.endpoints.clone(),
+    }
+}
+
+async fn reconcile_pool(pool: &BotPool, ctx: &Context) -> Result<Action, Error> {
+    let ns = pool.namespace().ok_or(Error::MissingNamespace)?;
+    let name = pool.name_any();
+    let owner = pool.controller_owner_ref(&()).ok_or(Error::MissingUid)?;
+    let client = ctx.client.clone();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let policies: Api<FallbackPolicy> = Api::namespaced(client.clone(), &ns);
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let now = jiff::Timestamp::now();
+
+    // Fetch.
+    let policy_list = policies
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("list FallbackPolicies"))?;
+    let demand = demand_for(&policy_list.items, &name);
+    let existing = deployments
+        .get_opt(&name)
+        .await
+        .map_err(kube_err("get Deployment"))?;
+
+    // Decide.
+    let rec = scaling::recommend(demand, sizing(pool));
+    let current = match &pool.status {
+        Some(s) if s.observed_generation.is_some() => Some(s.desired_replicas),
+        _ => existing
+            .as_ref()
+            .and_then(|d| d.spec.as_ref()?.replicas)
+            .and_then(|r| u32::try_from(r).ok()),
+    };
+    let lower_since = existing
+        .as_ref()
+        .and_then(|d| d.annotations().get(build::SCALE_DOWN_SINCE)?.parse().ok());
+    let window = Duration::from_secs(pool.spec.scaling.scale_down_stabilization_seconds.into());
+    let stable = scaling::stabilize(current, rec.replicas, lower_since, window, now);
+    let hpa_mode = pool.spec.scaling.mode == ScalingMode::HpaFloor;
+    let inputs = build::Inputs {
+        replicas: (!hpa_mode).then(|| i32::try_from(stable.target).unwrap_or(i32::MAX)),
+        scale_down_since: stable.lower_since,
+    };
+
+    // Apply.
+    let applied = apply_children(pool, &ns, &owner, &inputs, ctx).await;
+    let invalid = match applied {
+        Ok(()) => None,
+        Err(err) => match rejection(&err) {
+            Some(message) => Some(message),
+            None => return Err(err),
+        },
+    };
+    let mut limit = if rec.shortfall_calls > 0 {
+        Limit::MaxReplicas
+    } else {
+        Limit::None
+    };
+    if hpa_mode && invalid.is_none() {
+        limit = apply_hpa_floor(&ns, &name, stable.target, ctx)
+            .await?
+            .unwrap_or(limit);
+    }
+
+    // Status.
+    let pods = pods_api
+        .list(&ListParams::default().labels(&build::selector_string(pool)))
+        .await
+        .map_err(kube_err("list Pods"))?;
+    let observed = Observed {
+        pool,
+        demand,
+        recommendation: rec,
+        target: stable.target,
+        pods: observe_pods(&pods.items, pool.spec.sip_port),
+        limit,
+        invalid: invalid.clone(),
+    };
+    let status = desired_status(&observed, now);
+    publish_transitions(pool, &status, ctx).await;
+    if pool.status.as_ref() != Some(&status) {
+        Api::<BotPool>::namespaced(client, &ns)
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": status })),
+            )
+            .await
+            .map_err(kube_err("patch BotPool status"))?;
+    }
+
+    if let Some(message) = invalid {
+        // Permanent: a spec change (a new generation) triggers the next attempt.
+        ctx.metrics
+            .reconcile_errors
+            .get_or_create(&ErrorLabels {
+                controller: CONTROLLER,
+                error: "invalid_spec",
+            })
+            .inc();
+        tracing::info!(%name, %ns, %message, "BotPool spec rejected by the API server");
+        return Ok(Action::await_change());
+    }
+    Ok(match stable.wait {
+        // Requeue just after the window ends (the store may lag a little).
+        Some(wait) => Action::requeue(wait + Duration::from_millis(200)),
+        None => Action::requeue(RESYNC),
+    })
+}
+
+async fn apply_children(
+    pool: &BotPool,
+    ns: &str,
+    owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    inputs: &build::Inputs,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let name = pool.name_any();
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let client = ctx.client.clone();
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .patch(
+            &name,
+            &pp,
+            &Patch::Apply(build::deployment(pool, owner, inputs)),
+        )
+        .await
+        .map_err(kube_err("apply Deployment"))?;
+    Api::<Service>::namespaced(client.clone(), ns)
+        .patch(&name, &pp, &Patch::Apply(build::service(pool, owner)))
+        .await
+        .map_err(kube_err("apply Service"))?;
+    Api::<PodDisruptionBudget>::namespaced(client, ns)
+        .patch(
+            &name,
+            &pp,
+            &Patch::Apply(build::pod_disruption_budget(pool, owner)),
+        )
+        .await
+        .map_err(kube_err("apply PodDisruptionBudget"))?;
+    Ok(())
+}
+
+/// Whether `manager` owns `spec.minReplicas` of the HPA through an Apply.
+fn owns_min_replicas(hpa: &HorizontalPodAutoscaler, manager: &str) -> bool {
+    hpa.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.manager.as_deref() == Some(manager) && m.operation.as_deref() == Some("Apply")
+        })
+        .filter_map(|m| m.fields_v1.as_ref())
+        .any(|f| {
+            f.0.get("f:spec")
+                .and_then(|s| s.get("f:minReplicas"))
+                .is_some()
+        })
+}
+
+/// Raise or restore the floor of the HPA that targets the pool's Deployment.
+/// Returns what limits scaling, if the HPA does.
+///
+/// The write is a forced server-side apply of only `spec.minReplicas` and the
+/// annotation: lifeline takes over exactly that field from the user's manager (Argo
+/// CD can ignore it with `ignoreDifferences.managedFieldsManagers`), never the rest
+/// of the HPA. When lifeline no longer owns the field, someone else set it since, and
+/// that value becomes the user's.
+async fn apply_hpa_floor(
+    ns: &str,
+    deployment: &str,
+    floor: u32,
+    ctx: &Context,
+) -> Result<Option<Limit>, Error> {
+    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
+    let hpas = api
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("list HorizontalPodAutoscalers"))?;
+    let Some(hpa) = hpas.items.into_iter().find(|h| {
+        h.spec.as_ref().is_some_and(|s| {
+            s.scale_target_ref.kind == "Deployment" && s.scale_target_ref.name == deployment
+        })
+    }) else {
+        return Ok(Some(Limit::HpaNotFound(deployment.to_string())));
+    };
+    let Some(spec) = hpa.spec.as_ref() else {
+        return Ok(None);
+    };
+    let view = HpaView {
+        min_replicas: spec.min_replicas.unwrap_or(1),
+        max_replicas: spec.max_replicas,
+        remembered_user_min: hpa
+            .annotations()
+            .get(USER_MIN_REPLICAS)
+            .and_then(|v| v.parse().ok()),
+        floor_owned: owns_min_replicas(&hpa, FIELD_MANAGER),
+    };
+    let (action, capped) = scaling::hpa_floor(view, floor);
+    let hpa_name = hpa.name_any();
+    let body = match action {
+        FloorAction::Keep => None,
+        FloorAction::Raise {
+            min_replicas,
+            user_min,
+        } => Some(json!({
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": { "annotations": { USER_MIN_REPLICAS: user_min.to_string() } },
+            "spec": { "minReplicas": min_replicas },
+        })),
+        FloorAction::Restore { min_replicas } => Some(json!({
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "spec": { "minReplicas": min_replicas },
+        })),
+    };
+    if let Some(body) = body {
+        tracing::info!(hpa = %hpa_name, ?action, "adjusting HPA floor");
+        api.patch(
+            &hpa_name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await
+        .map_err(kube_err("apply HPA minReplicas"))?;
+    }
+    let wanted = i32::try_from(floor).unwrap_or(i32::MAX);
+    Ok((capped < wanted).then_some(Limit::HpaMax(spec.max_replicas)))
+}
+
+/// Events on scale changes and on a newly rejected spec.
+async fn publish_transitions(pool: &BotPool, new: &BotPoolStatus, ctx: &Context) {
+    let Some(old) = &pool.status else {
+        return;
+    };
+    let mut events = Vec::new();
+    if old.observed_generation.is_some() && old.desired_replicas != new.desired_replicas {
+        let (reason, verb) = if new.desired_replicas > old.desired_replicas {
+            ("ScaledUp", "up")
+        } else {
+            ("ScaledDown", "down")
+        };
+        events.push(Event {
+            type_: EventType::Normal,
+            reason: reason.into(),
+            note: Some(format!(
+                "scaled {verb} from {} to {} replicas for a demand of {} calls",
+                old.desired_replicas, new.desired_replicas, new.demand
+            )),
+            action: "Scale".into(),
+            secondary: None,
+        });
+    }
+    let was_invalid = find_condition(&old.conditions, BOTPOOL_AVAILABLE)
+        .is_some_and(|c| c.reason == reason::INVALID_SPEC);
+    if let Some(c) = find_condition(&new.conditions, BOTPOOL_AVAILABLE)
+        && c.reason == reason::INVALID_SPEC
+        && !was_invalid
+    {
+        events.push(Event {
+            type_: EventType::Warning,
+            reason: reason::INVALID_SPEC.into(),
+            note: Some(truncate(&c.message, 1000)),
+            action: "Apply".into(),
+            secondary: None,
+        });
+    }
+    let reference = pool.object_ref(&());
+    for event in events {
+        if let Err(err) = ctx.recorder.publish(&event, &reference).await {
+            tracing::debug!(error = %err, "publishing an event failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{BotDemand, BotPoolSpec, FallbackPolicyStatus};
+
+    fn pool(yaml: &str) -> BotPool {
+        let spec: BotPoolSpec = serde_yaml::from_str(yaml).unwrap();
+        let mut bp = BotPool::new("bots", spec);
+        bp.metadata.namespace = Some("cc".into());
+        bp.metadata.generation = Some(3);
+        bp
+    }
+
+    fn pod(ip: Option<&str>, ready: bool, deleting: bool) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": format!("p-{}", ip.unwrap_or("none")),
+                "deletionTimestamp": deleting.then_some("2026-01-01T00:00:00Z"),
+            },
+            "status": {
+                "phase": "Running",
+                "podIP": ip,
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_ready_pods_with_an_ip_are_endpoints_sorted_by_address() {
+        let pods = [
+            pod(Some("127.1.0.10"), true, false),
+            pod(Some("127.1.0.2"), true, false),
+            pod(Some("127.1.0.3"), false, false),
+            pod(None, true, false),
+            pod(Some("127.1.0.4"), true, true),
+        ];
+        let counts = observe_pods(&pods, 5060);
+        assert_eq!(counts.replicas, 4);
+        assert_eq!(counts.ready, 2);
+        assert_eq!(counts.endpoints, vec!["127.1.0.2:5060", "127.1.0.10:5060"]);
+        let v6 = observe_pods(&[pod(Some("fd00::1"), true, false)], 5060);
+        assert_eq!(v6.endpoints, vec!["[fd00::1]:5060"]);
+    }
+
+    #[test]
+    fn demand_sums_entries_naming_the_pool() {
+        let policy = |entries: &[(&str, u32)]| {
+            let mut p: FallbackPolicy = serde_json::from_value(json!({
+                "apiVersion": "lifeline.dev/v1alpha1", "kind": "FallbackPolicy",
+                "metadata": {"name": "p"},
+                "spec": {"routingConfigMap": {"name": "r"}, "regions": [{"name": "a"}],
+                         "routes": [{"name": "in", "setId": 1, "tiers": [{"name": "t", "targets": [{"botPool": "bots"}]}]}]}
+            }))
+            .unwrap();
+            p.status = Some(FallbackPolicyStatus {
+                demand: entries
+                    .iter()
+                    .map(|(n, c)| BotDemand {
+                        bot_pool: n.to_string(),
+                        concurrent_calls: *c,
+                    })
+                    .collect(),
+                ..Default::default()
+            });
+            p
+        };
+        let policies = [
+            policy(&[("bots", 30), ("other", 99)]),
+            policy(&[("bots", 12)]),
+        ];
+        assert_eq!(demand_for(&policies, "bots"), 42);
+        assert_eq!(demand_for(&policies, "nobody"), 0);
+        assert_eq!(
+            demand_for(&[policy(&[("bots", u32::MAX), ("bots", 5)])], "bots"),
+            u32::MAX
+        );
+    }
+
+    fn observed<'a>(bp: &'a BotPool, demand: u32, ready: u32, limit: Limit) -> Observed<'a> {
+        let rec = scaling::recommend(demand, sizing(bp));
+        Observed {
+            pool: bp,
+            demand,
+            recommendation: rec,
+            target: rec.replicas,
+            pods: PodCounts {
+                replicas: ready,
+                ready,
+                endpoints: (0..ready).map(|i| format!("127.1.0.{i}:5060")).collect(),
+            },
+            limit,
+            invalid: None,
+        }
+    }
+
+    #[test]
+    fn status_reports_capacity_and_availability() {
+        let bp = pool("region: a\nimage: x\ncallsPerReplica: 10\nreplicas: {min: 2, max: 5}\n");
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let s = desired_status(&observed(&bp, 25, 3, Limit::None), now);
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(
+            (s.ready_replicas, s.ready_capacity, s.desired_replicas),
+            (3, 30, 3)
+        );
+        assert!(crate::crd::is_true(&s.conditions, BOTPOOL_AVAILABLE));
+        assert!(!crate::crd::is_true(&s.conditions, BOTPOOL_SCALING_LIMITED));
+        let s = desired_status(&observed(&bp, 0, 1, Limit::None), now);
+        assert!(
+            !crate::crd::is_true(&s.conditions, BOTPOOL_AVAILABLE),
+            "1 ready < min 2"
+        );
+    }
+
+    #[test]
+    fn scaling_limited_names_the_shortfall_in_calls() {
+        let bp = pool("region: a\nimage: x\ncallsPerReplica: 10\nreplicas: {min: 1, max: 5}\n");
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        // 100 calls + 20 % = 120; 5 × 10 = 50 → 70 short.
+        let s = desired_status(&observed(&bp, 100, 5, Limit::MaxReplicas), now);
+        let c = find_condition(&s.conditions, BOTPOOL_SCALING_LIMITED).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", reason::MAX_REPLICAS)
+        );
+        assert!(c.message.starts_with("70 calls short"), "{}", c.message);
+        let s = desired_status(&observed(&bp, 20, 3, Limit::HpaMax(2)), now);
+        let c = find_condition(&s.conditions, BOTPOOL_SCALING_LIMITED).unwrap();
+        assert_eq!(c.reason, reason::HPA_MAX_REPLICAS);
+        assert!(c.message.starts_with("4 calls short"), "{}", c.message);
+    }
+
+    #[test]
+    fn unchanged_status_is_equal_so_nothing_is_written() {
+        let mut bp = pool("region: a\nimage: x\ncallsPerReplica: 10\nreplicas: {min: 2, max: 5}\n");
+        let t0 = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let first = desired_status(&observed(&bp, 25, 3, Limit::None), t0);
+        bp.status = Some(first.clone());
+        let later = t0 + jiff::SignedDuration::from_secs(60);
+        assert_eq!(
+            desired_status(&observed(&bp, 25, 3, Limit::None), later),
+            first
+        );
+    }
+
+    #[test]
+    fn invalid_spec_makes_the_pool_unavailable_with_the_message() {
+        let bp = pool("region: a\nimage: x\ncallsPerReplica: 10\n");
+        let mut obs = observed(&bp, 0, 0, Limit::None);
+        obs.invalid = Some("apply Deployment: spec.template...: Invalid value".into());
+        let s = desired_status(&obs, jiff::Timestamp::UNIX_EPOCH);
+        let c = find_condition(&s.conditions, BOTPOOL_AVAILABLE).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reason::INVALID_SPEC)
+        );
+        assert!(c.message.contains("Invalid value"));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(4));
+        assert_eq!(backoff(100), RESYNC);
+    }
 }
