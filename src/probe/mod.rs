@@ -3,10 +3,18 @@
 //! The [`ProbeHub`] owns one schedule per endpoint; owners (a Trunk, a FallbackPolicy)
 //! hand it their targets with [`ProbeHub::set_targets`] and read [`ProbeHub::health`].
 
+pub mod codec;
+pub mod health;
+mod hub;
+pub mod transport;
+
 use std::sync::Arc;
 
 use crate::crd::{EndpointState, ProbeSpec};
 use crate::telemetry::Metrics;
+
+pub use health::{FailureKind, Outcome};
+pub use hub::RTT_REFRESH;
 
 /// One endpoint to probe, with the probe settings of its owner.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,44 +45,51 @@ pub struct EndpointHealth {
 }
 
 /// Probes SIP endpoints on their schedules and keeps their health. Cheap to clone.
+///
+/// Each endpoint gets its own task that probes it every `periodSeconds`, starting at a
+/// random phase so that thousands of endpoints do not fire together. UDP probes share
+/// one socket per address family (see [`transport`]).
 #[derive(Clone)]
 pub struct ProbeHub {
-    _metrics: Arc<Metrics>,
-    changes: tokio::sync::broadcast::Sender<String>,
+    inner: Arc<hub::Inner>,
 }
 
 impl ProbeHub {
     /// A hub with no targets.
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        let (changes, _) = tokio::sync::broadcast::channel(1024);
         Self {
-            _metrics: metrics,
-            changes,
+            inner: Arc::new(hub::Inner::new(metrics)),
         }
     }
 
     /// Replace the set of targets owned by `owner` (keys: `trunk/<ns>/<name>`,
-    /// `policy/<ns>/<name>`). Idempotent; keeps the health of URIs that stay.
+    /// `policy/<ns>/<name>`). Idempotent; keeps the health of URIs that stay (a URI
+    /// whose probe settings change keeps its health and restarts its schedule); starts
+    /// and stops per-endpoint schedules. Not async: callable from sync code, inside or
+    /// outside a runtime (schedules then run on the runtime the hub was created in).
     pub fn set_targets(&self, owner: &str, targets: Vec<ProbeTarget>) {
-        let _ = (owner, targets);
+        self.inner.set_targets(owner, targets);
     }
 
     /// Stop probing the targets of `owner` and forget them.
     pub fn remove(&self, owner: &str) {
-        let _ = owner;
+        self.inner.remove(owner);
     }
 
-    /// Current health of the owner's targets, in the order given to `set_targets`.
+    /// Current health of the owner's targets, in the order given to `set_targets`
+    /// (empty for an unknown owner).
     pub fn health(&self, owner: &str) -> Vec<EndpointHealth> {
-        let _ = owner;
-        Vec::new()
+        self.inner.health(owner)
     }
 
-    /// Owner keys whose endpoints changed state, or whose RTT is due for its 30 s refresh.
+    /// Owner keys whose endpoints changed state (Up/Down/Unknown), or whose RTT is due
+    /// for its [`RTT_REFRESH`]. A lagging receiver should re-read every owner.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<String> {
-        self.changes.subscribe()
+        self.inner.subscribe()
     }
 
-    /// Stop every probe task.
-    pub fn shutdown(&self) {}
+    /// Stop every probe task. The hub accepts no targets afterwards.
+    pub fn shutdown(&self) {
+        self.inner.shutdown();
+    }
 }

@@ -1,0 +1,287 @@
+//! The scheduler: one task per endpoint, each probing on its own jittered phase.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use super::health::{HealthState, Outcome};
+use super::transport::Prober;
+use super::{EndpointHealth, ProbeTarget};
+use crate::crd::{EndpointState, ProbeSpec};
+use crate::telemetry::{Metrics, ReasonLabels, StateLabels};
+
+/// How often an owner is told that the RTT of an Up endpoint changed, at most.
+pub const RTT_REFRESH: Duration = Duration::from_secs(30);
+
+pub(super) struct Inner {
+    metrics: Arc<Metrics>,
+    changes: broadcast::Sender<String>,
+    owners: Mutex<HashMap<String, Owner>>,
+    prober: Arc<Prober>,
+    shutdown: CancellationToken,
+    runtime: Mutex<Option<tokio::runtime::Handle>>,
+}
+
+#[derive(Default)]
+struct Owner {
+    order: Vec<String>,
+    endpoints: HashMap<String, Arc<Endpoint>>,
+}
+
+struct Endpoint {
+    uri: String,
+    spec: ProbeSpec,
+    health: Mutex<Tracked>,
+    stop: CancellationToken,
+}
+
+struct Tracked {
+    health: HealthState,
+    /// When the owner was last told about an RTT change.
+    rtt_notified: Option<tokio::time::Instant>,
+    rtt_notified_value: Option<u32>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn state_label(s: EndpointState) -> StateLabels {
+    StateLabels {
+        state: match s {
+            EndpointState::Up => "Up",
+            EndpointState::Down => "Down",
+            EndpointState::Unknown => "Unknown",
+        },
+    }
+}
+
+impl Inner {
+    pub(super) fn new(metrics: Arc<Metrics>) -> Self {
+        let (changes, _) = broadcast::channel(4096);
+        let shutdown = CancellationToken::new();
+        Self {
+            metrics,
+            changes,
+            owners: Mutex::new(HashMap::new()),
+            prober: Arc::new(Prober::new(shutdown.clone())),
+            runtime: Mutex::new(tokio::runtime::Handle::try_current().ok()),
+            shutdown,
+        }
+    }
+
+    pub(super) fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.changes.subscribe()
+    }
+
+    /// The runtime to spawn schedules on: the current one, or the one the hub was
+    /// created in, so that sync callers outside a runtime work too.
+    fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            return Some(h);
+        }
+        lock(&self.runtime).clone()
+    }
+
+    pub(super) fn set_targets(self: &Arc<Self>, owner_key: &str, targets: Vec<ProbeTarget>) {
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let Some(runtime) = self.runtime() else {
+            tracing::error!(owner = owner_key, "no tokio runtime: cannot start probes");
+            return;
+        };
+        let mut owners = lock(&self.owners);
+        let owner = owners.entry(owner_key.to_string()).or_default();
+        let mut next: HashMap<String, Arc<Endpoint>> = HashMap::new();
+        let mut order = Vec::with_capacity(targets.len());
+        for t in targets {
+            order.push(t.uri.clone());
+            if next.contains_key(&t.uri) {
+                continue;
+            }
+            let endpoint = match owner.endpoints.remove(&t.uri) {
+                Some(old) if old.spec == t.spec => old,
+                Some(old) => {
+                    // New settings: restart the schedule but keep what we know.
+                    old.stop.cancel();
+                    let kept = lock(&old.health).health.clone();
+                    self.start(&runtime, owner_key, t, kept, false)
+                }
+                None => self.start(&runtime, owner_key, t, HealthState::default(), true),
+            };
+            next.insert(endpoint.uri.clone(), endpoint);
+        }
+        for (_, gone) in owner.endpoints.drain() {
+            self.stop(&gone);
+        }
+        owner.order = order;
+        owner.endpoints = next;
+    }
+
+    fn start(
+        self: &Arc<Self>,
+        runtime: &tokio::runtime::Handle,
+        owner_key: &str,
+        target: ProbeTarget,
+        health: HealthState,
+        new: bool,
+    ) -> Arc<Endpoint> {
+        if new {
+            self.metrics
+                .endpoints
+                .get_or_create(&state_label(health.state))
+                .inc();
+        }
+        let endpoint = Arc::new(Endpoint {
+            uri: target.uri,
+            spec: target.spec,
+            health: Mutex::new(Tracked {
+                health,
+                rtt_notified: None,
+                rtt_notified_value: None,
+            }),
+            stop: self.shutdown.child_token(),
+        });
+        runtime.spawn(schedule(
+            Arc::downgrade(self),
+            owner_key.to_string(),
+            endpoint.clone(),
+        ));
+        endpoint
+    }
+
+    fn stop(&self, endpoint: &Endpoint) {
+        endpoint.stop.cancel();
+        let state = lock(&endpoint.health).health.state;
+        self.metrics
+            .endpoints
+            .get_or_create(&state_label(state))
+            .dec();
+    }
+
+    pub(super) fn remove(&self, owner_key: &str) {
+        if let Some(owner) = lock(&self.owners).remove(owner_key) {
+            for e in owner.endpoints.values() {
+                self.stop(e);
+            }
+        }
+    }
+
+    pub(super) fn health(&self, owner_key: &str) -> Vec<EndpointHealth> {
+        let owners = lock(&self.owners);
+        let Some(owner) = owners.get(owner_key) else {
+            return Vec::new();
+        };
+        owner
+            .order
+            .iter()
+            .filter_map(|uri| owner.endpoints.get(uri))
+            .map(|e| {
+                let h = &lock(&e.health).health;
+                EndpointHealth {
+                    uri: e.uri.clone(),
+                    state: h.state,
+                    rtt_millis: h.rtt_millis,
+                    last_status_code: h.last_status_code,
+                    consecutive_failures: h.consecutive_failures,
+                    last_transition: h.last_transition,
+                    last_error: h.last_error.clone(),
+                }
+            })
+            .collect()
+    }
+
+    pub(super) fn shutdown(&self) {
+        self.shutdown.cancel();
+        let mut owners = lock(&self.owners);
+        for (_, owner) in owners.drain() {
+            for e in owner.endpoints.values() {
+                self.stop(e);
+            }
+        }
+    }
+
+    /// Record one probe result; true when the owner should hear about it.
+    fn record(&self, endpoint: &Endpoint, outcome: &Outcome) -> bool {
+        self.metrics.probes_sent.inc();
+        if let Outcome::Failed { kind, .. } = outcome {
+            self.metrics
+                .probes_failed
+                .get_or_create(&ReasonLabels {
+                    reason: kind.category(),
+                })
+                .inc();
+        }
+        if let Outcome::Answered { code, .. } = outcome
+            && !super::health::is_alive(*code, &endpoint.spec)
+        {
+            self.metrics
+                .probes_failed
+                .get_or_create(&ReasonLabels { reason: "status" })
+                .inc();
+        }
+        let mut tracked = lock(&endpoint.health);
+        let transition = tracked
+            .health
+            .apply(outcome, &endpoint.spec, jiff::Timestamp::now());
+        if let Some(t) = &transition {
+            tracing::info!(uri = %endpoint.uri, from = %t.from, to = %t.to, cause = %t.cause, "endpoint state changed");
+            self.metrics
+                .endpoints
+                .get_or_create(&state_label(t.from))
+                .dec();
+            self.metrics
+                .endpoints
+                .get_or_create(&state_label(t.to))
+                .inc();
+        }
+        let now = tokio::time::Instant::now();
+        let rtt_due = tracked.health.rtt_millis != tracked.rtt_notified_value
+            && tracked
+                .rtt_notified
+                .is_none_or(|at| now.duration_since(at) >= RTT_REFRESH);
+        if transition.is_some() || rtt_due {
+            tracked.rtt_notified = Some(now);
+            tracked.rtt_notified_value = tracked.health.rtt_millis;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Probe one endpoint every period until stopped. The first probe waits a random
+/// fraction of the period, so endpoints added together spread over the period.
+async fn schedule(hub: std::sync::Weak<Inner>, owner_key: String, endpoint: Arc<Endpoint>) {
+    let period = Duration::from_secs(u64::from(endpoint.spec.period_seconds.max(1)));
+    let timeout = Duration::from_millis(u64::from(endpoint.spec.timeout_millis.max(1))).min(period);
+    let phase = period.mul_f64(rand::random::<f64>());
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let prober = match hub.upgrade() {
+        Some(h) => h.prober.clone(),
+        None => return,
+    };
+    loop {
+        tokio::select! {
+            _ = endpoint.stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let outcome = tokio::select! {
+            _ = endpoint.stop.cancelled() => return,
+            o = prober.probe(&endpoint.uri, timeout) => o,
+        };
+        let Some(hub) = hub.upgrade() else { return };
+        if endpoint.stop.is_cancelled() {
+            return;
+        }
+        if hub.record(&endpoint, &outcome) {
+            // No receivers is fine: nobody is watching yet.
+            let _ = hub.changes.send(owner_key.clone());
+        }
+    }
+}
