@@ -1,1 +1,405 @@
-//! The fallback planner: a pure function from spec and observed health to a plan (being written).
+//! The fallback planner: a pure function from a policy's spec, the observed health of
+//! its trunks, bot pools and static targets, the previous plan and the current time to
+//! a new plan and the events that led to it. No I/O happens here.
+//!
+//! # Rules
+//!
+//! **Region health.** A region is *unhealthy* when
+//! (a) the policy references trunks in it and fewer than `health.minHealthyTrunks` of
+//! them are Up (a trunk is Up when it is not disabled and at least one endpoint is Up),
+//! (b) a referenced bot pool in it has fewer ready replicas than
+//! `health.minReadyBotFraction` × its desired replicas, or
+//! (c) it has no referenced trunks or bot pools, only static `uri` targets, and all of
+//! them are Down.
+//! It is *healthy* when some check passes and none fails, and *unknown* otherwise (e.g.
+//! endpoints not probed yet, or a pool with zero desired replicas). Unknown never
+//! changes a region's state, so a fresh operator does not fail regions it has not
+//! measured yet.
+//!
+//! **Region states.** `Active` → `Failed` once unhealthy for `failAfterSeconds`;
+//! `Failed` → `Recovering` when healthy; `Recovering` → `Active` after
+//! `recoverAfterSeconds` of health (with `failback: Manual` additionally only when the
+//! policy's annotation `lifeline.dev/failback` holds an RFC 3339 time *later than the
+//! region's last failure*, e.g. `kubectl annotate fbp main
+//! lifeline.dev/failback=$(date -u +%FT%TZ) --overwrite`; an older approval does not
+//! pre-approve a later failure); `Recovering` → `Failed` at once when health fails
+//! again. `spec.override` puts its regions in `Draining` until `until` (or until the
+//! override is removed), then they return to `Active` (or `Failed`, if unhealthy).
+//!
+//! **Flapping.** `maxTransitionsPerHour` bounds every region's state changes in any
+//! sliding hour. Moves *away* from traffic (to `Failed`) are never held back, since
+//! holding them would send calls to a dead region; moves *towards* traffic
+//! (`Failed` → `Recovering` → `Active`) are held back unless, after them, one more
+//! transition still fits in the budget. So the bound holds for health-driven changes
+//! (override changes are the user's and are never held, but they count). With a budget
+//! of 1 a region would never return; the planner treats the budget as at least 2.
+//!
+//! **Weights.** Active regions share 100 in proportion to `spec.regions[].weight`
+//! (largest-remainder rounding, ties to the region listed first); other regions get 0.
+//! Within each route the dispatcher weights also sum to 100: first over the active
+//! tiers (see below) by the calls they carry, then over the regions present in a tier
+//! by their effective weights, then over a region's destinations by endpoint weight
+//! (trunk endpoints) or evenly (bots, static URIs).
+//!
+//! **Tiers.** The active tier of a route is the first with a placeable destination (an
+//! Up trunk endpoint, a ready bot, an Up static URI, in an Active region). When the
+//! healthy capacity of the active tiers (trunk `capacity.maxConcurrentCalls`, bot
+//! `readyCapacity`, unlimited when unstated and for static URIs) is short of
+//! `expectedConcurrentCalls`, the next tier with placeable destinations overflows:
+//! each tier carries as many calls as it can and the last one the rest. Placeable
+//! destinations of the remaining tiers stay in the set at lower priority with weight
+//! 0: Kamailio can fail a single call over to them (`ds_next_dst`) before lifeline
+//! notices anything.
+//!
+//! **Bot demand.** A bot pool's demand is the calls routed to its destinations: for
+//! each route, the calls of each active tier are split over regions by effective
+//! weight and within a region over its destinations (as for the weights, but in calls
+//! rather than percent). A pool used by several routes gets the largest of its per-route
+//! figures (routes describe alternative paths for the same calls, not extra calls).
+//! Pools with no ready bot receive no calls and so no demand (they keep their
+//! `replicas.min`).
+//!
+//! **Fail-open.** A route left without any placeable destination (for example because
+//! every region failed) is not published empty: it keeps its last known good
+//! destinations from the previous plan, or, after an operator restart, every
+//! destination of the first tier that has any (preferring those whose endpoints are
+//! not Down). The plan says so (`fail_open`), which becomes the `Degraded` condition
+//! with reason `FailOpen` and a warning Event.
+//!
+//! **Restarts.** [`Plan::from_status`] rebuilds the previous plan from the policy's
+//! status (region states with `since`, history, demand), so a restarted operator neither
+//! flaps nor forgets a failure. Two things are not in the status and restart from
+//! scratch: a pending failure timer (a region unhealthy for less than
+//! `failAfterSeconds` waits the full time again) and the last known good destinations
+//! (see fail-open).
+
+mod apportion;
+pub mod fixtures;
+mod observe;
+mod regions;
+mod routes;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::crd::{
+    BotDemand, FallbackPolicySpec, FallbackPolicyStatus, HISTORY_LIMIT, HistoryEntry, RegionState,
+};
+
+pub use apportion::apportion;
+pub use observe::{
+    BotPoolObservation, EndpointObservation, Observed, TrunkHealth, TrunkObservation,
+    bot_destination,
+};
+
+/// The annotation that approves a manual failback (an RFC 3339 time).
+pub const FAILBACK_ANNOTATION: &str = "lifeline.dev/failback";
+
+/// Where calls go, decided from health: the output of [`plan`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// One entry per `spec.regions[]`, in spec order.
+    pub regions: Vec<RegionPlan>,
+    /// One entry per `spec.routes[]`, in spec order.
+    pub routes: Vec<RoutePlan>,
+    /// Calls per referenced bot pool, by pool name.
+    pub demand: Vec<BotDemand>,
+    /// Region transitions, oldest first: everything in the last hour, and at least the
+    /// last [`HISTORY_LIMIT`] entries.
+    pub history: Vec<HistoryEntry>,
+    /// References to Trunks or BotPools that do not exist, e.g. `trunk 'fixed-cgn'`.
+    pub missing: Vec<String>,
+    /// Routes whose healthy capacity is short of `expectedConcurrentCalls`, with figures.
+    pub capacity_shortfalls: Vec<String>,
+    /// The earliest time at which the plan may change with no change in health (a
+    /// failure timer, a recovery timer, the end of an override or of a flapping hold).
+    pub next_wakeup: Option<Timestamp>,
+}
+
+/// State of one region in a plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RegionPlan {
+    /// Region name.
+    pub name: String,
+    /// Active, Failed, Draining or Recovering.
+    pub state: RegionState,
+    /// When the region entered `state`.
+    pub since: Timestamp,
+    /// Why the region is in `state`.
+    pub reason: String,
+    /// Share of calls (all regions add up to 100, or 0 when no region is Active).
+    pub effective_weight: u32,
+    /// Since when an Active region has been unhealthy (a pending failure).
+    pub unhealthy_since: Option<Timestamp>,
+    /// When the region last failed (for manual failback approvals).
+    pub failed_at: Option<Timestamp>,
+}
+
+/// One route (dispatcher set) in a plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoutePlan {
+    /// Route name.
+    pub name: String,
+    /// Dispatcher set id.
+    pub set_id: u32,
+    /// The tier that carries the calls (the first active one).
+    pub active_tier: Option<String>,
+    /// Destinations, highest priority first; weights sum to 100 when any is non-zero.
+    pub destinations: Vec<Destination>,
+    /// Referenced destinations left out, with the reason (become comments).
+    pub excluded: Vec<Excluded>,
+    /// True when the route has no placeable destination and keeps older ones.
+    pub fail_open: bool,
+}
+
+/// One destination in a dispatcher set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destination {
+    /// SIP URI.
+    pub uri: String,
+    /// Tier name.
+    pub tier: String,
+    /// Region name.
+    pub region: String,
+    /// Dispatcher priority: higher is tried first (first tier highest).
+    pub priority: u32,
+    /// Share of the route's calls, in percent (0 for standby tiers).
+    pub weight: u32,
+    /// Stable unique id within the set (Kamailio's `duid`).
+    pub duid: String,
+}
+
+/// A referenced destination that is not in the set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Excluded {
+    /// SIP URI, or the name of the reference when there is no URI (`trunk 'x'`).
+    pub target: String,
+    /// Tier name.
+    pub tier: String,
+    /// Why it is left out.
+    pub reason: String,
+}
+
+/// Something that happened while planning, for Events and metrics.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PlanEvent {
+    /// A region changed state.
+    Transition {
+        /// Region name.
+        region: String,
+        /// Previous state.
+        from: RegionState,
+        /// New state.
+        to: RegionState,
+        /// Why.
+        reason: String,
+    },
+    /// A region would return to traffic but the flapping budget holds it back.
+    FailbackHeld {
+        /// Region name.
+        region: String,
+        /// When the budget allows it again.
+        until: Timestamp,
+    },
+    /// Routes started to fail open (no placeable destination; older ones kept).
+    FailOpenStarted {
+        /// Names of the routes.
+        routes: Vec<String>,
+    },
+    /// No route fails open any more.
+    FailOpenEnded,
+}
+
+impl Plan {
+    /// True when any route keeps old destinations because nothing is placeable.
+    pub fn fail_open(&self) -> bool {
+        self.routes.iter().any(|r| r.fail_open)
+    }
+
+    /// Names of the Active regions, comma-separated, for `kubectl get`.
+    pub fn active_regions(&self) -> String {
+        self.regions
+            .iter()
+            .filter(|r| r.state == RegionState::Active)
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Rebuild the previous plan from a policy's status, so that a restarted operator
+    /// continues where it left off. `None` when the status has no regions yet.
+    pub fn from_status(status: &FallbackPolicyStatus) -> Option<Plan> {
+        if status.regions.is_empty() {
+            return None;
+        }
+        let history = status.history.clone();
+        let regions = status
+            .regions
+            .iter()
+            .map(|r| {
+                let since = r
+                    .since
+                    .as_ref()
+                    .map(|t| t.0)
+                    .unwrap_or(Timestamp::UNIX_EPOCH);
+                let failed_at = history
+                    .iter()
+                    .rev()
+                    .find(|h| h.region == r.name && h.to == RegionState::Failed)
+                    .map(|h| h.time.0)
+                    .or_else(|| {
+                        matches!(r.state, RegionState::Failed | RegionState::Recovering)
+                            .then_some(since)
+                    });
+                RegionPlan {
+                    name: r.name.clone(),
+                    state: r.state,
+                    since,
+                    reason: r.reason.clone().unwrap_or_default(),
+                    effective_weight: r.effective_weight,
+                    unhealthy_since: None,
+                    failed_at,
+                }
+            })
+            .collect();
+        Some(Plan {
+            regions,
+            // Destinations cannot be rebuilt with weights from the status; fail-open
+            // falls back to the spec's destinations after a restart (see module docs).
+            routes: Vec::new(),
+            demand: status.demand.clone(),
+            history,
+            missing: Vec::new(),
+            capacity_shortfalls: Vec::new(),
+            next_wakeup: None,
+        })
+    }
+}
+
+/// Decide region states, weights, active tiers, destinations and bot demand.
+///
+/// Pure: the same arguments always give the same plan and events.
+pub fn plan(
+    spec: &FallbackPolicySpec,
+    observed: &Observed,
+    previous: Option<&Plan>,
+    now: Timestamp,
+) -> (Plan, Vec<PlanEvent>) {
+    let mut events = Vec::new();
+    let mut wakeups = Wakeups::default();
+
+    let mut history: Vec<HistoryEntry> = previous.map(|p| p.history.clone()).unwrap_or_default();
+    let regions = regions::next_states(
+        spec,
+        observed,
+        previous,
+        now,
+        &mut history,
+        &mut events,
+        &mut wakeups,
+    );
+    trim_history(&mut history, now);
+
+    let missing = missing_references(spec, observed);
+    let routed = routes::plan_routes(spec, observed, &regions, previous);
+    let demand = if routed.demand_from_previous {
+        previous.map(|p| p.demand.clone()).unwrap_or_default()
+    } else {
+        routed.demand
+    };
+
+    let was_open = previous.is_some_and(|p| p.fail_open());
+    let open_routes: Vec<String> = routed
+        .routes
+        .iter()
+        .filter(|r| r.fail_open)
+        .map(|r| r.name.clone())
+        .collect();
+    if !open_routes.is_empty() && !was_open {
+        events.push(PlanEvent::FailOpenStarted {
+            routes: open_routes,
+        });
+    } else if open_routes.is_empty() && was_open {
+        events.push(PlanEvent::FailOpenEnded);
+    }
+
+    let plan = Plan {
+        regions,
+        routes: routed.routes,
+        demand,
+        history,
+        missing,
+        capacity_shortfalls: routed.capacity_shortfalls,
+        next_wakeup: wakeups.earliest,
+    };
+    (plan, events)
+}
+
+/// The earliest of the times at which the plan must be recomputed.
+#[derive(Default)]
+struct Wakeups {
+    earliest: Option<Timestamp>,
+}
+
+impl Wakeups {
+    fn at(&mut self, t: Timestamp) {
+        self.earliest = Some(match self.earliest {
+            Some(e) if e <= t => e,
+            _ => t,
+        });
+    }
+}
+
+/// Keep everything from the last hour (the flapping budget needs it) and at least the
+/// newest [`HISTORY_LIMIT`] entries.
+fn trim_history(history: &mut Vec<HistoryEntry>, now: Timestamp) {
+    let hour_ago = now - jiff::SignedDuration::from_secs(3600);
+    let recent = history.iter().filter(|h| h.time.0 > hour_ago).count();
+    let keep = recent.max(HISTORY_LIMIT).min(history.len());
+    let drop = history.len() - keep;
+    history.drain(..drop);
+}
+
+/// `trunk 'x'` / `botPool 'y'` for every referenced object that is not observed.
+fn missing_references(spec: &FallbackPolicySpec, observed: &Observed) -> Vec<String> {
+    let mut missing = BTreeMap::new();
+    for target in spec
+        .routes
+        .iter()
+        .flat_map(|r| &r.tiers)
+        .flat_map(|t| &t.targets)
+    {
+        if let Some(name) = &target.trunk
+            && !observed.trunks.contains_key(name)
+        {
+            missing.insert(format!("trunk '{name}'"), ());
+        }
+        if let Some(name) = &target.bot_pool
+            && !observed.bot_pools.contains_key(name)
+        {
+            missing.insert(format!("botPool '{name}'"), ());
+        }
+    }
+    missing.into_keys().collect()
+}
+
+/// A history entry with a Kubernetes `Time`.
+fn history_entry(
+    now: Timestamp,
+    region: &str,
+    from: RegionState,
+    to: RegionState,
+    reason: &str,
+) -> HistoryEntry {
+    HistoryEntry {
+        time: Time(now),
+        region: region.to_string(),
+        from,
+        to,
+        reason: reason.to_string(),
+    }
+}

@@ -1,0 +1,570 @@
+//! Planner scenarios and properties.
+
+use jiff::{SignedDuration, Timestamp};
+use proptest::prelude::*;
+
+use super::fixtures::*;
+use super::*;
+use crate::crd::{EndpointState, RegionState};
+
+fn t(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_739_350_800 + secs).unwrap() // 2025-02-12T09:00:00Z
+}
+
+fn region<'a>(plan: &'a Plan, name: &str) -> &'a RegionPlan {
+    plan.regions.iter().find(|r| r.name == name).unwrap()
+}
+
+fn route<'a>(plan: &'a Plan, name: &str) -> &'a RoutePlan {
+    plan.routes.iter().find(|r| r.name == name).unwrap()
+}
+
+fn weights(route: &RoutePlan) -> Vec<(String, u32)> {
+    route
+        .destinations
+        .iter()
+        .filter(|d| d.weight > 0)
+        .map(|d| (d.uri.clone(), d.weight))
+        .collect()
+}
+
+fn demand(plan: &Plan, pool: &str) -> u32 {
+    plan.demand
+        .iter()
+        .find(|d| d.bot_pool == pool)
+        .map(|d| d.concurrent_calls)
+        .unwrap()
+}
+
+/// Two regions, fixed line preferred over mobile, bots as the last tier.
+fn two_regions() -> (crate::crd::FallbackPolicySpec, World) {
+    let spec = policy()
+        .region("cologne", 60)
+        .region("berlin", 40)
+        .expected_calls(100)
+        .recover_after(60)
+        .route("inbound", 1, |r| {
+            r.tier("fixed", [trunk("fixed-cgn"), trunk("fixed-ber")])
+                .tier("mobile", [trunk("mobile-cgn"), trunk("mobile-ber")])
+        })
+        .route("bots", 2, |r| {
+            r.tier("bots", [bots("bots-cgn"), bots("bots-ber")])
+        })
+        .build();
+    let world = world()
+        .trunk("fixed-cgn", "cologne", ["sip:127.0.20.10:5060"])
+        .trunk("mobile-cgn", "cologne", ["sip:127.0.20.11:5060"])
+        .trunk("fixed-ber", "berlin", ["sip:127.0.20.20:5060"])
+        .trunk("mobile-ber", "berlin", ["sip:127.0.20.21:5060"])
+        .bot_pool(
+            "bots-cgn",
+            "cologne",
+            10,
+            ["10.0.1.1", "10.0.1.2", "10.0.1.3", "10.0.1.4"],
+        )
+        .bot_pool(
+            "bots-ber",
+            "berlin",
+            10,
+            ["10.0.2.1", "10.0.2.2", "10.0.2.3", "10.0.2.4"],
+        );
+    (spec, world)
+}
+
+#[test]
+fn all_healthy_spreads_by_region_weight_on_the_first_tier() {
+    let (spec, world) = two_regions();
+    let (plan, events) = plan(&spec, &world.observed(), None, t(0));
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(region(&plan, "cologne").effective_weight, 60);
+    assert_eq!(region(&plan, "berlin").effective_weight, 40);
+    let inbound = route(&plan, "inbound");
+    assert_eq!(inbound.active_tier.as_deref(), Some("fixed"));
+    assert_eq!(
+        weights(inbound),
+        vec![
+            ("sip:127.0.20.10:5060".into(), 60),
+            ("sip:127.0.20.20:5060".into(), 40)
+        ]
+    );
+    // Mobile stays in the set as standby, at lower priority and without weight.
+    let mobile: Vec<_> = inbound
+        .destinations
+        .iter()
+        .filter(|d| d.tier == "mobile")
+        .collect();
+    assert_eq!(mobile.len(), 2);
+    assert!(
+        mobile
+            .iter()
+            .all(|d| d.weight == 0 && d.priority < inbound.destinations[0].priority)
+    );
+    assert_eq!(demand(&plan, "bots-cgn"), 60);
+    assert_eq!(demand(&plan, "bots-ber"), 40);
+    assert!(!plan.fail_open());
+}
+
+#[test]
+fn carrier_outage_moves_the_route_to_the_mobile_tier() {
+    // The February 2025 incident: the fixed-line carrier fails in both regions.
+    let (spec, world) = two_regions();
+    let (before, _) = plan(&spec, &world.observed(), None, t(0));
+    let outage = world
+        .trunk_state("fixed-cgn", EndpointState::Down)
+        .trunk_state("fixed-ber", EndpointState::Down);
+    let (after, events) = plan(&spec, &outage.observed(), Some(&before), t(10));
+    let inbound = route(&after, "inbound");
+    assert_eq!(inbound.active_tier.as_deref(), Some("mobile"));
+    assert_eq!(
+        weights(inbound),
+        vec![
+            ("sip:127.0.20.11:5060".into(), 60),
+            ("sip:127.0.20.21:5060".into(), 40)
+        ]
+    );
+    // The regions themselves stay Active: mobile keeps one healthy trunk in each.
+    assert!(after.regions.iter().all(|r| r.state == RegionState::Active));
+    assert!(events.is_empty(), "{events:?}");
+    let reasons: Vec<_> = inbound.excluded.iter().map(|x| x.reason.as_str()).collect();
+    assert!(
+        reasons.contains(&"trunk 'fixed-cgn' endpoint Down"),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn region_bots_not_ready_fail_the_region_and_move_weights_and_demand() {
+    let (spec, world) = two_regions();
+    let (before, _) = plan(&spec, &world.observed(), None, t(0));
+    let sick = world.bots_ready("bots-cgn", 1, 4); // 25% ready < 50%
+    let (after, events) = plan(&spec, &sick.observed(), Some(&before), t(5));
+    let cgn = region(&after, "cologne");
+    assert_eq!(cgn.state, RegionState::Failed);
+    assert!(
+        cgn.reason
+            .contains("botPool 'bots-cgn': 1/4 replicas ready"),
+        "{}",
+        cgn.reason
+    );
+    assert_eq!(cgn.effective_weight, 0);
+    assert_eq!(region(&after, "berlin").effective_weight, 100);
+    assert_eq!(
+        weights(route(&after, "inbound")),
+        vec![("sip:127.0.20.20:5060".into(), 100)]
+    );
+    assert_eq!(demand(&after, "bots-cgn"), 0);
+    assert_eq!(demand(&after, "bots-ber"), 100);
+    assert!(matches!(
+        events.as_slice(),
+        [PlanEvent::Transition { region, from: RegionState::Active, to: RegionState::Failed, .. }] if region == "cologne"
+    ));
+}
+
+#[test]
+fn a_failed_region_returns_after_recover_after_seconds() {
+    let (spec, world) = two_regions();
+    let down = world.clone().bots_ready("bots-cgn", 0, 4);
+    let (p0, _) = plan(&spec, &world.observed(), None, t(0));
+    let (p1, _) = plan(&spec, &down.observed(), Some(&p0), t(1));
+    let (p2, _) = plan(&spec, &world.observed(), Some(&p1), t(2));
+    assert_eq!(region(&p2, "cologne").state, RegionState::Recovering);
+    assert_eq!(region(&p2, "cologne").effective_weight, 0);
+    assert_eq!(p2.next_wakeup, Some(t(62)));
+    let (p3, _) = plan(&spec, &world.observed(), Some(&p2), t(61));
+    assert_eq!(region(&p3, "cologne").state, RegionState::Recovering);
+    let (p4, events) = plan(&spec, &world.observed(), Some(&p3), t(62));
+    assert_eq!(region(&p4, "cologne").state, RegionState::Active);
+    assert_eq!(region(&p4, "cologne").effective_weight, 60);
+    assert!(matches!(
+        events.as_slice(),
+        [PlanEvent::Transition {
+            to: RegionState::Active,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn fail_after_seconds_waits_before_failing() {
+    let (spec, world) = two_regions();
+    let spec = crate::crd::FallbackPolicySpec {
+        failover: crate::crd::FailoverSpec {
+            fail_after_seconds: 30,
+            ..spec.failover.clone()
+        },
+        ..spec
+    };
+    let down = world.clone().bots_ready("bots-ber", 0, 4);
+    let (p0, _) = plan(&spec, &world.observed(), None, t(0));
+    let (p1, _) = plan(&spec, &down.observed(), Some(&p0), t(10));
+    assert_eq!(region(&p1, "berlin").state, RegionState::Active);
+    assert_eq!(p1.next_wakeup, Some(t(40)));
+    let (p2, _) = plan(&spec, &down.observed(), Some(&p1), t(40));
+    assert_eq!(region(&p2, "berlin").state, RegionState::Failed);
+}
+
+#[test]
+fn flapping_for_an_hour_stays_within_the_transition_budget() {
+    let (spec, world) = two_regions();
+    let spec = crate::crd::FallbackPolicySpec {
+        failover: crate::crd::FailoverSpec {
+            max_transitions_per_hour: 6,
+            recover_after_seconds: 20,
+            ..spec.failover.clone()
+        },
+        ..spec
+    };
+    let up = world.observed();
+    let down = world.bots_ready("bots-cgn", 0, 4).observed();
+    let (mut p, _) = plan(&spec, &up, None, t(0));
+    let mut transitions: Vec<Timestamp> = Vec::new();
+    // Health flips every 7 s for two simulated hours.
+    for step in 1..=(2 * 3600 / 7) {
+        let now = t(step * 7);
+        let obs = if step % 2 == 1 { &down } else { &up };
+        let (next, events) = plan(&spec, obs, Some(&p), now);
+        for e in &events {
+            if let PlanEvent::Transition { region, .. } = e {
+                assert_eq!(region, "cologne");
+                transitions.push(now);
+            }
+        }
+        p = next;
+    }
+    assert!(
+        transitions.len() >= 6,
+        "the region did fail over: {transitions:?}"
+    );
+    for (i, start) in transitions.iter().enumerate() {
+        let in_window = transitions[i..]
+            .iter()
+            .filter(|x| **x < *start + SignedDuration::from_secs(3600))
+            .count();
+        assert!(
+            in_window <= 6,
+            "{in_window} transitions in the hour from {start}"
+        );
+    }
+    // While flapping, the region never carries traffic for long: it is not Active at
+    // the end of a down phase.
+    let (last, _) = plan(&spec, &down, Some(&p), t(2 * 3600 + 7));
+    assert_ne!(region(&last, "cologne").state, RegionState::Active);
+}
+
+#[test]
+fn manual_failback_waits_for_the_annotation() {
+    let (spec, world) = two_regions();
+    let spec = crate::crd::FallbackPolicySpec {
+        failover: crate::crd::FailoverSpec {
+            failback: crate::crd::FailbackMode::Manual,
+            ..spec.failover.clone()
+        },
+        ..spec
+    };
+    // An approval given before the failure does not count.
+    let world = world.failback_approved(t(-100));
+    let down = world.clone().bots_ready("bots-cgn", 0, 4);
+    let (p0, _) = plan(&spec, &world.observed(), None, t(0));
+    let (p1, _) = plan(&spec, &down.observed(), Some(&p0), t(10));
+    let (p2, _) = plan(&spec, &world.observed(), Some(&p1), t(20));
+    let (p3, events) = plan(&spec, &world.observed(), Some(&p2), t(3600));
+    assert_eq!(region(&p3, "cologne").state, RegionState::Recovering);
+    assert!(region(&p3, "cologne").reason.contains("manual failback"));
+    assert!(events.is_empty());
+    let approved = world.failback_approved(t(3000));
+    let (p4, events) = plan(&spec, &approved.observed(), Some(&p3), t(3601));
+    assert_eq!(region(&p4, "cologne").state, RegionState::Active);
+    assert!(matches!(
+        events.as_slice(),
+        [PlanEvent::Transition {
+            to: RegionState::Active,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn an_override_drains_and_expires_by_itself() {
+    let (spec, world) = two_regions();
+    let spec = crate::crd::FallbackPolicySpec {
+        r#override: policy()
+            .drain(
+                &["berlin"],
+                Some("2025-02-12T10:00:00Z"),
+                "carrier maintenance",
+            )
+            .build()
+            .r#override,
+        ..spec
+    };
+    let (p0, events) = plan(&spec, &world.observed(), None, t(0));
+    assert_eq!(region(&p0, "berlin").state, RegionState::Draining);
+    assert_eq!(
+        region(&p0, "berlin").reason,
+        "drained by override: carrier maintenance"
+    );
+    assert_eq!(region(&p0, "cologne").effective_weight, 100);
+    assert_eq!(p0.next_wakeup, Some(t(3600)));
+    assert_eq!(events.len(), 1);
+    let drained: Vec<_> = route(&p0, "inbound")
+        .excluded
+        .iter()
+        .filter(|x| x.target == "sip:127.0.20.20:5060")
+        .collect();
+    assert!(drained[0].reason.contains("carrier maintenance"));
+    let (p1, _) = plan(&spec, &world.observed(), Some(&p0), t(3599));
+    assert_eq!(region(&p1, "berlin").state, RegionState::Draining);
+    let (p2, events) = plan(&spec, &world.observed(), Some(&p1), t(3600));
+    assert_eq!(region(&p2, "berlin").state, RegionState::Active);
+    assert_eq!(region(&p2, "berlin").effective_weight, 40);
+    assert!(
+        matches!(events.as_slice(), [PlanEvent::Transition { to: RegionState::Active, reason, .. }] if reason == "override ended")
+    );
+}
+
+#[test]
+fn every_region_failed_fails_open_on_the_last_known_good_destinations() {
+    let (spec, world) = two_regions();
+    let (p0, _) = plan(&spec, &world.observed(), None, t(0));
+    let dead = world
+        .bots_ready("bots-cgn", 0, 4)
+        .bots_ready("bots-ber", 0, 4)
+        .trunk_state("fixed-cgn", EndpointState::Down)
+        .trunk_state("fixed-ber", EndpointState::Down);
+    let (p1, events) = plan(&spec, &dead.observed(), Some(&p0), t(5));
+    assert!(
+        p1.regions
+            .iter()
+            .all(|r| r.state == RegionState::Failed && r.effective_weight == 0)
+    );
+    assert!(p1.fail_open());
+    assert_eq!(
+        route(&p1, "inbound").destinations,
+        route(&p0, "inbound").destinations
+    );
+    assert_eq!(
+        route(&p1, "bots").destinations,
+        route(&p0, "bots").destinations
+    );
+    assert_eq!(
+        p1.demand, p0.demand,
+        "bot pools keep their size while failing open"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, PlanEvent::FailOpenStarted { routes } if routes.len() == 2))
+    );
+    // Staying open is not news; recovering is.
+    let (p2, events) = plan(&spec, &dead.observed(), Some(&p1), t(6));
+    assert!(p2.fail_open());
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, PlanEvent::FailOpenStarted { .. }))
+    );
+}
+
+#[test]
+fn fail_open_after_a_restart_uses_the_spec_destinations() {
+    let (spec, world) = two_regions();
+    let dead = world
+        .trunk_state("fixed-cgn", EndpointState::Down)
+        .trunk_state("fixed-ber", EndpointState::Down)
+        .trunk_state("mobile-cgn", EndpointState::Down)
+        .trunk_state("mobile-ber", EndpointState::Down);
+    let (p, _) = plan(&spec, &dead.observed(), None, t(0));
+    let inbound = route(&p, "inbound");
+    assert!(inbound.fail_open);
+    let uris: Vec<_> = inbound
+        .destinations
+        .iter()
+        .map(|d| d.uri.as_str())
+        .collect();
+    assert_eq!(uris, ["sip:127.0.20.10:5060", "sip:127.0.20.20:5060"]);
+    assert_eq!(
+        inbound.destinations.iter().map(|d| d.weight).sum::<u32>(),
+        100
+    );
+}
+
+#[test]
+fn overflow_to_the_next_tier_when_capacity_is_short() {
+    let spec = policy()
+        .region("cologne", 1)
+        .expected_calls(100)
+        .route("inbound", 1, |r| {
+            r.tier("agents", [trunk("pbx")])
+                .tier("bots", [bots("bots-cgn")])
+        })
+        .build();
+    let world = world()
+        .trunk("pbx", "cologne", ["sip:127.0.20.30:5060"])
+        .trunk_capacity("pbx", 30)
+        .bot_pool("bots-cgn", "cologne", 50, ["10.0.1.1", "10.0.1.2"]);
+    let (p, _) = plan(&spec, &world.observed(), None, t(0));
+    let inbound = route(&p, "inbound");
+    assert_eq!(inbound.active_tier.as_deref(), Some("agents"));
+    assert_eq!(
+        weights(inbound),
+        vec![
+            ("sip:127.0.20.30:5060".into(), 30),
+            ("sip:10.0.1.1:5060;transport=udp".into(), 35),
+            ("sip:10.0.1.2:5060;transport=udp".into(), 35)
+        ]
+    );
+    assert_eq!(demand(&p, "bots-cgn"), 70);
+    assert!(p.capacity_shortfalls.is_empty());
+    // With only 60 calls of total capacity, the shortfall is reported.
+    let small = world.trunk_capacity("pbx", 10);
+    let small = {
+        let mut w = small;
+        w = w.bots_ready("bots-cgn", 1, 2);
+        w
+    };
+    let (p, _) = plan(&spec, &small.observed(), None, t(0));
+    assert_eq!(
+        p.capacity_shortfalls,
+        vec!["route 'inbound': healthy capacity 60 < expected 100 calls"]
+    );
+}
+
+#[test]
+fn a_missing_trunk_is_named_and_the_rest_still_routes() {
+    let spec = policy()
+        .region("cologne", 1)
+        .route("inbound", 1, |r| {
+            r.tier("fixed", [trunk("ghost"), trunk("fixed-cgn")])
+        })
+        .build();
+    let world = world().trunk("fixed-cgn", "cologne", ["sip:127.0.20.10:5060"]);
+    let (p, _) = plan(&spec, &world.observed(), None, t(0));
+    assert_eq!(p.missing, vec!["trunk 'ghost'"]);
+    assert_eq!(
+        weights(route(&p, "inbound")),
+        vec![("sip:127.0.20.10:5060".into(), 100)]
+    );
+}
+
+#[test]
+fn unknown_health_does_not_fail_a_fresh_region() {
+    let (spec, world) = two_regions();
+    let unprobed = world
+        .trunk_state("fixed-cgn", EndpointState::Unknown)
+        .trunk_state("mobile-cgn", EndpointState::Unknown);
+    let (p, events) = plan(&spec, &unprobed.observed(), None, t(0));
+    assert_eq!(region(&p, "cologne").state, RegionState::Active);
+    assert!(events.is_empty());
+}
+
+#[test]
+fn the_plan_survives_a_restart_through_the_status() {
+    let (spec, world) = two_regions();
+    let down = world.clone().bots_ready("bots-cgn", 0, 4);
+    let (p0, _) = plan(&spec, &world.observed(), None, t(0));
+    let (p1, _) = plan(&spec, &down.observed(), Some(&p0), t(10));
+    let status = crate::crd::FallbackPolicyStatus {
+        regions: p1
+            .regions
+            .iter()
+            .map(|r| crate::crd::RegionStatus {
+                name: r.name.clone(),
+                state: r.state,
+                since: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    r.since,
+                )),
+                reason: Some(r.reason.clone()),
+                effective_weight: r.effective_weight,
+            })
+            .collect(),
+        history: p1.history.clone(),
+        demand: p1.demand.clone(),
+        ..Default::default()
+    };
+    let restored = Plan::from_status(&status).unwrap();
+    // Healthy again right after the restart: Recovering, not straight back to Active.
+    let (p2, _) = plan(&spec, &world.observed(), Some(&restored), t(20));
+    assert_eq!(region(&p2, "cologne").state, RegionState::Recovering);
+    assert_eq!(region(&p2, "cologne").failed_at, Some(t(10)));
+}
+
+/// Random worlds over a fixed two-region, two-route shape.
+fn arb_world() -> impl Strategy<Value = (World, u32, u32, u32)> {
+    let state = prop_oneof![
+        Just(EndpointState::Up),
+        Just(EndpointState::Down),
+        Just(EndpointState::Unknown)
+    ];
+    (
+        proptest::collection::vec(state, 4),
+        0u32..=4,
+        0u32..=4,
+        1u32..=100,
+        1u32..=100,
+        0u32..2000,
+    )
+        .prop_map(|(states, ready_cgn, ready_ber, w1, w2, calls)| {
+            let (_, w) = two_regions();
+            let w = w
+                .trunk_state("fixed-cgn", states[0])
+                .trunk_state("mobile-cgn", states[1])
+                .trunk_state("fixed-ber", states[2])
+                .trunk_state("mobile-ber", states[3])
+                .bots_ready("bots-cgn", ready_cgn, 4)
+                .bots_ready("bots-ber", ready_ber, 4);
+            (w, w1, w2, calls)
+        })
+}
+
+fn spec_with(w1: u32, w2: u32, calls: u32) -> crate::crd::FallbackPolicySpec {
+    let (mut spec, _) = two_regions();
+    spec.regions[0].weight = w1;
+    spec.regions[1].weight = w2;
+    spec.expected_concurrent_calls = calls;
+    spec
+}
+
+proptest! {
+    #[test]
+    fn weights_sum_to_100_and_failed_regions_carry_none(
+        (w0, w1, w2, calls) in arb_world(),
+        (wb, _, _, _) in arb_world(),
+    ) {
+        let spec = spec_with(w1, w2, calls);
+        let (p0, _) = plan(&spec, &w0.observed(), None, t(0));
+        let (p, _) = plan(&spec, &wb.observed(), Some(&p0), t(10));
+        let any_active = p.regions.iter().any(|r| r.state == RegionState::Active);
+        let region_sum: u32 = p.regions.iter().map(|r| r.effective_weight).sum();
+        prop_assert_eq!(region_sum, if any_active { 100 } else { 0 });
+        for r in &p.regions {
+            if r.state != RegionState::Active {
+                prop_assert_eq!(r.effective_weight, 0);
+            }
+        }
+        for route in &p.routes {
+            let sum: u32 = route.destinations.iter().map(|d| d.weight).sum();
+            if !route.destinations.is_empty() {
+                prop_assert_eq!(sum, 100, "route {} {:?}", route.name, route.destinations);
+            }
+            if !route.fail_open {
+                for d in &route.destinations {
+                    let state = p.regions.iter().find(|r| r.name == d.region).unwrap().state;
+                    prop_assert!(state == RegionState::Active, "{} in {} region {}", d.uri, state, d.region);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_same_inputs_give_the_same_plan((w0, w1, w2, calls) in arb_world(), (wb, _, _, _) in arb_world()) {
+        let spec = spec_with(w1, w2, calls);
+        let (p0, _) = plan(&spec, &w0.observed(), None, t(0));
+        let a = plan(&spec, &wb.observed(), Some(&p0), t(10));
+        let b = plan(&spec, &wb.observed(), Some(&p0.clone()), t(10));
+        prop_assert_eq!(&a, &b);
+        let text_a = crate::render::dispatcher::render("ns/p", &a.0);
+        let text_b = crate::render::dispatcher::render("ns/p", &b.0);
+        prop_assert_eq!(text_a, text_b);
+        prop_assert_eq!(crate::render::json::render("ns/p", &a.0), crate::render::json::render("ns/p", &b.0));
+    }
+}

@@ -1,0 +1,92 @@
+//! Kamailio `dispatcher.list`.
+//!
+//! One line per destination, `setid destination flags priority attrs`:
+//! - `flags` 0: lifeline probes, so Kamailio's own keepalives are not switched on;
+//! - `priority`: the tier order, first tier highest, because Kamailio orders a set by
+//!   descending priority (algorithm 8 tries the highest first, and algorithm 9 fills
+//!   its 100 weight slots in that order);
+//! - `attrs`: `duid=<stable id>;weight=<percent>;tier=<tier>;region=<region>`. Weights
+//!   of a set sum to 100. Standby destinations (tiers that carry no calls now) have no
+//!   `weight` attribute, since Kamailio accepts only 1–100 there; they are reached
+//!   through `ds_next_dst` when a call fails.
+//!
+//! Every destination left out, and why, is a `#` comment after its set, so that an
+//! operator reading the file on the SIP edge sees what lifeline did.
+
+use std::fmt::Write;
+
+use crate::plan::Plan;
+
+/// Replace characters that would break a line or an attribute.
+fn clean(s: &str, attr: bool) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\n' | '\r' | '\t' => ' ',
+            ';' | '=' | ' ' if attr => '_',
+            c => c,
+        })
+        .collect()
+}
+
+/// Render `plan` for the policy `namespace/name`.
+pub fn render(policy: &str, plan: &Plan) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
+        "# lifeline routing for FallbackPolicy {} (generated; do not edit)",
+        clean(policy, false)
+    );
+    for r in &plan.regions {
+        let _ = writeln!(
+            out,
+            "# region {} {} weight {}{}",
+            r.name,
+            r.state,
+            r.effective_weight,
+            if r.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", clean(&r.reason, false))
+            }
+        );
+    }
+    for route in &plan.routes {
+        let _ = writeln!(
+            out,
+            "# set {} route {} active tier {}{}",
+            route.set_id,
+            route.name,
+            route.active_tier.as_deref().unwrap_or("none"),
+            if route.fail_open {
+                " FAIL-OPEN: no healthy destination, keeping the last known good ones"
+            } else {
+                ""
+            }
+        );
+        for d in &route.destinations {
+            let mut attrs = format!("duid={}", clean(&d.duid, true));
+            if d.weight > 0 {
+                let _ = write!(attrs, ";weight={}", d.weight);
+            }
+            let _ = write!(
+                attrs,
+                ";tier={};region={}",
+                clean(&d.tier, true),
+                clean(&d.region, true)
+            );
+            let _ = writeln!(out, "{} {} 0 {} {}", route.set_id, d.uri, d.priority, attrs);
+        }
+        for x in &route.excluded {
+            let _ = writeln!(
+                out,
+                "# set {} excluded {} (tier {}): {}",
+                route.set_id,
+                clean(&x.target, false),
+                x.tier,
+                clean(&x.reason, false)
+            );
+        }
+    }
+    out
+}
