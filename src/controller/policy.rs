@@ -1,13 +1,785 @@
-//! The policy controller (being written; see its issue).
+//! The FallbackPolicy controller: fetch health → [`plan`](crate::plan::plan) →
+//! [`render`](crate::render) → write the routing ConfigMap (only when its content hash
+//! changes) → write the status (only when it changes) → Events for transitions.
+//!
+//! Triggers: the policy itself, its ConfigMap (`.owns`), every Trunk and BotPool a
+//! policy in the same namespace references (reflector stores, so a reconcile reads
+//! health without API calls), the prober's change notifications for the policy's
+//! static `uri` targets (owner key `policy/<ns>/<name>`), and the plan's next time-based
+//! transition (failure/recovery timers, override end).
+//!
+//! The previous plan is kept in memory and rebuilt from the status after a restart
+//! (see [`Plan::from_status`]). Manual failback is approved with the annotation
+//! [`FAILBACK_ANNOTATION`](crate::plan::FAILBACK_ANNOTATION) holding an RFC 3339 time
+//! later than the region's failure.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::Context;
+use crate::crd::{
+    BotPool, FIELD_MANAGER, FallbackPolicy, FallbackPolicySpec, FallbackPolicyStatus,
+    HISTORY_LIMIT, POLICY_CAPACITY_SUFFICIENT, POLICY_DEGRADED, POLICY_READY, ProbeSpec,
+    RegionState, RegionStatus, RouteStatus, Trunk, condition, merge_condition,
+};
+use crate::plan::{
+    BotPoolObservation, FAILBACK_ANNOTATION, Observed, Plan, PlanEvent, TrunkObservation,
+};
+use crate::probe::ProbeTarget;
+use crate::telemetry::{ControllerLabels, ErrorLabels, StateLabels};
+
+/// The annotation with the lowercase hex SHA-256 of the rendered routing.
+pub const CONTENT_HASH_ANNOTATION: &str = "lifeline.dev/content-hash";
+/// Label on the routing ConfigMap.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+
+/// Condition reasons and Event reasons of this controller.
+pub mod reasons {
+    /// Ready: the routing is rendered and published.
+    pub const PUBLISHED: &str = "Published";
+    /// Ready: a referenced Trunk or BotPool does not exist.
+    pub const MISSING_REFERENCE: &str = "MissingReference";
+    /// Ready: the ConfigMap exists and is not lifeline's.
+    pub const CONFIGMAP_CONFLICT: &str = "ConfigMapConflict";
+    /// Degraded: no route is failing open and every region is Active.
+    pub const ALL_REGIONS_ACTIVE: &str = "AllRegionsActive";
+    /// Degraded: some region is not Active.
+    pub const REGIONS_NOT_ACTIVE: &str = "RegionsNotActive";
+    /// Degraded / Event: a route has nothing placeable and keeps old destinations.
+    pub const FAIL_OPEN: &str = "FailOpen";
+    /// Event: no route fails open any more.
+    pub const FAIL_OPEN_ENDED: &str = "FailOpenEnded";
+    /// CapacitySufficient: healthy capacity covers the expected calls.
+    pub const SUFFICIENT: &str = "Sufficient";
+    /// CapacitySufficient: it does not.
+    pub const CAPACITY_SHORT: &str = "CapacityShort";
+    /// Event: a region left traffic.
+    pub const FAILOVER: &str = "Failover";
+    /// Event: a region returned to traffic.
+    pub const FAILBACK: &str = "Failback";
+    /// Event: another region state change (Failed ↔ Recovering).
+    pub const REGION_STATE: &str = "RegionState";
+}
+
+/// Errors of a policy reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Kubernetes API error.
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    /// The policy has no namespace (never happens for a namespaced kind).
+    #[error("policy without a namespace")]
+    NoNamespace,
+    /// A reflector store was dropped (the controller is shutting down).
+    #[error("cache not available")]
+    Cache,
+    /// The routing ConfigMap exists and is not lifeline's; it is left alone.
+    #[error("ConfigMap '{0}' exists and is not managed by this policy")]
+    ConfigMapConflict(String),
+}
+
+impl Error {
+    /// Short static category for metric labels.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::NoNamespace => "invalid",
+            Error::Cache => "cache",
+            Error::ConfigMapConflict(_) => "conflict",
+        }
+    }
+}
+
+/// The hub owner key of a policy's static targets.
+pub fn owner_key(namespace: &str, name: &str) -> String {
+    format!("policy/{namespace}/{name}")
+}
+
+fn parse_owner_key(key: &str) -> Option<ObjectRef<FallbackPolicy>> {
+    let (ns, name) = key.strip_prefix("policy/")?.split_once('/')?;
+    Some(ObjectRef::new(name).within(ns))
+}
+
+type Key = (String, String);
+
+/// Controller state beyond the shared [`Context`].
+struct PolicyCtx {
+    ctx: Arc<Context>,
+    trunks: Store<Trunk>,
+    bot_pools: Store<BotPool>,
+    /// Last plan per policy, with the policy's uid (a recreated policy starts afresh).
+    plans: Mutex<HashMap<Key, (String, Plan)>>,
+    /// Region states per policy, summed into the `regions{state}` gauge.
+    region_counts: Mutex<HashMap<Key, [i64; 4]>>,
+    /// Failed reconciles in a row, for the backoff.
+    retries: Mutex<HashMap<Key, u32>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn targets(spec: &FallbackPolicySpec) -> impl Iterator<Item = &crate::crd::TargetSpec> {
+    spec.routes
+        .iter()
+        .flat_map(|r| &r.tiers)
+        .flat_map(|t| &t.targets)
+}
+
+/// Policies in `namespace` (from the store) for which `references` is true.
+fn referencing(
+    store: &Store<FallbackPolicy>,
+    namespace: Option<String>,
+    references: impl Fn(&FallbackPolicySpec) -> bool,
+) -> Vec<ObjectRef<FallbackPolicy>> {
+    store
+        .state()
+        .iter()
+        .filter(|p| p.namespace() == namespace && references(&p.spec))
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
 
 /// Run the policy controller until `shutdown` is cancelled.
-pub async fn run(_ctx: Arc<Context>, shutdown: CancellationToken) {
-    tracing::warn!("the policy controller is not implemented yet");
-    shutdown.cancelled().await;
+pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let (trunks, trunk_writer) = reflector::store::<Trunk>();
+    let (bot_pools, pool_writer) = reflector::store::<BotPool>();
+    let pctx = Arc::new(PolicyCtx {
+        ctx: ctx.clone(),
+        trunks,
+        bot_pools,
+        plans: Mutex::new(HashMap::new()),
+        region_counts: Mutex::new(HashMap::new()),
+        retries: Mutex::new(HashMap::new()),
+    });
+
+    let controller = Controller::new(
+        ctx.api::<FallbackPolicy>(),
+        watcher::Config::default().any_semantic(),
+    );
+    let store = controller.store();
+
+    let trunk_events = reflector::reflector(
+        trunk_writer,
+        watcher(
+            ctx.api::<Trunk>(),
+            watcher::Config::default().any_semantic(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let pool_events = reflector::reflector(
+        pool_writer,
+        watcher(
+            ctx.api::<BotPool>(),
+            watcher::Config::default().any_semantic(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+
+    let s1 = store.clone();
+    let s2 = store.clone();
+    let probe_changes = probe_changes(ctx.probes.subscribe(), store.clone());
+    let sweeper = tokio::spawn(sweep_deleted(store.clone(), pctx.clone(), shutdown.clone()));
+
+    controller
+        .owns(
+            ctx.api::<ConfigMap>(),
+            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}=lifeline")),
+        )
+        .watches_stream(trunk_events, move |trunk: Trunk| {
+            let name = trunk.name_any();
+            referencing(&s1, trunk.namespace(), |spec| {
+                targets(spec).any(|t| t.trunk.as_deref() == Some(name.as_str()))
+            })
+        })
+        .watches_stream(pool_events, move |pool: BotPool| {
+            let name = pool.name_any();
+            referencing(&s2, pool.namespace(), |spec| {
+                targets(spec).any(|t| t.bot_pool.as_deref() == Some(name.as_str()))
+            })
+        })
+        .reconcile_on(probe_changes)
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(reconcile, error_policy, pctx.clone())
+        .for_each(|res| {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "policy reconcile did not run");
+            }
+            futures::future::ready(())
+        })
+        .await;
+    sweeper.abort();
+    for (ns, name) in lock(&pctx.plans).keys() {
+        ctx.probes.remove(&owner_key(ns, name));
+    }
+}
+
+/// Prober notifications for policy owners, as reconcile requests. A lagging receiver
+/// requeues every policy.
+fn probe_changes(
+    rx: tokio::sync::broadcast::Receiver<String>,
+    store: Store<FallbackPolicy>,
+) -> impl futures::Stream<Item = ObjectRef<FallbackPolicy>> + Send + 'static {
+    use tokio::sync::broadcast::error::RecvError;
+    futures::stream::unfold(rx, move |mut rx| {
+        let store = store.clone();
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok(key) => {
+                        if let Some(r) = parse_owner_key(&key) {
+                            return Some((vec![r], rx));
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => {
+                        let all = store
+                            .state()
+                            .iter()
+                            .map(|p| ObjectRef::from_obj(p.as_ref()))
+                            .collect();
+                        return Some((all, rx));
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        }
+    })
+    .flat_map(futures::stream::iter)
+}
+
+/// Forget deleted policies: stop probing their static targets, drop their plans and
+/// their share of the region gauge. (No finalizer: the ConfigMap goes with its owner
+/// reference, and the prober is in-process state.)
+async fn sweep_deleted(
+    store: Store<FallbackPolicy>,
+    pctx: Arc<PolicyCtx>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+        let live: Vec<Key> = store
+            .state()
+            .iter()
+            .filter_map(|p| Some((p.namespace()?, p.name_any())))
+            .collect();
+        let gone: Vec<Key> = lock(&pctx.plans)
+            .keys()
+            .filter(|k| !live.contains(k))
+            .cloned()
+            .collect();
+        for key in gone {
+            pctx.ctx.probes.remove(&owner_key(&key.0, &key.1));
+            lock(&pctx.plans).remove(&key);
+            lock(&pctx.retries).remove(&key);
+            lock(&pctx.region_counts).remove(&key);
+        }
+        publish_region_gauge(&pctx);
+    }
+}
+
+fn state_index(s: RegionState) -> usize {
+    match s {
+        RegionState::Active => 0,
+        RegionState::Failed => 1,
+        RegionState::Draining => 2,
+        RegionState::Recovering => 3,
+    }
+}
+
+fn publish_region_gauge(pctx: &PolicyCtx) {
+    let mut total = [0i64; 4];
+    for counts in lock(&pctx.region_counts).values() {
+        for (t, c) in total.iter_mut().zip(counts) {
+            *t += c;
+        }
+    }
+    for (state, n) in ["Active", "Failed", "Draining", "Recovering"]
+        .iter()
+        .zip(total)
+    {
+        pctx.ctx
+            .metrics
+            .regions
+            .get_or_create(&StateLabels { state })
+            .set(n);
+    }
+}
+
+fn error_policy(policy: Arc<FallbackPolicy>, error: &Error, pctx: Arc<PolicyCtx>) -> Action {
+    pctx.ctx
+        .metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels {
+            controller: "policy",
+            error: error.category(),
+        })
+        .inc();
+    let key = (policy.namespace().unwrap_or_default(), policy.name_any());
+    let n = {
+        let mut retries = lock(&pctx.retries);
+        let n = retries.entry(key).or_default();
+        *n = n.saturating_add(1);
+        *n
+    };
+    tracing::warn!(policy = %policy.name_any(), error = %error, retry = n, "policy reconcile failed");
+    // 0.5 s, 1 s, 2 s … capped at 60 s.
+    let secs = (0.5 * 2f64.powi(n.min(8) as i32 - 1)).min(60.0);
+    Action::requeue(Duration::from_secs_f64(secs))
+}
+
+/// What the policy's namespace holds for it: the planner's input.
+fn observe(policy: &FallbackPolicy, ns: &str, pctx: &PolicyCtx) -> Observed {
+    let mut observed = Observed::default();
+    for t in targets(&policy.spec) {
+        if let Some(name) = &t.trunk
+            && let Some(trunk) = pctx.trunks.get(&ObjectRef::new(name).within(ns))
+        {
+            observed
+                .trunks
+                .insert(name.clone(), TrunkObservation::from_trunk(&trunk));
+        }
+        if let Some(name) = &t.bot_pool
+            && let Some(pool) = pctx.bot_pools.get(&ObjectRef::new(name).within(ns))
+        {
+            observed
+                .bot_pools
+                .insert(name.clone(), BotPoolObservation::from_bot_pool(&pool));
+        }
+    }
+    observed.failback_approved_at = policy
+        .annotations()
+        .get(FAILBACK_ANNOTATION)
+        .and_then(|v| v.trim().parse::<jiff::Timestamp>().ok());
+    observed
+}
+
+/// Point the prober at the policy's static targets and read their health.
+fn probe_static_targets(
+    policy: &FallbackPolicy,
+    ns: &str,
+    observed: &mut Observed,
+    pctx: &PolicyCtx,
+) {
+    let owner = owner_key(ns, &policy.name_any());
+    let mut uris: Vec<String> = targets(&policy.spec)
+        .filter_map(|t| t.uri.clone())
+        .collect();
+    uris.sort();
+    uris.dedup();
+    if uris.is_empty() {
+        pctx.ctx.probes.remove(&owner);
+        return;
+    }
+    pctx.ctx.probes.set_targets(
+        &owner,
+        uris.iter()
+            .map(|uri| ProbeTarget {
+                uri: uri.clone(),
+                spec: ProbeSpec::default(),
+            })
+            .collect(),
+    );
+    for h in pctx.ctx.probes.health(&owner) {
+        observed.uris.insert(h.uri, h.state);
+    }
+}
+
+async fn reconcile(policy: Arc<FallbackPolicy>, pctx: Arc<PolicyCtx>) -> Result<Action, Error> {
+    let ns = policy.namespace().ok_or(Error::NoNamespace)?;
+    let name = policy.name_any();
+    let span =
+        tracing::info_span!("reconcile", controller = "policy", namespace = %ns, name = %name);
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(&policy, &ns, &name, &pctx)
+        .instrument(span)
+        .await;
+    pctx.ctx
+        .metrics
+        .reconcile_duration
+        .get_or_create(&ControllerLabels {
+            controller: "policy",
+        })
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        lock(&pctx.retries).remove(&(ns, name));
+    }
+    result
+}
+
+async fn reconcile_inner(
+    policy: &FallbackPolicy,
+    ns: &str,
+    name: &str,
+    pctx: &PolicyCtx,
+) -> Result<Action, Error> {
+    // Planning on half-filled caches would report healthy objects as missing.
+    pctx.trunks
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::Cache)?;
+    pctx.bot_pools
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::Cache)?;
+
+    let key: Key = (ns.to_string(), name.to_string());
+    let uid = policy.uid().unwrap_or_default();
+    let mut observed = observe(policy, ns, pctx);
+    probe_static_targets(policy, ns, &mut observed, pctx);
+
+    let previous = lock(&pctx.plans)
+        .get(&key)
+        .filter(|(u, _)| *u == uid)
+        .map(|(_, p)| p.clone())
+        .or_else(|| policy.status.as_ref().and_then(Plan::from_status));
+    // Whole seconds: the API stores times with second precision, and a plan with finer
+    // times would never compare equal to the status it was written to.
+    let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let (plan, events) = crate::plan::plan(&policy.spec, &observed, previous.as_ref(), now);
+
+    let format = policy.spec.routing_config_map.format;
+    let text = crate::render::render(format, &format!("{ns}/{name}"), &plan);
+    let hash = crate::render::content_hash(&text);
+    let publish = write_config_map(policy, ns, format, &text, &hash, pctx).await;
+    let conflict = match publish {
+        Ok(()) => None,
+        Err(Error::ConfigMapConflict(cm)) => Some(cm),
+        Err(e) => return Err(e),
+    };
+
+    let status = desired_status(policy, &plan, conflict.as_deref(), &hash, now);
+    if policy.status.as_ref() != Some(&status) {
+        let api: Api<FallbackPolicy> = Api::namespaced(pctx.ctx.client.clone(), ns);
+        api.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await?;
+        tracing::debug!("status written");
+    }
+
+    publish_events(policy, &events, pctx).await;
+    let mut counts = [0i64; 4];
+    for r in &plan.regions {
+        counts[state_index(r.state)] += 1;
+    }
+    lock(&pctx.region_counts).insert(key.clone(), counts);
+    publish_region_gauge(pctx);
+
+    let next = plan.next_wakeup;
+    lock(&pctx.plans).insert(key, (uid, plan));
+    if let Some(cm) = conflict {
+        return Err(Error::ConfigMapConflict(cm));
+    }
+    Ok(match next {
+        Some(at) => {
+            let wait = at.duration_since(jiff::Timestamp::now());
+            let wait = Duration::try_from(wait).unwrap_or(Duration::ZERO);
+            Action::requeue(wait.max(Duration::from_millis(50)))
+        }
+        None => Action::requeue(Duration::from_secs(300)),
+    })
+}
+
+/// Server-side apply the routing ConfigMap when its content hash differs.
+async fn write_config_map(
+    policy: &FallbackPolicy,
+    ns: &str,
+    format: crate::crd::RoutingFormat,
+    text: &str,
+    hash: &str,
+    pctx: &PolicyCtx,
+) -> Result<(), Error> {
+    let cm_name = &policy.spec.routing_config_map.name;
+    let api: Api<ConfigMap> = Api::namespaced(pctx.ctx.client.clone(), ns);
+    let key = crate::render::data_key(format);
+    if let Some(existing) = api.get_opt(cm_name).await? {
+        let ours = existing
+            .owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == policy.meta().uid.as_ref());
+        let managed =
+            existing.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some("lifeline");
+        if !ours && !(managed && existing.owner_references().is_empty()) {
+            return Err(Error::ConfigMapConflict(cm_name.clone()));
+        }
+        let same_hash = existing
+            .annotations()
+            .get(CONTENT_HASH_ANNOTATION)
+            .map(String::as_str)
+            == Some(hash);
+        let has_key = existing
+            .data
+            .as_ref()
+            .is_some_and(|d| d.len() == 1 && d.contains_key(key));
+        if ours && same_hash && has_key {
+            return Ok(());
+        }
+    }
+    let owner = policy.controller_owner_ref(&());
+    let cm = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": cm_name,
+            "namespace": ns,
+            "labels": { MANAGED_BY_LABEL: "lifeline", "lifeline.dev/policy": policy.name_any() },
+            "annotations": { CONTENT_HASH_ANNOTATION: hash },
+            "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
+        },
+        "data": { key: text },
+    });
+    api.patch(
+        cm_name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&cm),
+    )
+    .await?;
+    pctx.ctx.metrics.configmap_writes.inc();
+    tracing::info!(configmap = %cm_name, hash = %hash, "routing written");
+    Ok(())
+}
+
+/// The status that describes `plan`. Conditions keep their transition times when their
+/// status is unchanged, so an unchanged plan gives a status equal to the current one.
+fn desired_status(
+    policy: &FallbackPolicy,
+    plan: &Plan,
+    conflict: Option<&str>,
+    hash: &str,
+    now: jiff::Timestamp,
+) -> FallbackPolicyStatus {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let current = policy.status.clone().unwrap_or_default();
+    let generation = policy.metadata.generation;
+    let mut conditions = current.conditions.clone();
+
+    let ready = if let Some(cm) = conflict {
+        condition(
+            POLICY_READY,
+            false,
+            reasons::CONFIGMAP_CONFLICT,
+            format!("ConfigMap '{cm}' exists and is not managed by lifeline; delete or rename it"),
+            generation,
+        )
+    } else if !plan.missing.is_empty() {
+        let names: Vec<String> = plan
+            .missing
+            .iter()
+            .map(|m| format!("{m} not found"))
+            .collect();
+        condition(
+            POLICY_READY,
+            false,
+            reasons::MISSING_REFERENCE,
+            format!("{}; the other targets are routed", names.join("; ")),
+            generation,
+        )
+    } else {
+        condition(
+            POLICY_READY,
+            true,
+            reasons::PUBLISHED,
+            format!(
+                "routing published to ConfigMap '{}'",
+                policy.spec.routing_config_map.name
+            ),
+            generation,
+        )
+    };
+    merge_condition(&mut conditions, ready, now);
+
+    let not_active: Vec<String> = plan
+        .regions
+        .iter()
+        .filter(|r| r.state != RegionState::Active)
+        .map(|r| format!("{} {}: {}", r.name, r.state, r.reason))
+        .collect();
+    let degraded = if plan.fail_open() {
+        let routes: Vec<&str> = plan
+            .routes
+            .iter()
+            .filter(|r| r.fail_open)
+            .map(|r| r.name.as_str())
+            .collect();
+        condition(
+            POLICY_DEGRADED,
+            true,
+            reasons::FAIL_OPEN,
+            format!(
+                "no healthy destination for route(s) {}; keeping the last known good destinations",
+                routes.join(", ")
+            ),
+            generation,
+        )
+    } else if !not_active.is_empty() {
+        condition(
+            POLICY_DEGRADED,
+            true,
+            reasons::REGIONS_NOT_ACTIVE,
+            not_active.join("; "),
+            generation,
+        )
+    } else if !plan.missing.is_empty() {
+        condition(
+            POLICY_DEGRADED,
+            true,
+            reasons::MISSING_REFERENCE,
+            plan.missing
+                .iter()
+                .map(|m| format!("{m} not found"))
+                .collect::<Vec<_>>()
+                .join("; "),
+            generation,
+        )
+    } else {
+        condition(
+            POLICY_DEGRADED,
+            false,
+            reasons::ALL_REGIONS_ACTIVE,
+            "every region is Active",
+            generation,
+        )
+    };
+    merge_condition(&mut conditions, degraded, now);
+
+    let capacity = if plan.capacity_shortfalls.is_empty() {
+        condition(
+            POLICY_CAPACITY_SUFFICIENT,
+            true,
+            reasons::SUFFICIENT,
+            format!(
+                "healthy capacity covers {} concurrent calls",
+                policy.spec.expected_concurrent_calls
+            ),
+            generation,
+        )
+    } else {
+        condition(
+            POLICY_CAPACITY_SUFFICIENT,
+            false,
+            reasons::CAPACITY_SHORT,
+            plan.capacity_shortfalls.join("; "),
+            generation,
+        )
+    };
+    merge_condition(&mut conditions, capacity, now);
+
+    let skip = plan.history.len().saturating_sub(HISTORY_LIMIT);
+    FallbackPolicyStatus {
+        observed_generation: generation,
+        conditions,
+        active_regions: Some(plan.active_regions()),
+        regions: plan
+            .regions
+            .iter()
+            .map(|r| RegionStatus {
+                name: r.name.clone(),
+                state: r.state,
+                since: Some(Time(r.since)),
+                reason: (!r.reason.is_empty()).then(|| r.reason.clone()),
+                effective_weight: r.effective_weight,
+            })
+            .collect(),
+        routes: plan
+            .routes
+            .iter()
+            .map(|r| RouteStatus {
+                name: r.name.clone(),
+                set_id: r.set_id,
+                active_tier: r.active_tier.clone(),
+                destinations: r.destinations.iter().map(|d| d.uri.clone()).collect(),
+            })
+            .collect(),
+        demand: plan.demand.clone(),
+        config_map_hash: if conflict.is_some() {
+            current.config_map_hash
+        } else {
+            Some(hash.to_string())
+        },
+        history: plan.history[skip..].to_vec(),
+    }
+}
+
+/// Events and metrics for what the planner decided.
+async fn publish_events(policy: &FallbackPolicy, events: &[PlanEvent], pctx: &PolicyCtx) {
+    let reference = policy.object_ref(&());
+    for e in events {
+        let (type_, reason, note) = match e {
+            PlanEvent::Transition {
+                region,
+                from,
+                to,
+                reason,
+            } => {
+                let note = format!("region {region}: {from} → {to}: {reason}");
+                if *from == RegionState::Active {
+                    pctx.ctx.metrics.failovers.inc();
+                    let t = if *to == RegionState::Draining {
+                        EventType::Normal
+                    } else {
+                        EventType::Warning
+                    };
+                    (t, reasons::FAILOVER, note)
+                } else if *to == RegionState::Active {
+                    pctx.ctx.metrics.failbacks.inc();
+                    (EventType::Normal, reasons::FAILBACK, note)
+                } else {
+                    (EventType::Normal, reasons::REGION_STATE, note)
+                }
+            }
+            PlanEvent::FailOpenStarted { routes } => (
+                EventType::Warning,
+                reasons::FAIL_OPEN,
+                format!(
+                    "no healthy destination for route(s) {}: keeping the last known good destinations",
+                    routes.join(", ")
+                ),
+            ),
+            PlanEvent::FailOpenEnded => (
+                EventType::Normal,
+                reasons::FAIL_OPEN_ENDED,
+                "every route has healthy destinations again".to_string(),
+            ),
+            PlanEvent::FailbackHeld { region, until } => {
+                tracing::debug!(%region, %until, "failback held back by maxTransitionsPerHour");
+                continue;
+            }
+        };
+        if type_ == EventType::Warning {
+            tracing::warn!(reason, "{note}");
+        } else {
+            tracing::info!(reason, "{note}");
+        }
+        let event = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Route".to_string(),
+            secondary: None,
+        };
+        if let Err(err) = pctx.ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %err, "could not publish event");
+        }
+    }
 }
