@@ -170,7 +170,7 @@ pub(super) fn next_states(
             name: name.to_string(),
             state: RegionState::Active,
             since: now,
-            reason: "new region".to_string(),
+            reason: String::new(),
             effective_weight: 0,
             unhealthy_since: None,
             failed_at: None,
