@@ -1,0 +1,268 @@
+//! `lifeline sip-sync` against the real control plane and a real Kamailio 5.6 running
+//! `examples/kamailio/kamailio.cfg` on 127.0.30.x.
+//!
+//! Each test: its own namespace, its own Kamailio address, sip-sync in-process.
+
+mod common;
+#[path = "fixtures/sync/kamailio.rs"]
+mod kamailio;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use lifeline::sync::dispatcher::{self, DispatcherList};
+use lifeline::sync::file::content_hash;
+use lifeline::sync::kamailio::KamailioRpc;
+use lifeline::sync::{
+    APPLIED_HASH_ANNOTATION, CONTENT_HASH_ANNOTATION, SYNC_ERROR_ANNOTATION, SyncArgs,
+};
+use lifeline::telemetry::Metrics;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use kamailio::{Kamailio, TempDir};
+
+const CONFIGMAP: &str = "sip-routing";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/sync")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Write the routing ConfigMap the way the operator does: the data key plus the
+/// content-hash annotation, by server-side apply.
+async fn put_routing(api: &Api<ConfigMap>, text: &str) {
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": CONFIGMAP,
+            "annotations": { CONTENT_HASH_ANNOTATION: content_hash(text) },
+        },
+        "data": { "dispatcher.list": text },
+    });
+    api.patch(
+        CONFIGMAP,
+        &PatchParams::apply("lifeline-tests").force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .expect("apply routing ConfigMap");
+}
+
+async fn annotation(api: &Api<ConfigMap>, key: &str) -> Option<String> {
+    let cm = api.get_opt(CONFIGMAP).await.ok().flatten()?;
+    cm.metadata.annotations?.get(key).cloned()
+}
+
+async fn loaded(rpc: &KamailioRpc) -> Option<DispatcherList> {
+    rpc.list_dispatcher().await.ok()
+}
+
+/// sip-sync running in this process; cancelled on drop.
+struct SipSync {
+    token: CancellationToken,
+    metrics: Arc<Metrics>,
+}
+
+impl SipSync {
+    fn spawn(client: kube::Client, namespace: &str, file: PathBuf, rpc_url: &str) -> Self {
+        let token = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let args = SyncArgs {
+            namespace: namespace.to_string(),
+            configmap: CONFIGMAP.to_string(),
+            key: "dispatcher.list".to_string(),
+            file,
+            rpc_url: rpc_url.to_string(),
+            rpc_timeout_ms: 1000,
+            max_backoff_ms: 1000,
+            metrics_addr: None,
+        };
+        tokio::spawn(lifeline::sync::run_with_client(
+            client,
+            args,
+            metrics.clone(),
+            token.clone(),
+        ));
+        Self { token, metrics }
+    }
+
+    fn metric(&self, line_prefix: &str) -> f64 {
+        self.metrics
+            .encode()
+            .lines()
+            .find(|l| l.starts_with(line_prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for SipSync {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// Wait until Kamailio reports exactly the destinations of `text` and the ConfigMap
+/// carries its hash as applied.
+async fn assert_applied(api: &Api<ConfigMap>, rpc: &KamailioRpc, text: &str, what: &str) {
+    let expected = dispatcher::parse(text).expect("fixture parses");
+    common::eventually(WAIT, &format!("Kamailio loads {what}"), || {
+        let expected = expected.clone();
+        async move { (loaded(rpc).await? == expected).then_some(()) }
+    })
+    .await;
+    let hash = content_hash(text);
+    common::eventually(WAIT, &format!("applied-hash of {what}"), || {
+        let hash = hash.clone();
+        async move { (annotation(api, APPLIED_HASH_ANNOTATION).await? == hash).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmap_changes_reach_kamailio_and_are_confirmed() {
+    let Some(client) = common::client().await else {
+        return;
+    };
+    let ns = common::TestNamespace::create(client.clone(), "sipsync-apply", &[]).await;
+    let api: Api<ConfigMap> = ns.api();
+    let dir = TempDir::new("lifeline-sipsync-apply");
+    let file = dir.0.join("dispatcher.list");
+    // Kamailio starts with a routing that lifeline knows nothing about.
+    std::fs::write(&file, "9 sip:127.0.30.199:5080\n").unwrap();
+    let mut kamailio = Kamailio::start("127.0.30.1", &file, &dir.0);
+    kamailio.wait_ready(WAIT).await;
+    let rpc = KamailioRpc::new(&kamailio.rpc_url, Duration::from_secs(1)).unwrap();
+    let sync = SipSync::spawn(client, &ns.name, file.clone(), &kamailio.rpc_url);
+
+    let a = fixture("routing-a.list");
+    put_routing(&api, &a).await;
+    assert_applied(&api, &rpc, &a, "routing A").await;
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), a);
+
+    let b = fixture("routing-b.list");
+    put_routing(&api, &b).await;
+    assert_applied(&api, &rpc, &b, "routing B").await;
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), b);
+    let sets = loaded(&rpc).await.unwrap().set_sizes();
+    assert_eq!(sets.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+
+    assert_eq!(sync.metric("lifeline_sync_applied_total"), 2.0);
+    assert_eq!(sync.metric("lifeline_sync_duration_seconds_count"), 2.0);
+    assert_eq!(annotation(&api, SYNC_ERROR_ANNOTATION).await, None);
+    // No temporary file is left next to the dispatcher file.
+    let names: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("dispatcher"))
+        .collect();
+    assert_eq!(names, vec!["dispatcher.list".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_or_empty_lists_are_rejected_and_the_old_routing_stays() {
+    let Some(client) = common::client().await else {
+        return;
+    };
+    let ns = common::TestNamespace::create(client.clone(), "sipsync-reject", &[]).await;
+    let api: Api<ConfigMap> = ns.api();
+    let dir = TempDir::new("lifeline-sipsync-reject");
+    let file = dir.0.join("dispatcher.list");
+    let a = fixture("routing-a.list");
+    std::fs::write(&file, "9 sip:127.0.30.199:5080\n").unwrap();
+    let mut kamailio = Kamailio::start("127.0.30.2", &file, &dir.0);
+    kamailio.wait_ready(WAIT).await;
+    let rpc = KamailioRpc::new(&kamailio.rpc_url, Duration::from_secs(1)).unwrap();
+    let sync = SipSync::spawn(client, &ns.name, file.clone(), &kamailio.rpc_url);
+    put_routing(&api, &a).await;
+    assert_applied(&api, &rpc, &a, "routing A").await;
+
+    for (name, reason) in [("invalid.list", "parse"), ("empty.list", "empty")] {
+        put_routing(&api, &fixture(name)).await;
+        let error = common::eventually(WAIT, &format!("sync-error for {name}"), || async {
+            annotation(&api, SYNC_ERROR_ANNOTATION)
+                .await
+                .filter(|e| e.contains(&content_hash(&fixture(name))[..12]))
+        })
+        .await;
+        assert!(error.contains("rejected"), "{error}");
+        assert_eq!(
+            sync.metric(&format!(
+                "lifeline_sync_failures_total{{reason=\"{reason}\"}}"
+            )),
+            1.0,
+            "{}",
+            sync.metrics.encode()
+        );
+        // The old routing stays: in Kamailio, on disk and in the annotation.
+        assert_eq!(loaded(&rpc).await, Some(dispatcher::parse(&a).unwrap()));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), a);
+        assert_eq!(
+            annotation(&api, APPLIED_HASH_ANNOTATION).await,
+            Some(content_hash(&a))
+        );
+    }
+
+    // A valid version afterwards is applied and clears the warning.
+    let b = fixture("routing-b.list");
+    put_routing(&api, &b).await;
+    assert_applied(&api, &rpc, &b, "routing B").await;
+    common::eventually(WAIT, "sync-error cleared", || async {
+        annotation(&api, SYNC_ERROR_ANNOTATION)
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_sync_retries_until_kamailio_starts() {
+    let Some(client) = common::client().await else {
+        return;
+    };
+    let ns = common::TestNamespace::create(client.clone(), "sipsync-late", &[]).await;
+    let api: Api<ConfigMap> = ns.api();
+    let dir = TempDir::new("lifeline-sipsync-late");
+    let file = dir.0.join("dispatcher.list");
+    let rpc_url = "http://127.0.30.3:5071/RPC";
+    let sync = SipSync::spawn(client, &ns.name, file.clone(), rpc_url);
+    let a = fixture("routing-a.list");
+    put_routing(&api, &a).await;
+
+    // No Kamailio yet: the file is written (so Kamailio finds it at start-up) but
+    // nothing is reported as applied, and the failures are counted.
+    common::eventually(WAIT, "connect failures counted", || async {
+        (sync.metric("lifeline_sync_failures_total{reason=\"connect\"}") >= 2.0).then_some(())
+    })
+    .await;
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), a);
+    assert_eq!(annotation(&api, APPLIED_HASH_ANNOTATION).await, None);
+    let error = annotation(&api, SYNC_ERROR_ANNOTATION)
+        .await
+        .unwrap_or_default();
+    assert!(error.contains("cannot reach Kamailio"), "{error}");
+
+    let mut kamailio = Kamailio::start("127.0.30.3", &file, &dir.0);
+    kamailio.wait_ready(WAIT).await;
+    let rpc = KamailioRpc::new(rpc_url, Duration::from_secs(1)).unwrap();
+    assert_applied(&api, &rpc, &a, "routing A after Kamailio started").await;
+    assert_eq!(sync.metric("lifeline_sync_applied_total"), 1.0);
+    common::eventually(WAIT, "sync-error cleared", || async {
+        annotation(&api, SYNC_ERROR_ANNOTATION)
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
