@@ -266,3 +266,45 @@ async fn sip_sync_retries_until_kamailio_starts() {
     })
     .await;
 }
+
+/// The example configuration routes by the set sip-sync applied, and its failure
+/// route moves a call to the next destination when the first does not answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_follow_the_applied_routing_and_fail_over() {
+    let Some(client) = common::client().await else {
+        return;
+    };
+    let ns = common::TestNamespace::create(client.clone(), "sipsync-route", &[]).await;
+    let api: Api<ConfigMap> = ns.api();
+    let dir = TempDir::new("lifeline-sipsync-route");
+    let file = dir.0.join("dispatcher.list");
+    std::fs::write(&file, "9 sip:127.0.30.199:5080\n").unwrap();
+    let mut kamailio = Kamailio::start("127.0.30.4", &file, &dir.0);
+    kamailio.wait_ready(WAIT).await;
+    let rpc = KamailioRpc::new(&kamailio.rpc_url, Duration::from_secs(1)).unwrap();
+    let _sync = SipSync::spawn(client, &ns.name, file.clone(), &kamailio.rpc_url);
+    let _bots = kamailio::Sipp::uas("127.0.30.41", 5080);
+
+    // Set 1 prefers a carrier that is down (nothing listens on .40), then the bots.
+    let routing = "# inbound: dead carrier first, bots second\n\
+                   1 sip:127.0.30.40:5080 0 10 duid=dead-carrier\n\
+                   1 sip:127.0.30.41:5080 0 5 duid=bots\n";
+    put_routing(&api, routing).await;
+    assert_applied(&api, &rpc, routing, "routing with a dead first destination").await;
+
+    let ok = tokio::task::spawn_blocking(|| {
+        kamailio::Sipp::calls_succeed("127.0.30.42", 5070, "127.0.30.4:5060", "inbound", 2)
+    })
+    .await
+    .unwrap();
+    assert!(ok, "calls failed over to the bots\n{}", kamailio.log_tail());
+    // The failure route marked the dead carrier inactive (and probing).
+    let answer = rpc.call("dispatcher.list").await.unwrap();
+    let flags = answer["RECORDS"][0]["SET"]["TARGETS"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["DEST"]["URI"] == "sip:127.0.30.40:5080")
+        .map(|t| t["DEST"]["FLAGS"].as_str().unwrap_or_default().to_string());
+    assert_eq!(flags.as_deref(), Some("IP"), "{answer}");
+}
