@@ -52,6 +52,7 @@ impl Drop for Harness {
 
 impl Harness {
     async fn start(prefix: &str) -> Option<Self> {
+        lifeline::telemetry::init_logging(lifeline::telemetry::LogFormat::Plain);
         let client = common::client().await?;
         common::install_crds(&client).await;
         let ns = TestNamespace::create(

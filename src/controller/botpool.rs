@@ -30,6 +30,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -38,6 +39,7 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::Context;
 use crate::crd::{
@@ -123,6 +125,11 @@ struct State {
     ctx: Arc<Context>,
     /// Consecutive transient failures per pool, for the backoff.
     failures: Mutex<HashMap<ObjectRef<BotPool>, u32>>,
+    /// The replica target last applied, per pool UID. The pool in the controller's
+    /// cache may not show our latest status write yet; deciding from a stale
+    /// `desiredReplicas` would scale back up for a moment. `status.desiredReplicas`
+    /// is the fallback after a restart.
+    targets: Mutex<HashMap<String, u32>>,
 }
 
 /// Run the botpool controller until `shutdown` is cancelled.
@@ -136,6 +143,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let state = Arc::new(State {
         ctx: ctx.clone(),
         failures: Mutex::default(),
+        targets: Mutex::default(),
     });
     Controller::new(ctx.api::<BotPool>(), watcher::Config::default())
         .owns(ctx.api::<Deployment>(), owned.clone())
@@ -197,12 +205,13 @@ fn pools_of_policy(
 async fn reconcile(pool: Arc<BotPool>, state: Arc<State>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     let key = ObjectRef::from_obj(pool.as_ref());
-    let span = tracing::info_span!("reconcile", kind = "BotPool", name = %pool.name_any(), namespace = ?pool.namespace());
-    let result = {
-        let _guard = span.enter();
-        drop(_guard);
-        reconcile_pool(&pool, &state.ctx).await
-    };
+    let span = tracing::info_span!(
+        "reconcile",
+        kind = "BotPool",
+        name = %pool.name_any(),
+        namespace = ?pool.namespace()
+    );
+    let result = reconcile_pool(&pool, &state).instrument(span).await;
     state
         .ctx
         .metrics
@@ -469,7 +478,8 @@ pub fn desired_status(obs: &Observed<'_>, now: jiff::Timestamp) -> BotPoolStatus
     }
 }
 
-async fn reconcile_pool(pool: &BotPool, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_pool(pool: &BotPool, state: &State) -> Result<Action, Error> {
+    let ctx = state.ctx.as_ref();
     let ns = pool.namespace().ok_or(Error::MissingNamespace)?;
     let name = pool.name_any();
     let owner = pool.controller_owner_ref(&()).ok_or(Error::MissingUid)?;
@@ -492,8 +502,11 @@ async fn reconcile_pool(pool: &BotPool, ctx: &Context) -> Result<Action, Error> 
 
     // Decide.
     let rec = scaling::recommend(demand, sizing(pool));
-    let current = match &pool.status {
-        Some(s) if s.observed_generation.is_some() => Some(s.desired_replicas),
+    let uid = pool.uid().unwrap_or_default();
+    let remembered = state.targets.lock().ok().and_then(|t| t.get(&uid).copied());
+    let current = match (&pool.status, remembered) {
+        (_, Some(target)) => Some(target),
+        (Some(s), None) if s.observed_generation.is_some() => Some(s.desired_replicas),
         _ => existing
             .as_ref()
             .and_then(|d| d.spec.as_ref()?.replicas)
@@ -510,25 +523,41 @@ async fn reconcile_pool(pool: &BotPool, ctx: &Context) -> Result<Action, Error> 
         scale_down_since: stable.lower_since,
     };
 
-    // Apply.
-    let applied = apply_children(pool, &ns, &owner, &inputs, ctx).await;
-    let invalid = match applied {
-        Ok(()) => None,
-        Err(err) => match rejection(&err) {
-            Some(message) => Some(message),
-            None => return Err(err),
-        },
-    };
+    // Apply. The Deployment goes last: it carries the scale-down start, which must
+    // only change once everything else for this target was written (a failure before
+    // it then retries the same decision instead of restarting the window).
     let mut limit = if rec.shortfall_calls > 0 {
         Limit::MaxReplicas
     } else {
         Limit::None
     };
-    if hpa_mode && invalid.is_none() {
-        limit = apply_hpa_floor(&ns, &name, stable.target, ctx)
-            .await?
-            .unwrap_or(limit);
-    }
+    let applied = apply_service_and_pdb(pool, &ns, &owner, ctx).await;
+    let applied = match applied {
+        Ok(()) if hpa_mode => match apply_hpa_floor(&ns, &name, stable.target, ctx).await {
+            Ok(hpa_limit) => {
+                limit = hpa_limit.unwrap_or(limit);
+                Ok(())
+            }
+            Err(err) => Err(err),
+        },
+        other => other,
+    };
+    let applied = match applied {
+        Ok(()) => apply_deployment(pool, &ns, &owner, &inputs, ctx).await,
+        err => err,
+    };
+    let invalid = match applied {
+        Ok(()) => {
+            if let Ok(mut targets) = state.targets.lock() {
+                targets.insert(uid, stable.target);
+            }
+            None
+        }
+        Err(err) => match rejection(&err) {
+            Some(message) => Some(message),
+            None => return Err(err),
+        },
+    };
 
     // Status.
     let pods = pods_api
@@ -545,7 +574,8 @@ async fn reconcile_pool(pool: &BotPool, ctx: &Context) -> Result<Action, Error> 
         invalid: invalid.clone(),
     };
     let status = desired_status(&observed, now);
-    publish_transitions(pool, &status, ctx).await;
+    let applied_target = current.filter(|_| invalid.is_none());
+    publish_transitions(pool, applied_target, &status, ctx).await;
     if pool.status.as_ref() != Some(&status) {
         Api::<BotPool>::namespaced(client, &ns)
             .patch_status(
@@ -576,29 +606,19 @@ async fn reconcile_pool(pool: &BotPool, ctx: &Context) -> Result<Action, Error> 
     })
 }
 
-async fn apply_children(
+async fn apply_service_and_pdb(
     pool: &BotPool,
     ns: &str,
-    owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
-    inputs: &build::Inputs,
+    owner: &OwnerReference,
     ctx: &Context,
 ) -> Result<(), Error> {
     let name = pool.name_any();
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let client = ctx.client.clone();
-    Api::<Deployment>::namespaced(client.clone(), ns)
-        .patch(
-            &name,
-            &pp,
-            &Patch::Apply(build::deployment(pool, owner, inputs)),
-        )
-        .await
-        .map_err(kube_err("apply Deployment"))?;
-    Api::<Service>::namespaced(client.clone(), ns)
+    Api::<Service>::namespaced(ctx.client.clone(), ns)
         .patch(&name, &pp, &Patch::Apply(build::service(pool, owner)))
         .await
         .map_err(kube_err("apply Service"))?;
-    Api::<PodDisruptionBudget>::namespaced(client, ns)
+    Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), ns)
         .patch(
             &name,
             &pp,
@@ -606,6 +626,24 @@ async fn apply_children(
         )
         .await
         .map_err(kube_err("apply PodDisruptionBudget"))?;
+    Ok(())
+}
+
+async fn apply_deployment(
+    pool: &BotPool,
+    ns: &str,
+    owner: &OwnerReference,
+    inputs: &build::Inputs,
+    ctx: &Context,
+) -> Result<(), Error> {
+    Api::<Deployment>::namespaced(ctx.client.clone(), ns)
+        .patch(
+            &pool.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(build::deployment(pool, owner, inputs)),
+        )
+        .await
+        .map_err(kube_err("apply Deployment"))?;
     Ok(())
 }
 
@@ -674,12 +712,16 @@ async fn apply_hpa_floor(
         } => Some(json!({
             "apiVersion": "autoscaling/v2",
             "kind": "HorizontalPodAutoscaler",
-            "metadata": { "annotations": { USER_MIN_REPLICAS: user_min.to_string() } },
+            "metadata": {
+                "name": hpa_name,
+                "annotations": { USER_MIN_REPLICAS: user_min.to_string() },
+            },
             "spec": { "minReplicas": min_replicas },
         })),
         FloorAction::Restore { min_replicas } => Some(json!({
             "apiVersion": "autoscaling/v2",
             "kind": "HorizontalPodAutoscaler",
+            "metadata": { "name": hpa_name },
             "spec": { "minReplicas": min_replicas },
         })),
     };
@@ -698,13 +740,19 @@ async fn apply_hpa_floor(
 }
 
 /// Events on scale changes and on a newly rejected spec.
-async fn publish_transitions(pool: &BotPool, new: &BotPoolStatus, ctx: &Context) {
-    let Some(old) = &pool.status else {
-        return;
-    };
+async fn publish_transitions(
+    pool: &BotPool,
+    previous: Option<u32>,
+    new: &BotPoolStatus,
+    ctx: &Context,
+) {
+    let none = BotPoolStatus::default();
+    let old = pool.status.as_ref().unwrap_or(&none);
     let mut events = Vec::new();
-    if old.observed_generation.is_some() && old.desired_replicas != new.desired_replicas {
-        let (reason, verb) = if new.desired_replicas > old.desired_replicas {
+    if let Some(previous) = previous
+        && previous != new.desired_replicas
+    {
+        let (reason, verb) = if new.desired_replicas > previous {
             ("ScaledUp", "up")
         } else {
             ("ScaledDown", "down")
@@ -713,8 +761,8 @@ async fn publish_transitions(pool: &BotPool, new: &BotPoolStatus, ctx: &Context)
             type_: EventType::Normal,
             reason: reason.into(),
             note: Some(format!(
-                "scaled {verb} from {} to {} replicas for a demand of {} calls",
-                old.desired_replicas, new.desired_replicas, new.demand
+                "scaled {verb} from {previous} to {} replicas for a demand of {} calls",
+                new.desired_replicas, new.demand
             )),
             action: "Scale".into(),
             secondary: None,
