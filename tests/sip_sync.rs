@@ -74,6 +74,16 @@ struct SipSync {
 
 impl SipSync {
     fn spawn(client: kube::Client, namespace: &str, file: PathBuf, rpc_url: &str) -> Self {
+        Self::spawn_with_probes(client, namespace, file, rpc_url, None)
+    }
+
+    fn spawn_with_probes(
+        client: kube::Client,
+        namespace: &str,
+        file: PathBuf,
+        rpc_url: &str,
+        metrics_addr: Option<std::net::SocketAddr>,
+    ) -> Self {
         let token = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
         let args = SyncArgs {
@@ -84,7 +94,7 @@ impl SipSync {
             rpc_url: rpc_url.to_string(),
             rpc_timeout_ms: 1000,
             max_backoff_ms: 1000,
-            metrics_addr: None,
+            metrics_addr,
         };
         tokio::spawn(lifeline::sync::run_with_client(
             client,
@@ -110,6 +120,13 @@ impl Drop for SipSync {
     fn drop(&mut self) {
         self.token.cancel();
     }
+}
+
+async fn probe(addr: &str, path: &str) -> u16 {
+    reqwest::get(format!("http://{addr}{path}"))
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
 }
 
 /// Wait until Kamailio reports exactly the destinations of `text` and the ConfigMap
@@ -236,7 +253,9 @@ async fn sip_sync_retries_until_kamailio_starts() {
     let dir = TempDir::new("lifeline-sipsync-late");
     let file = dir.0.join("dispatcher.list");
     let rpc_url = "http://127.0.30.3:5071/RPC";
-    let sync = SipSync::spawn(client, &ns.name, file.clone(), rpc_url);
+    let probes = "127.0.30.3:9464";
+    let sync =
+        SipSync::spawn_with_probes(client, &ns.name, file.clone(), rpc_url, probes.parse().ok());
     let a = fixture("routing-a.list");
     put_routing(&api, &a).await;
 
@@ -252,12 +271,26 @@ async fn sip_sync_retries_until_kamailio_starts() {
         .await
         .unwrap_or_default();
     assert!(error.contains("cannot reach Kamailio"), "{error}");
+    // Kamailio may start now (the file is there) but the pod is not ready yet.
+    assert_eq!(probe(probes, "/startupz").await, 200);
+    assert_eq!(probe(probes, "/readyz").await, 503);
 
     let mut kamailio = Kamailio::start("127.0.30.3", &file, &dir.0);
     kamailio.wait_ready(WAIT).await;
     let rpc = KamailioRpc::new(rpc_url, Duration::from_secs(1)).unwrap();
     assert_applied(&api, &rpc, &a, "routing A after Kamailio started").await;
     assert_eq!(sync.metric("lifeline_sync_applied_total"), 1.0);
+    assert_eq!(probe(probes, "/readyz").await, 200);
+    let metrics = reqwest::get(format!("http://{probes}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("lifeline_sync_applied_total 1"),
+        "{metrics}"
+    );
     common::eventually(WAIT, "sync-error cleared", || async {
         annotation(&api, SYNC_ERROR_ANNOTATION)
             .await

@@ -20,6 +20,7 @@ pub mod kamailio;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -75,8 +76,9 @@ pub struct SyncArgs {
     /// Upper bound of the retry backoff, in milliseconds.
     #[arg(long, env = "LIFELINE_MAX_BACKOFF_MS", default_value_t = 10_000)]
     pub max_backoff_ms: u64,
-    /// Serve `/metrics`, `/healthz` and `/readyz` (ready once a routing is confirmed)
-    /// on this address.
+    /// Serve `/metrics`, `/healthz`, `/startupz` (200 once the dispatcher file holds a
+    /// valid routing, so Kamailio can start) and `/readyz` (200 once Kamailio runs a
+    /// confirmed routing) on this address.
     #[arg(long, env = "LIFELINE_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
 }
@@ -168,6 +170,7 @@ pub struct Applier {
     rpc: KamailioRpc,
     file: PathBuf,
     confirmed: Option<String>,
+    written: bool,
 }
 
 impl Applier {
@@ -177,7 +180,14 @@ impl Applier {
             rpc,
             file,
             confirmed: None,
+            written: false,
         }
+    }
+
+    /// True once the dispatcher file holds a valid routing (written by this process
+    /// or found there), i.e. Kamailio can start: it refuses to start without the file.
+    pub fn file_written(&self) -> bool {
+        self.written
     }
 
     /// Hash of the last content this process confirmed in Kamailio.
@@ -195,6 +205,7 @@ impl Applier {
         }
         let on_disk = self.io(file::file_hash(&self.file))?;
         if on_disk.as_deref() == Some(hash.as_str()) {
+            self.written = true;
             // Restart-safe: Kamailio may have loaded this very file at start-up.
             if let Ok(loaded) = self.rpc.list_dispatcher().await
                 && expected.difference(&loaded).is_none()
@@ -204,6 +215,7 @@ impl Applier {
             }
         } else {
             self.io(file::write_atomic(&self.file, content))?;
+            self.written = true;
         }
         self.rpc.reload_dispatcher().await?;
         self.confirm(&expected).await?;
@@ -225,6 +237,15 @@ impl Applier {
             source,
         })
     }
+}
+
+/// What the probes of the sidecar report.
+#[derive(Debug, Default)]
+struct Health {
+    /// The dispatcher file holds a valid routing: Kamailio can start.
+    written: AtomicBool,
+    /// Kamailio runs a routing sip-sync confirmed.
+    confirmed: AtomicBool,
 }
 
 /// Capped exponential backoff with jitter, from 100 ms.
@@ -308,7 +329,7 @@ pub async fn run_with_client(
         Duration::from_millis(args.rpc_timeout_ms),
     )?;
     let api: Api<ConfigMap> = Api::namespaced(client, &args.namespace);
-    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let health = Arc::new(Health::default());
     if let Some(addr) = args.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -316,7 +337,7 @@ pub async fn run_with_client(
         tokio::spawn(serve_metrics(
             listener,
             metrics.clone(),
-            ready.clone(),
+            health.clone(),
             shutdown.clone(),
         ));
     }
@@ -337,7 +358,7 @@ pub async fn run_with_client(
         shutdown.clone(),
     ));
     let applier = Applier::new(rpc, args.file.clone());
-    apply_loop(applier, api, args, metrics, ready, rx, shutdown).await;
+    apply_loop(applier, api, args, metrics, health, rx, shutdown).await;
     let _ = watch_task.await;
     Ok(())
 }
@@ -395,7 +416,7 @@ async fn apply_loop(
     api: Api<ConfigMap>,
     args: SyncArgs,
     metrics: Arc<Metrics>,
-    ready: Arc<std::sync::atomic::AtomicBool>,
+    health: Arc<Health>,
     mut rx: watch::Receiver<Option<Desired>>,
     shutdown: CancellationToken,
 ) {
@@ -418,6 +439,9 @@ async fn apply_loop(
                 Some(c) => applier.apply(c).await,
                 None => Err(Error::MissingKey(args.key.clone())),
             };
+            health
+                .written
+                .store(applier.file_written(), Ordering::Relaxed);
             match result {
                 Ok(Outcome::Unchanged) => {}
                 Ok(outcome) => {
@@ -425,7 +449,7 @@ async fn apply_loop(
                     let elapsed = desired.seen.elapsed();
                     metrics.sync_applied.inc();
                     metrics.sync_duration.observe(elapsed.as_secs_f64());
-                    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+                    health.confirmed.store(true, Ordering::Relaxed);
                     tracing::info!(
                         hash = %hash,
                         outcome = ?outcome,
@@ -503,10 +527,18 @@ async fn annotate(
 async fn serve_metrics(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
-    ready: Arc<std::sync::atomic::AtomicBool>,
+    health: Arc<Health>,
     shutdown: CancellationToken,
 ) {
     use axum::{Router, http::StatusCode, routing::get};
+    fn probe(ok: bool, not_yet: &'static str) -> (StatusCode, &'static str) {
+        if ok {
+            (StatusCode::OK, "ok")
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, not_yet)
+        }
+    }
+    let startup = health.clone();
     let app = Router::new()
         .route(
             "/metrics",
@@ -517,16 +549,17 @@ async fn serve_metrics(
         )
         .route("/healthz", get(|| async { "ok" }))
         .route(
+            "/startupz",
+            get(move || {
+                let ok = startup.written.load(Ordering::Relaxed);
+                async move { probe(ok, "no routing written yet") }
+            }),
+        )
+        .route(
             "/readyz",
             get(move || {
-                let r = ready.clone();
-                async move {
-                    if r.load(std::sync::atomic::Ordering::Relaxed) {
-                        (StatusCode::OK, "ok")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "no routing confirmed yet")
-                    }
-                }
+                let ok = health.confirmed.load(Ordering::Relaxed);
+                async move { probe(ok, "no routing confirmed in Kamailio yet") }
             }),
         );
     if let Err(e) = axum::serve(listener, app)
