@@ -281,6 +281,15 @@ async fn pool_comes_up_under_restricted_profile_and_scales_with_demand() {
     )
     .await;
     assert!(lowered.elapsed() >= Duration::from_secs(3));
+    // And it stays there: no bounce back up once the scale-down is through.
+    for _ in 0..15 {
+        assert_eq!(
+            h.deployment_replicas().await,
+            Some(2),
+            "bounced after scale-down"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let pool = h.wait_status(2, 2, "2 ready bots after scale-down").await;
     assert_eq!(pool.status.unwrap().demand, 15);
     let done = h.deployment().await.unwrap();
@@ -438,6 +447,15 @@ async fn hpa_floor_follows_demand_and_never_owns_replicas() {
             .annotations()
             .contains_key("lifeline.dev/user-min-replicas")
     );
+    for _ in 0..15 {
+        let hpa = hpas.get(POOL).await.expect("get HPA");
+        assert_eq!(
+            hpa.spec.unwrap().min_replicas,
+            Some(1),
+            "floor bounced after restore"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let deployment = h.deployment().await.unwrap();
     assert!(!lifeline_owns_replicas(&deployment));
 }
