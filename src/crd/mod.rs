@@ -3,10 +3,18 @@
 //! Doc comments on these types become `kubectl explain` text, so they are written for
 //! the people who apply the resources, not for the people who read the Rust.
 
+// clippy's duplicated_attributes lint misreads the repeated `printcolumn(type_ = ..)`
+// arguments of `#[kube(..)]` as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 pub mod botpool;
 pub mod condition;
+#[allow(clippy::duplicated_attributes)]
 pub mod policy;
+#[allow(clippy::duplicated_attributes)]
 pub mod trunk;
+
+#[cfg(test)]
+mod tests;
 
 pub use botpool::*;
 pub use condition::*;
