@@ -924,3 +924,100 @@ async fn removing_one_rule_shows_a_forbidden_error() {
         "the ConfigMap was created without the create permission"
     );
 }
+
+/// Every metric name in the Grafana dashboard and in `docs/metrics.md` is one the
+/// operator exports, and every exported metric is documented.
+#[test]
+fn dashboard_and_metrics_reference_match_the_registry() {
+    use lifeline::telemetry::{ControllerLabels, ErrorLabels, Metrics, ReasonLabels, StateLabels};
+    // Families appear in the output only once they have a child.
+    let metrics = Metrics::new();
+    let controller = "trunk";
+    metrics
+        .reconcile_duration
+        .get_or_create(&ControllerLabels { controller })
+        .observe(0.01);
+    metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels {
+            controller,
+            error: "kube",
+        })
+        .inc();
+    metrics
+        .probes_failed
+        .get_or_create(&ReasonLabels { reason: "timeout" })
+        .inc();
+    metrics
+        .sync_failures
+        .get_or_create(&ReasonLabels { reason: "rpc" })
+        .inc();
+    metrics
+        .endpoints
+        .get_or_create(&StateLabels { state: "Up" })
+        .set(1);
+    metrics
+        .regions
+        .get_or_create(&StateLabels { state: "Active" })
+        .set(1);
+    let text = metrics.encode();
+    let mut exported = std::collections::BTreeSet::new();
+    let mut documented_names = Vec::new();
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let mut parts = line.split_whitespace().skip(2);
+        let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let samples: Vec<String> = match kind {
+            "counter" => vec![format!("{name}_total")],
+            "histogram" => ["", "_bucket", "_sum", "_count"]
+                .iter()
+                .map(|s| format!("{name}{s}"))
+                .collect(),
+            _ => vec![name.to_string()],
+        };
+        documented_names.push(samples[0].clone());
+        exported.extend(samples);
+    }
+    assert!(exported.len() >= 13, "registry: {text}");
+
+    let names_in = |file: &str| -> std::collections::BTreeSet<String> {
+        let body = std::fs::read_to_string(root().join(file)).expect(file);
+        let mut names = std::collections::BTreeSet::new();
+        let mut rest = body.as_str();
+        while let Some(i) = rest.find("lifeline_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            // The bare prefix ("names start with `lifeline_`") is prose, not a name.
+            if end > "lifeline_".len() {
+                names.insert(tail[..end].to_string());
+            }
+            rest = &tail[end..];
+        }
+        names
+    };
+    let dashboard = names_in("docs/grafana/lifeline-dashboard.json");
+    let reference = names_in("docs/metrics.md");
+    for (file, names) in [("dashboard", &dashboard), ("docs/metrics.md", &reference)] {
+        let unknown: Vec<_> = names.difference(&exported).collect();
+        assert!(
+            unknown.is_empty(),
+            "{file} uses unknown metrics {unknown:?}"
+        );
+    }
+    let undocumented: Vec<_> = documented_names
+        .iter()
+        .filter(|n| !reference.contains(*n))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "not in docs/metrics.md: {undocumented:?}"
+    );
+    serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(root().join("docs/grafana/lifeline-dashboard.json"))
+            .expect("dashboard"),
+    )
+    .expect("dashboard is JSON");
+}
