@@ -15,12 +15,12 @@ use super::dispatcher::{self, DispatcherList};
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
     /// Kamailio is not reachable (not started yet, restarting, wrong address).
-    #[error("cannot reach Kamailio at {url}: {source}")]
+    #[error("cannot reach Kamailio at {url}: {reason}")]
     Connect {
         /// The RPC URL.
         url: String,
-        /// The transport error.
-        source: reqwest::Error,
+        /// The transport error with its causes (e.g. "connection refused").
+        reason: String,
     },
     /// The HTTP exchange failed or returned a non-success status.
     #[error("HTTP error from Kamailio: {0}")]
@@ -90,14 +90,14 @@ impl KamailioRpc {
             .json(&request)
             .send()
             .await
-            .map_err(|source| {
-                if source.is_connect() || source.is_timeout() {
+            .map_err(|e| {
+                if e.is_connect() || e.is_timeout() {
                     RpcError::Connect {
                         url: self.url.clone(),
-                        source,
+                        reason: with_causes(&e),
                     }
                 } else {
-                    RpcError::Http(source.to_string())
+                    RpcError::Http(with_causes(&e))
                 }
             })?;
         let status = response.status();
@@ -133,6 +133,19 @@ impl KamailioRpc {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The error and its sources, so that a log says "connection refused" rather than
+/// only "error sending request".
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Turn a JSON-RPC answer into its result or an [`RpcError::Rpc`].
