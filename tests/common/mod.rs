@@ -25,7 +25,10 @@ pub async fn client() -> Option<Client> {
     let path = kubeconfig_path();
     if !path.exists() {
         if std::env::var("LIFELINE_SKIP_CLUSTER_TESTS").as_deref() == Ok("1") {
-            eprintln!("control plane not available ({} missing): skipping", path.display());
+            eprintln!(
+                "control plane not available ({} missing): skipping",
+                path.display()
+            );
             return None;
         }
         panic!(
@@ -53,8 +56,10 @@ impl TestNamespace {
     /// Create a namespace `<prefix>-<random>` with the given labels.
     pub async fn create(client: Client, prefix: &str, labels: &[(&str, &str)]) -> Self {
         let name = format!("{prefix}-{:08x}", rand::random::<u32>());
-        let labels: serde_json::Map<String, serde_json::Value> =
-            labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let labels: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
         let ns: Namespace = serde_json::from_value(json!({
             "metadata": { "name": name, "labels": labels }
         }))
@@ -64,7 +69,8 @@ impl TestNamespace {
             .await
             .expect("create test namespace");
         // Pods need the default ServiceAccount, created asynchronously by the controller-manager.
-        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &name);
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client.clone(), &name);
         for _ in 0..100 {
             if sas.get_opt("default").await.ok().flatten().is_some() {
                 break;
@@ -85,13 +91,22 @@ impl TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        let client = self.client.clone();
         let name = self.name.clone();
-        // The test's runtime may be shutting down; delete from a fresh thread.
+        // The test's runtime may be blocked (we are in its thread) or shutting down, and
+        // the test's client lives on it; delete with a fresh client on a fresh thread.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
             rt.block_on(async move {
-                let _ = Api::<Namespace>::all(client).delete(&name, &DeleteParams::background()).await;
+                if let Some(client) = client().await {
+                    let _ = Api::<Namespace>::all(client)
+                        .delete(&name, &DeleteParams::background())
+                        .await;
+                }
             });
         })
         .join();
@@ -105,12 +120,17 @@ pub async fn install_crds(client: &Client) {
     let pp = PatchParams::apply("lifeline-tests").force();
     for crd in lifeline::crd::all_crds() {
         let name = crd.metadata.name.clone().unwrap();
-        api.patch(&name, &pp, &Patch::Apply(&crd)).await.expect("apply CRD");
-        let cond = kube::runtime::wait::conditions::is_crd_established();
-        tokio::time::timeout(Duration::from_secs(30), kube::runtime::wait::await_condition(api.clone(), &name, cond))
+        api.patch(&name, &pp, &Patch::Apply(&crd))
             .await
-            .expect("CRD established in 30 s")
-            .expect("watch CRD");
+            .expect("apply CRD");
+        let cond = kube::runtime::wait::conditions::is_crd_established();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            kube::runtime::wait::await_condition(api.clone(), &name, cond),
+        )
+        .await
+        .expect("CRD established in 30 s")
+        .expect("watch CRD");
     }
 }
 

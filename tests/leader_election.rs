@@ -1,0 +1,165 @@
+//! Two operator processes against one control plane: exactly one holds the Lease and
+//! runs the controllers; when it dies (SIGKILL) the other takes over within the lease
+//! duration, and when it stops cleanly (SIGTERM) it hands over at once.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+
+const LEASE_SECONDS: u64 = 6;
+
+struct Operator {
+    child: Child,
+    metrics: String,
+    identity: String,
+}
+
+impl Operator {
+    fn start(ns: &str, identity: &str, port: u16) -> Self {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let log = std::fs::File::create(format!("{root}/target/leader-{identity}.log"))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_lifeline"))
+            .args([
+                "operator",
+                "--namespace",
+                ns,
+                "--leader-election-namespace",
+                ns,
+                "--identity",
+                identity,
+                "--lease-duration-seconds",
+                &LEASE_SECONDS.to_string(),
+                "--metrics-addr",
+                &format!("127.0.60.1:{port}"),
+            ])
+            .env("KUBECONFIG", common::kubeconfig_path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start lifeline operator");
+        Self {
+            child,
+            metrics: format!("http://127.0.60.1:{port}/metrics"),
+            identity: identity.into(),
+        }
+    }
+
+    async fn is_leader(&self) -> Option<bool> {
+        let text = reqwest::get(&self.metrics).await.ok()?.text().await.ok()?;
+        let line = text.lines().find(|l| l.starts_with("lifeline_leader "))?;
+        Some(line.trim_end().ends_with(" 1"))
+    }
+
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn holder(ns: &common::TestNamespace) -> Option<String> {
+    let lease = ns
+        .api::<Lease>()
+        .get_opt("lifeline-operator")
+        .await
+        .ok()??;
+    lease.spec?.holder_identity.filter(|h| !h.is_empty())
+}
+
+/// Wait until exactly one of the operators reports leadership; returns its index.
+async fn single_leader(ops: &[&Operator], within: Duration) -> usize {
+    common::eventually(within, "exactly one operator leads", || async {
+        let mut leaders = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            if op.is_leader().await? {
+                leaders.push(i);
+            }
+        }
+        (leaders.len() == 1).then(|| leaders[0])
+    })
+    .await
+}
+
+#[tokio::test]
+async fn one_leader_and_fast_takeover() {
+    let Some(client) = common::client().await else {
+        return;
+    };
+    common::install_crds(&client).await;
+    let ns = common::TestNamespace::create(client, "leader", &[]).await;
+
+    let a = Operator::start(&ns.name, "op-a", 19081);
+    let b = Operator::start(&ns.name, "op-b", 19082);
+    let first = single_leader(&[&a, &b], Duration::from_secs(30)).await;
+    let (leader, standby) = if first == 0 { (a, b) } else { (b, a) };
+    assert_eq!(
+        holder(&ns).await.as_deref(),
+        Some(leader.identity.as_str()),
+        "the Lease names the leader"
+    );
+    // The standby stays a standby while the leader renews (over more than one lease period).
+    tokio::time::sleep(Duration::from_secs(LEASE_SECONDS + 2)).await;
+    assert_eq!(
+        standby.is_leader().await,
+        Some(false),
+        "the standby must not lead while the Lease is held"
+    );
+    assert_eq!(leader.is_leader().await, Some(true));
+
+    // SIGKILL: no release, the standby takes over once the lease expires.
+    leader.signal("KILL");
+    let killed = Instant::now();
+    common::eventually(
+        Duration::from_secs(LEASE_SECONDS * 3),
+        "the standby takes over after SIGKILL",
+        || async { (standby.is_leader().await == Some(true)).then_some(()) },
+    )
+    .await;
+    let takeover = killed.elapsed();
+    assert_eq!(
+        holder(&ns).await.as_deref(),
+        Some(standby.identity.as_str())
+    );
+    eprintln!(
+        "takeover after SIGKILL: {:.2} s (lease duration {LEASE_SECONDS} s)",
+        takeover.as_secs_f64()
+    );
+    assert!(
+        takeover <= Duration::from_secs(LEASE_SECONDS + 3),
+        "takeover within the lease duration (+ one renewal period): took {takeover:?}"
+    );
+
+    // SIGTERM: a clean shutdown releases the Lease and a new replica takes over at once.
+    let c = Operator::start(&ns.name, "op-c", 19083);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        c.is_leader().await,
+        Some(false),
+        "a new replica waits while the Lease is held"
+    );
+    standby.signal("TERM");
+    let stopped = Instant::now();
+    common::eventually(
+        Duration::from_secs(LEASE_SECONDS * 3),
+        "handoff after SIGTERM",
+        || async { (c.is_leader().await == Some(true)).then_some(()) },
+    )
+    .await;
+    let handoff = stopped.elapsed();
+    eprintln!("handoff after SIGTERM: {:.2} s", handoff.as_secs_f64());
+    drop(leader);
+    drop(standby);
+    drop(c);
+}
