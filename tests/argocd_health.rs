@@ -112,7 +112,10 @@ fn run_health(script: &Path, fixture: &str) -> Health {
 }
 
 fn script(kind: &str) -> PathBuf {
-    root().join("docs/argocd/lifeline.dev").join(kind).join("health.lua")
+    root()
+        .join("docs/argocd/lifeline.dev")
+        .join(kind)
+        .join("health.lua")
 }
 
 fn check(kind: &str, cases: &[(&str, &str, &str)]) {
@@ -139,12 +142,12 @@ fn trunk_health() {
             (
                 "trunk-healthy.json",
                 "Healthy",
-                "EndpointsUp: 2 of 2 endpoints answer OPTIONS (2/2 endpoints healthy)",
+                "AllEndpointsUp: all 2 endpoints answer OPTIONS (2/2 endpoints healthy)",
             ),
             (
                 "trunk-down.json",
                 "Degraded",
-                "AllEndpointsDown: no endpoint answered the last 3 probes (timeout) (0/2 endpoints healthy)",
+                "AllEndpointsDown: none of 2 endpoints answers OPTIONS (0/2 endpoints healthy)",
             ),
             (
                 "trunk-new.json",
@@ -155,6 +158,16 @@ fn trunk_health() {
                 "trunk-stale-generation.json",
                 "Progressing",
                 "Waiting for lifeline to observe generation 4",
+            ),
+            (
+                "trunk-probing.json",
+                "Progressing",
+                "Probing: no endpoint is up yet; 2 of 2 not judged yet",
+            ),
+            (
+                "trunk-partial.json",
+                "Healthy",
+                "SomeEndpointsDown: 1 of 2 endpoints answer OPTIONS, 1 down (1/2 endpoints healthy)",
             ),
             (
                 "trunk-disabled.json",
@@ -178,14 +191,18 @@ fn botpool_health() {
             (
                 "botpool-unavailable.json",
                 "Degraded",
-                "NoReadyReplicas: 0 of 4 bots ready",
+                "MinimumReplicasUnavailable: 0 of 4 bots ready (replicas.min 2, desired 4)",
             ),
             (
                 "botpool-scaling-limited.json",
                 "Degraded",
-                "AtMaxReplicas: demand 260 calls needs 16 replicas, replicas.max is 10",
+                "MaxReplicasReached: 112 calls short: demand 260 calls (312 with 20% headroom) needs more than replicas.max 10 × 20 calls; raise replicas.max",
             ),
-            ("botpool-scaling-up.json", "Progressing", "Scaling: 5/8 bots ready"),
+            (
+                "botpool-scaling-up.json",
+                "Progressing",
+                "Scaling: 5/8 bots ready",
+            ),
             (
                 "botpool-stale-generation.json",
                 "Progressing",
@@ -208,17 +225,17 @@ fn fallback_policy_health() {
             (
                 "policy-region-failed.json",
                 "Degraded",
-                "RegionFailed: region cologne Failed: 0 of 2 trunks healthy (minHealthyTrunks 1)",
+                "RegionsNotActive: region cologne Failed: 0 of 2 trunks healthy (minHealthyTrunks 1)",
             ),
             (
                 "policy-capacity-short.json",
                 "Degraded",
-                "Capacity short: Insufficient: healthy capacity 300 is below 400 expected calls",
+                "Capacity short: CapacityShort: healthy capacity 300 is below 400 expected calls",
             ),
             (
                 "policy-not-ready.json",
                 "Degraded",
-                "Routing not published: ConfigMapWriteFailed: configmaps \"sip-routing\" is forbidden",
+                "Routing not published: ConfigMapConflict: ConfigMap 'sip-routing' exists and is not managed by this policy",
             ),
             (
                 "policy-new.json",
@@ -244,9 +261,7 @@ fn scripts_tolerate_bare_objects() {
             &serde_json::json!({"apiVersion": "lifeline.dev/v1alpha1", "kind": kind, "metadata": {"name": "x"}}),
             &mut harness,
         );
-        harness.push_str(
-            "\nlocal hs = assert(loadfile(arg[1]))()\nio.write(hs.status, '\\n')\n",
-        );
+        harness.push_str("\nlocal hs = assert(loadfile(arg[1]))()\nio.write(hs.status, '\\n')\n");
         let mut child = Command::new(LUA)
             .arg("-")
             .arg(script(kind))
@@ -267,7 +282,11 @@ fn scripts_tolerate_bare_objects() {
             "{kind}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Progressing", "{kind}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "Progressing",
+            "{kind}"
+        );
     }
 }
 

@@ -49,6 +49,13 @@ if obj.status.healthySummary ~= nil then
   summary = " (" .. obj.status.healthySummary .. " endpoints healthy)"
 end
 
+-- Probing: no endpoint is up yet and some have not been judged (a new trunk).
+if healthy.status ~= "True" and healthy.reason == "Probing" then
+  hs.status = "Progressing"
+  hs.message = describe(healthy)
+  return hs
+end
+
 if healthy.status == "True" then
   hs.status = "Healthy"
   hs.message = describe(healthy) .. summary
