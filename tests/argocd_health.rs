@@ -302,3 +302,34 @@ fn lua_literal_escapes_strings() {
         r#"{["a"]="q\"b\\s\010\195\188",["n"]={1,2.5,nil,true,},}"#
     );
 }
+
+/// The `argocd-cm` snippet in `docs/argocd/README.md` carries exactly the tested
+/// scripts, so what users paste is what this file tests.
+#[test]
+fn readme_snippet_matches_the_scripts() {
+    let readme = std::fs::read_to_string(root().join("docs/argocd/README.md"))
+        .expect("docs/argocd/README.md");
+    for kind in ["Trunk", "BotPool", "FallbackPolicy"] {
+        let key = format!("  resource.customizations.health.lifeline.dev_{kind}: |\n");
+        let start = readme
+            .find(&key)
+            .unwrap_or_else(|| panic!("README has no argocd-cm key for {kind}"))
+            + key.len();
+        let mut block = String::new();
+        for line in readme[start..].lines() {
+            if let Some(code) = line.strip_prefix("    ") {
+                block.push_str(code);
+            } else if !line.is_empty() {
+                break;
+            }
+            block.push('\n');
+        }
+        let lua = std::fs::read_to_string(script(kind)).expect("health.lua");
+        assert_eq!(
+            block.trim_end(),
+            lua.trim_end(),
+            "README snippet for {kind} differs from {}",
+            script(kind).display()
+        );
+    }
+}
