@@ -373,10 +373,7 @@ async fn watch_configmap(
     shutdown: CancellationToken,
 ) {
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut stream = watcher(api, config)
-        .default_backoff()
-        .applied_objects()
-        .boxed();
+    let mut stream = watcher(api, config).default_backoff().boxed();
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -387,7 +384,13 @@ async fn watch_configmap(
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "watch of the routing ConfigMap failed; retrying")
             }
-            Some(Ok(cm)) => {
+            Some(Ok(watcher::Event::Delete(_))) => {
+                // Kamailio keeps running the last routing: no list is better than
+                // an empty one. A re-created ConfigMap is applied as usual.
+                tracing::warn!(configmap = %name, "routing ConfigMap deleted; keeping the current routing");
+            }
+            Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) => {}
+            Some(Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm))) => {
                 let annotations = cm.annotations();
                 let desired = Desired {
                     content: cm.data.as_ref().and_then(|d| d.get(&key)).cloned(),
