@@ -461,6 +461,49 @@ async fn hpa_floor_follows_demand_and_never_owns_replicas() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_to_hpa_floor_keeps_the_running_bots() {
+    let Some(h) = Harness::start("bp-switch").await else {
+        return;
+    };
+    let mut pool: BotPool = fixture("pool.yaml");
+    pool.spec.replicas.min = 3;
+    h.create_pool(pool).await;
+    h.wait_status(3, 3, "3 ready bots").await;
+    assert!(lifeline_owns_replicas(&h.deployment().await.unwrap()));
+
+    let hpa: HorizontalPodAutoscaler = fixture("hpa.yaml");
+    h.ns.api::<HorizontalPodAutoscaler>()
+        .patch(
+            POOL,
+            &PatchParams::apply("argocd-test"),
+            &Patch::Apply(&hpa),
+        )
+        .await
+        .expect("apply HPA");
+    h.ns.api::<BotPool>()
+        .patch(
+            POOL,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "scaling": { "mode": "HpaFloor" } } })),
+        )
+        .await
+        .expect("switch mode");
+    eventually(WAIT, "lifeline lets go of spec.replicas", || async {
+        (!lifeline_owns_replicas(&h.deployment().await?)).then_some(())
+    })
+    .await;
+    // Dropping the field would have defaulted it to 1 until the HPA noticed.
+    for _ in 0..20 {
+        assert_eq!(
+            h.deployment_replicas().await,
+            Some(3),
+            "replicas changed on the switch"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hpa_floor_without_hpa_is_reported() {
     let Some(h) = Harness::start("bp-nohpa").await else {
         return;

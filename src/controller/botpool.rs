@@ -30,7 +30,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, OwnerReference};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -53,6 +53,9 @@ use scaling::{FloorAction, HpaView, Recommendation, Sizing};
 const CONTROLLER: &str = "botpool";
 /// Annotation on the HPA: the user's own `minReplicas` while lifeline raises it.
 pub const USER_MIN_REPLICAS: &str = "lifeline.dev/user-min-replicas";
+/// Field manager that holds a Deployment's replicas between lifeline letting go of
+/// them (switch to `HpaFloor`) and the HPA taking them over.
+pub const HANDOVER_MANAGER: &str = "lifeline.dev/handover-to-hpa";
 /// Resync period when nothing is pending: a safety net, not the trigger.
 const RESYNC: Duration = Duration::from_secs(300);
 
@@ -543,7 +546,7 @@ async fn reconcile_pool(pool: &BotPool, state: &State) -> Result<Action, Error> 
         other => other,
     };
     let applied = match applied {
-        Ok(()) => apply_deployment(pool, &ns, &owner, &inputs, ctx).await,
+        Ok(()) => apply_deployment(pool, &ns, &owner, &inputs, existing.as_ref(), ctx).await,
         err => err,
     };
     let invalid = match applied {
@@ -629,39 +632,60 @@ async fn apply_service_and_pdb(
     Ok(())
 }
 
+/// Apply the Deployment. When `spec.replicas` leaves the apply (a switch to
+/// `HpaFloor`) while lifeline still owns it, server-side apply would delete the field
+/// and the API server would default it to 1, dropping most bots until the HPA reacts.
+/// So the current value is first handed to a separate manager (the handover Kubernetes
+/// documents for moving replicas to an HPA); the HPA takes it over on its next scale.
 async fn apply_deployment(
     pool: &BotPool,
     ns: &str,
     owner: &OwnerReference,
     inputs: &build::Inputs,
+    existing: Option<&Deployment>,
     ctx: &Context,
 ) -> Result<(), Error> {
-    Api::<Deployment>::namespaced(ctx.client.clone(), ns)
-        .patch(
+    let api = Api::<Deployment>::namespaced(ctx.client.clone(), ns);
+    let handover = existing.filter(|d| {
+        inputs.replicas.is_none()
+            && applies_spec_field(d.metadata.managed_fields.as_deref(), "f:replicas")
+    });
+    if let Some(replicas) = handover.and_then(|d| d.spec.as_ref()?.replicas) {
+        let body = json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": { "name": pool.name_any() },
+            "spec": { "replicas": replicas },
+        });
+        api.patch(
             &pool.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(build::deployment(pool, owner, inputs)),
+            &PatchParams::apply(HANDOVER_MANAGER).force(),
+            &Patch::Apply(body),
         )
         .await
-        .map_err(kube_err("apply Deployment"))?;
+        .map_err(kube_err("hand Deployment replicas over"))?;
+    }
+    api.patch(
+        &pool.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(build::deployment(pool, owner, inputs)),
+    )
+    .await
+    .map_err(kube_err("apply Deployment"))?;
     Ok(())
 }
 
-/// Whether `manager` owns `spec.minReplicas` of the HPA through an Apply.
-fn owns_min_replicas(hpa: &HorizontalPodAutoscaler, manager: &str) -> bool {
-    hpa.metadata
-        .managed_fields
-        .iter()
+/// Whether lifeline's field manager owns `spec.<field>` (e.g. `f:replicas`) through
+/// an Apply.
+fn applies_spec_field(managed_fields: Option<&[ManagedFieldsEntry]>, field: &str) -> bool {
+    managed_fields
+        .into_iter()
         .flatten()
         .filter(|m| {
-            m.manager.as_deref() == Some(manager) && m.operation.as_deref() == Some("Apply")
+            m.manager.as_deref() == Some(FIELD_MANAGER) && m.operation.as_deref() == Some("Apply")
         })
         .filter_map(|m| m.fields_v1.as_ref())
-        .any(|f| {
-            f.0.get("f:spec")
-                .and_then(|s| s.get("f:minReplicas"))
-                .is_some()
-        })
+        .any(|f| f.0.get("f:spec").and_then(|s| s.get(field)).is_some())
 }
 
 /// Raise or restore the floor of the HPA that targets the pool's Deployment.
@@ -700,7 +724,7 @@ async fn apply_hpa_floor(
             .annotations()
             .get(USER_MIN_REPLICAS)
             .and_then(|v| v.parse().ok()),
-        floor_owned: owns_min_replicas(&hpa, FIELD_MANAGER),
+        floor_owned: applies_spec_field(hpa.metadata.managed_fields.as_deref(), "f:minReplicas"),
     };
     let (action, capped) = scaling::hpa_floor(view, floor);
     let hpa_name = hpa.name_any();
