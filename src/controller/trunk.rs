@@ -74,9 +74,7 @@ pub fn owner_key(namespace: &str, name: &str) -> String {
 }
 
 fn parse_owner_key(key: &str) -> Option<ObjectRef<Trunk>> {
-    let mut parts = key.strip_prefix("trunk/")?.splitn(2, '/');
-    let ns = parts.next()?;
-    let name = parts.next()?;
+    let (ns, name) = key.strip_prefix("trunk/")?.split_once('/')?;
     Some(ObjectRef::new(name).within(ns))
 }
 
@@ -162,9 +160,8 @@ fn probe_changes(
 
 /// Stop probing Trunks that are gone from the cache (deleted, or moved out of scope).
 async fn sweep_deleted(store: Store<Trunk>, tctx: Arc<TrunkCtx>, shutdown: CancellationToken) {
-    if store.wait_until_ready().await.is_err() {
-        return;
-    }
+    // No need to wait for the cache to fill: a Trunk is only `known` after a reconcile,
+    // which reads it from this cache, and re-lists swap the cache atomically.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {

@@ -1,0 +1,434 @@
+//! Trunk health end to end: the Trunk controller runs in-process against the real
+//! control plane (`make testenv-up`) and probes real SIP peers on 127.0.10.x — sipp
+//! answering 200 or 503, Kamailio answering 200, a silent UDP socket and a closed TCP
+//! port. Each Trunk must reach the right state through the API within
+//! `period × threshold + timeout + 1 s`.
+//!
+//! Run: `cargo test --test trunk_probe` (needs `/usr/bin/sipp` and `/usr/sbin/kamailio`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use lifeline::crd::{EndpointState, Trunk, TrunkStatus, find_condition};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use common::{TestNamespace, eventually};
+
+const PERIOD_S: u64 = 1;
+const TIMEOUT_MS: u64 = 500;
+const THRESHOLD: u64 = 2;
+
+/// period × threshold + timeout + 1 s: the promise the issue makes.
+fn deadline() -> Duration {
+    Duration::from_millis(PERIOD_S * 1000 * THRESHOLD + TIMEOUT_MS + 1000)
+}
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// A child process in its own process group, killed (group and all) on drop.
+struct Peer {
+    child: Child,
+    name: &'static str,
+}
+
+impl Peer {
+    fn spawn(name: &'static str, cmd: &mut Command) -> Self {
+        use std::os::unix::process::CommandExt;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Self { child, name }
+    }
+
+    fn kill(&mut self) {
+        // Kamailio forks workers: signal the whole group, not just the parent.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Fail fast (instead of timing out later) when the peer died at start-up.
+    fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{} exited at start-up: {status}", self.name);
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// sipp answering every OPTIONS with `code` (200 or 503) on `ip:5060` over UDP.
+fn sipp(code: u16, ip: &str, transport: &str) -> Peer {
+    let scenario = fixtures().join(format!("sip/uas_options_{code}.xml"));
+    let mut p = Peer::spawn(
+        "sipp",
+        Command::new("sipp").args([
+            "-sf",
+            scenario.to_str().unwrap(),
+            "-i",
+            ip,
+            "-p",
+            "5060",
+            "-t",
+            transport,
+            "-nostdin",
+            "-m",
+            "500",
+            "-timeout",
+            "120s",
+        ]),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    p.assert_running();
+    p
+}
+
+/// Kamailio answering OPTIONS with 200 on `ip:5060`, UDP and TCP.
+fn kamailio(ip: &str, rundir: &Path) -> Peer {
+    std::fs::create_dir_all(rundir).unwrap();
+    let cfg = fixtures().join("kamailio/options_200.cfg");
+    let dir = rundir.to_str().unwrap();
+    let mut p = Peer::spawn(
+        "kamailio",
+        Command::new("/usr/sbin/kamailio").args([
+            "-f",
+            cfg.to_str().unwrap(),
+            "-DD",
+            "-E",
+            "-n",
+            "1",
+            "-Y",
+            dir,
+            "-w",
+            dir,
+            "-l",
+            &format!("udp:{ip}:5060"),
+            "-l",
+            &format!("tcp:{ip}:5060"),
+        ]),
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    p.assert_running();
+    p
+}
+
+/// A cluster, a namespace and a Trunk controller watching it.
+struct Harness {
+    ns: TestNamespace,
+    ctx: Arc<lifeline::controller::Context>,
+    stop: CancellationToken,
+}
+
+impl Harness {
+    async fn start(prefix: &str) -> Option<Self> {
+        lifeline::telemetry::init_logging(lifeline::telemetry::LogFormat::Plain);
+        let client: Client = common::client().await?;
+        common::install_crds(&client).await;
+        let ns = TestNamespace::create(client.clone(), prefix, &[]).await;
+        let metrics = Arc::new(lifeline::telemetry::Metrics::new());
+        let ctx = lifeline::controller::Context::new(client, metrics, Some(ns.name.clone()));
+        let stop = CancellationToken::new();
+        tokio::spawn(lifeline::controller::trunk::run(ctx.clone(), stop.clone()));
+        Some(Self { ns, ctx, stop })
+    }
+
+    async fn create_trunk(&self, name: &str, uris: &[&str]) -> Instant {
+        let trunk: Trunk = serde_json::from_value(json!({
+            "apiVersion": "lifeline.dev/v1alpha1",
+            "kind": "Trunk",
+            "metadata": { "name": name },
+            "spec": {
+                "region": "cologne",
+                "endpoints": uris.iter().map(|u| json!({ "uri": u })).collect::<Vec<_>>(),
+                "probe": {
+                    "periodSeconds": PERIOD_S,
+                    "timeoutMillis": TIMEOUT_MS,
+                    "failureThreshold": THRESHOLD,
+                    "successThreshold": THRESHOLD,
+                },
+            },
+        }))
+        .unwrap();
+        self.ns
+            .api::<Trunk>()
+            .create(&PostParams::default(), &trunk)
+            .await
+            .expect("create trunk");
+        Instant::now()
+    }
+
+    /// Wait until every endpoint of `name` is in `state`; return the status.
+    async fn wait_for(&self, name: &str, state: EndpointState, within: Duration) -> TrunkStatus {
+        let api = self.ns.api::<Trunk>();
+        eventually(
+            within,
+            &format!("trunk {name}: all endpoints {state}"),
+            || {
+                let api = api.clone();
+                async move {
+                    let status = api.get(name).await.ok()?.status?;
+                    (!status.endpoints.is_empty()
+                        && status.endpoints.iter().all(|e| e.state == state))
+                    .then_some(status)
+                }
+            },
+        )
+        .await
+    }
+
+    async fn events(&self, name: &str) -> Vec<(String, String)> {
+        let api: Api<Event> = self.ns.api();
+        let list = api.list(&ListParams::default()).await.expect("list events");
+        list.items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.ctx.probes.shutdown();
+    }
+}
+
+fn healthy(status: &TrunkStatus) -> (String, String) {
+    let c = find_condition(&status.conditions, "Healthy").expect("Healthy condition");
+    (c.status.clone(), c.reason.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_answering_200_is_up_then_down_when_it_dies() {
+    let Some(h) = Harness::start("trk-sipp200").await else {
+        return;
+    };
+    let mut peer = sipp(200, "127.0.10.1", "u1");
+    let uri = "sip:127.0.10.1:5060";
+    let created = h.create_trunk("carrier-a", &[uri]).await;
+    let status = h.wait_for("carrier-a", EndpointState::Up, deadline()).await;
+    eprintln!("sipp 200: Up after {:?}", created.elapsed());
+    assert_eq!(status.healthy_summary.as_deref(), Some("1/1"));
+    assert_eq!(status.healthy_endpoints, 1);
+    assert_eq!(healthy(&status), ("True".into(), "AllEndpointsUp".into()));
+    assert_eq!(status.endpoints[0].last_status_code, Some(200));
+    assert!(status.endpoints[0].rtt_millis.is_some());
+    assert!(status.observed_generation.is_some());
+
+    // The carrier dies: Down within the same window, with an Event for each transition.
+    peer.kill();
+    let died = Instant::now();
+    let status = h
+        .wait_for("carrier-a", EndpointState::Down, deadline())
+        .await;
+    eprintln!("sipp killed: Down after {:?}", died.elapsed());
+    assert_eq!(
+        healthy(&status),
+        ("False".into(), "AllEndpointsDown".into())
+    );
+    assert_eq!(status.healthy_summary.as_deref(), Some("0/1"));
+    let err = status.endpoints[0].last_error.clone().unwrap_or_default();
+    assert!(err.contains("no answer within 500 ms"), "{err}");
+    let events = eventually(
+        Duration::from_secs(5),
+        "EndpointUp and EndpointDown events",
+        || {
+            let h = &h;
+            async move {
+                let ev = h.events("carrier-a").await;
+                let has = |r: &str| {
+                    ev.iter()
+                        .any(|(reason, note)| reason == r && note.contains(uri))
+                };
+                (has("EndpointUp") && has("EndpointDown")).then_some(ev)
+            }
+        },
+    )
+    .await;
+    assert!(
+        events
+            .iter()
+            .any(|(_, note)| note.contains("no answer within")),
+        "{events:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_answering_503_is_down() {
+    let Some(h) = Harness::start("trk-sipp503").await else {
+        return;
+    };
+    let _peer = sipp(503, "127.0.10.2", "u1");
+    let created = h.create_trunk("carrier-b", &["sip:127.0.10.2:5060"]).await;
+    let status = h
+        .wait_for("carrier-b", EndpointState::Down, deadline())
+        .await;
+    eprintln!("sipp 503: Down after {:?}", created.elapsed());
+    assert_eq!(status.endpoints[0].last_status_code, Some(503));
+    assert_eq!(
+        status.endpoints[0].last_error.as_deref(),
+        Some("answered 503")
+    );
+    assert_eq!(status.endpoints[0].consecutive_failures, THRESHOLD as u32);
+    assert_eq!(healthy(&status).0, "False");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_udp_and_closed_tcp_are_down() {
+    let Some(h) = Harness::start("trk-silent").await else {
+        return;
+    };
+    // Bound but never read: datagrams vanish, no ICMP comes back.
+    let _silent = std::net::UdpSocket::bind("127.0.10.3:5060").expect("bind silent socket");
+    // Nothing listens on 127.0.10.4:5060/tcp: connections are refused.
+    let created = h
+        .create_trunk(
+            "carrier-c",
+            &["sip:127.0.10.3:5060", "sip:127.0.10.4:5060;transport=tcp"],
+        )
+        .await;
+    let status = h
+        .wait_for("carrier-c", EndpointState::Down, deadline())
+        .await;
+    eprintln!(
+        "silent UDP + closed TCP: Down after {:?}",
+        created.elapsed()
+    );
+    let silent = &status.endpoints[0];
+    let closed = &status.endpoints[1];
+    assert!(
+        silent
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no answer within 500 ms"),
+        "{silent:?}"
+    );
+    assert!(
+        closed
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("connecting"),
+        "{closed:?}"
+    );
+    assert_eq!(
+        (silent.last_status_code, closed.last_status_code),
+        (None, None)
+    );
+    assert_eq!(
+        healthy(&status),
+        ("False".into(), "AllEndpointsDown".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kamailio_answering_options_is_up_over_udp_and_tcp() {
+    let Some(h) = Harness::start("trk-kamailio").await else {
+        return;
+    };
+    let rundir = std::env::temp_dir().join(format!("lifeline-trunk-kam-{}", std::process::id()));
+    let _kam = kamailio("127.0.10.5", &rundir);
+    let created = h
+        .create_trunk(
+            "carrier-d",
+            &["sip:127.0.10.5:5060", "sip:127.0.10.5;transport=tcp"],
+        )
+        .await;
+    let status = h.wait_for("carrier-d", EndpointState::Up, deadline()).await;
+    eprintln!("kamailio: Up after {:?}", created.elapsed());
+    assert_eq!(status.healthy_summary.as_deref(), Some("2/2"));
+    assert!(
+        status
+            .endpoints
+            .iter()
+            .all(|e| e.last_status_code == Some(200))
+    );
+    let _ = std::fs::remove_dir_all(&rundir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_and_deleted_trunks_stop_probing() {
+    let Some(h) = Harness::start("trk-lifecycle").await else {
+        return;
+    };
+    let _peer = sipp(200, "127.0.10.6", "t1");
+    let uri = "sip:127.0.10.6:5060;transport=tcp";
+    h.create_trunk("carrier-e", &[uri]).await;
+    h.wait_for("carrier-e", EndpointState::Up, deadline()).await;
+    let owner = format!("trunk/{}/carrier-e", h.ns.name);
+    assert_eq!(h.ctx.probes.health(&owner).len(), 1);
+
+    let api = h.ns.api::<Trunk>();
+    api.patch(
+        "carrier-e",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "disabled": true } })),
+    )
+    .await
+    .expect("disable");
+    let status = eventually(
+        Duration::from_secs(5),
+        "Healthy=False reason Disabled",
+        || {
+            let api = api.clone();
+            async move {
+                let s = api.get("carrier-e").await.ok()?.status?;
+                (healthy(&s).1 == "Disabled").then_some(s)
+            }
+        },
+    )
+    .await;
+    assert_eq!(status.healthy_summary.as_deref(), Some("0/1"));
+    assert!(
+        h.ctx.probes.health(&owner).is_empty(),
+        "a disabled trunk is not probed"
+    );
+
+    api.patch(
+        "carrier-e",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "disabled": false } })),
+    )
+    .await
+    .expect("enable");
+    h.wait_for("carrier-e", EndpointState::Up, deadline()).await;
+    api.delete("carrier-e", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(
+        Duration::from_secs(5),
+        "probes stopped after delete",
+        || {
+            let probes = h.ctx.probes.clone();
+            let owner = owner.clone();
+            async move { probes.health(&owner).is_empty().then_some(()) }
+        },
+    )
+    .await;
+}
