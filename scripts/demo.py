@@ -172,7 +172,7 @@ def start_calls(procs: Procs, name: str, service: str, rate: int, seconds: float
     proc = procs.start(
         name,
         [
-            "sipp", "-sn", "uac", "-s", service, "-i", CALLER_IP, "-p", str(port),
+            "sipp", "-sf", str(ROOT / "scripts/sipp/caller.xml"), "-s", service, "-i", CALLER_IP, "-p", str(port),
             "-r", str(rate), "-m", str(calls), "-d", "1000", "-l", str(rate * 4),
             "-recv_timeout", "15000", "-nostdin",
             "-trace_stat", "-stf", str(stat), "-fd", "1",
