@@ -133,6 +133,22 @@ struct State {
     /// `desiredReplicas` would scale back up for a moment. `status.desiredReplicas`
     /// is the fallback after a restart.
     targets: Mutex<HashMap<String, u32>>,
+    /// What the owned objects looked like right after lifeline last applied them, per
+    /// pool UID; equal on the next reconcile means there is nothing to write.
+    applied: Mutex<HashMap<String, Fingerprint>>,
+}
+
+/// The inputs of an apply and the versions of the objects it produced. Deployments
+/// and PDBs bump `metadata.generation` on every spec change (a user's edit
+/// included) but not on status updates; a Service has no generation but no status
+/// churn either, so its `resourceVersion` serves.
+#[derive(Clone, Debug, PartialEq)]
+struct Fingerprint {
+    pool_generation: Option<i64>,
+    inputs: build::Inputs,
+    deployment_generation: Option<i64>,
+    service_version: Option<String>,
+    pdb_generation: Option<i64>,
 }
 
 /// Run the botpool controller until `shutdown` is cancelled.
@@ -147,6 +163,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         ctx: ctx.clone(),
         failures: Mutex::default(),
         targets: Mutex::default(),
+        applied: Mutex::default(),
     });
     Controller::new(ctx.api::<BotPool>(), watcher::Config::default())
         .owns(ctx.api::<Deployment>(), owned.clone())
@@ -526,33 +543,66 @@ async fn reconcile_pool(pool: &BotPool, state: &State) -> Result<Action, Error> 
         scale_down_since: stable.lower_since,
     };
 
-    // Apply. The Deployment goes last: it carries the scale-down start, which must
-    // only change once everything else for this target was written (a failure before
-    // it then retries the same decision instead of restarting the window).
+    // Apply, unless every owned object is as lifeline last left it (steady state:
+    // reads only). The Deployment goes last: it carries the scale-down start, which
+    // must only change once everything else for this target was written (a failure
+    // before it then retries the same decision instead of restarting the window).
+    let seen = Fingerprint {
+        pool_generation: pool.metadata.generation,
+        inputs: inputs.clone(),
+        deployment_generation: existing.as_ref().and_then(|d| d.metadata.generation),
+        service_version: Api::<Service>::namespaced(client.clone(), &ns)
+            .get_opt(&name)
+            .await
+            .map_err(kube_err("get Service"))?
+            .and_then(|s| s.metadata.resource_version),
+        pdb_generation: Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns)
+            .get_opt(&name)
+            .await
+            .map_err(kube_err("get PodDisruptionBudget"))?
+            .and_then(|p| p.metadata.generation),
+    };
+    let unchanged = state
+        .applied
+        .lock()
+        .ok()
+        .is_some_and(|a| a.get(&uid) == Some(&seen));
     let mut limit = if rec.shortfall_calls > 0 {
         Limit::MaxReplicas
     } else {
         Limit::None
     };
-    let applied = apply_service_and_pdb(pool, &ns, &owner, ctx).await;
-    let applied = match applied {
-        Ok(()) if hpa_mode => match apply_hpa_floor(&ns, &name, stable.target, ctx).await {
-            Ok(hpa_limit) => {
-                limit = hpa_limit.unwrap_or(limit);
-                Ok(())
-            }
-            Err(err) => Err(err),
-        },
-        other => other,
-    };
-    let applied = match applied {
-        Ok(()) => apply_deployment(pool, &ns, &owner, &inputs, existing.as_ref(), ctx).await,
-        err => err,
-    };
+    let mut written = seen.clone();
+    let mut applied = Ok(());
+    if !unchanged {
+        applied = apply_service_and_pdb(pool, &ns, &owner, ctx).await.map(
+            |(service_version, pdb_generation)| {
+                written.service_version = service_version;
+                written.pdb_generation = pdb_generation;
+            },
+        );
+    }
+    if applied.is_ok() && hpa_mode {
+        applied = apply_hpa_floor(&ns, &name, stable.target, ctx)
+            .await
+            .map(|hpa_limit| {
+                if let Some(hpa_limit) = hpa_limit {
+                    limit = hpa_limit;
+                }
+            });
+    }
+    if applied.is_ok() && !unchanged {
+        applied = apply_deployment(pool, &ns, &owner, &inputs, existing.as_ref(), ctx)
+            .await
+            .map(|generation| written.deployment_generation = generation);
+    }
     let invalid = match applied {
         Ok(()) => {
             if let Ok(mut targets) = state.targets.lock() {
-                targets.insert(uid, stable.target);
+                targets.insert(uid.clone(), stable.target);
+            }
+            if let Ok(mut fingerprints) = state.applied.lock() {
+                fingerprints.insert(uid, written);
             }
             None
         }
@@ -614,14 +664,14 @@ async fn apply_service_and_pdb(
     ns: &str,
     owner: &OwnerReference,
     ctx: &Context,
-) -> Result<(), Error> {
+) -> Result<(Option<String>, Option<i64>), Error> {
     let name = pool.name_any();
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    Api::<Service>::namespaced(ctx.client.clone(), ns)
+    let service = Api::<Service>::namespaced(ctx.client.clone(), ns)
         .patch(&name, &pp, &Patch::Apply(build::service(pool, owner)))
         .await
         .map_err(kube_err("apply Service"))?;
-    Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), ns)
+    let pdb = Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), ns)
         .patch(
             &name,
             &pp,
@@ -629,7 +679,7 @@ async fn apply_service_and_pdb(
         )
         .await
         .map_err(kube_err("apply PodDisruptionBudget"))?;
-    Ok(())
+    Ok((service.metadata.resource_version, pdb.metadata.generation))
 }
 
 /// Apply the Deployment. When `spec.replicas` leaves the apply (a switch to
@@ -644,7 +694,7 @@ async fn apply_deployment(
     inputs: &build::Inputs,
     existing: Option<&Deployment>,
     ctx: &Context,
-) -> Result<(), Error> {
+) -> Result<Option<i64>, Error> {
     let api = Api::<Deployment>::namespaced(ctx.client.clone(), ns);
     let handover = existing.filter(|d| {
         inputs.replicas.is_none()
@@ -665,14 +715,15 @@ async fn apply_deployment(
         .await
         .map_err(kube_err("hand Deployment replicas over"))?;
     }
-    api.patch(
-        &pool.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(build::deployment(pool, owner, inputs)),
-    )
-    .await
-    .map_err(kube_err("apply Deployment"))?;
-    Ok(())
+    let applied = api
+        .patch(
+            &pool.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(build::deployment(pool, owner, inputs)),
+        )
+        .await
+        .map_err(kube_err("apply Deployment"))?;
+    Ok(applied.metadata.generation)
 }
 
 /// Whether lifeline's field manager owns `spec.<field>` (e.g. `f:replicas`) through
