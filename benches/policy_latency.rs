@@ -1,0 +1,227 @@
+//! Policy controller latency and steady-state writes, on the real control plane
+//! (`make testenv-up`).
+//!
+//! 1. Flip a Trunk's health (its status patched through the status subresource, as
+//!    the prober would) N times and time each flip from the start of the status patch
+//!    to the moment a watch on the routing ConfigMap delivers the rewritten routing.
+//!    Target: p99 under 100 ms.
+//! 2. Leave everything alone for a quiet window and count the writes the operator
+//!    makes: ConfigMap and FallbackPolicy modifications seen by watches, and the
+//!    `configmap_writes` metric. Target: 0.
+//!
+//! `cargo bench --bench policy_latency` (env: `LIFELINE_BENCH_FLIPS`, default 50;
+//! `LIFELINE_BENCH_QUIET_SECS`, default 60).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
+use lifeline::crd::{FallbackPolicy, Trunk};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn weighted_set1(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.starts_with("1 ") && l.contains(";weight="))
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn set_state(api: &Api<Trunk>, name: &str, uri: &str, up: bool) {
+    let state = if up { "Up" } else { "Down" };
+    let status = json!({ "status": {
+        "healthyEndpoints": u32::from(up),
+        "endpoints": [{ "uri": uri, "state": state, "consecutiveFailures": u32::from(!up) }],
+    }});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("patch trunk status");
+}
+
+#[tokio::main]
+async fn main() {
+    let flips = env_num("LIFELINE_BENCH_FLIPS", 50);
+    let quiet = Duration::from_secs(env_num("LIFELINE_BENCH_QUIET_SECS", 60));
+    let Some(client) = common::client().await else {
+        return;
+    };
+    common::install_crds(&client).await;
+    let ns = common::TestNamespace::create(client.clone(), "bench-policy", &[]).await;
+    let metrics = Arc::new(lifeline::telemetry::Metrics::new());
+    let ctx =
+        lifeline::controller::Context::new(client.clone(), metrics.clone(), Some(ns.name.clone()));
+    let stop = CancellationToken::new();
+    tokio::spawn(lifeline::controller::policy::run(ctx.clone(), stop.clone()));
+
+    let trunks: Api<Trunk> = ns.api();
+    for (name, uri) in [
+        ("fixed-cgn", "sip:127.0.20.10:5060"),
+        ("mobile-cgn", "sip:127.0.20.11:5060"),
+    ] {
+        let t: Trunk = serde_json::from_value(json!({
+            "apiVersion": "lifeline.dev/v1alpha1", "kind": "Trunk", "metadata": { "name": name },
+            "spec": { "region": "cologne", "endpoints": [{ "uri": uri }] },
+        }))
+        .unwrap();
+        trunks
+            .create(&PostParams::default(), &t)
+            .await
+            .expect("create trunk");
+        set_state(&trunks, name, uri, true).await;
+    }
+    let policy: FallbackPolicy = serde_json::from_value(json!({
+        "apiVersion": "lifeline.dev/v1alpha1", "kind": "FallbackPolicy", "metadata": { "name": "main" },
+        "spec": {
+            "routingConfigMap": { "name": "sip-routing" },
+            "regions": [{ "name": "cologne" }],
+            "routes": [{ "name": "inbound", "setId": 1, "tiers": [
+                { "name": "fixed", "targets": [{ "trunk": "fixed-cgn" }] },
+                { "name": "mobile", "targets": [{ "trunk": "mobile-cgn" }] },
+            ]}],
+        },
+    }))
+    .unwrap();
+    let policies: Api<FallbackPolicy> = ns.api();
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .expect("create policy");
+
+    // Every ConfigMap version, with the time the watch delivered it.
+    let cms: Api<ConfigMap> = ns.api();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, String)>();
+    let cm_events = Arc::new(AtomicU64::new(0));
+    let policy_events = Arc::new(AtomicU64::new(0));
+    {
+        let cm_events = cm_events.clone();
+        let cfg = watcher::Config::default().fields("metadata.name=sip-routing");
+        tokio::spawn(async move {
+            let mut s = watcher(cms, cfg).applied_objects().boxed();
+            while let Some(Ok(cm)) = s.next().await {
+                cm_events.fetch_add(1, Ordering::Relaxed);
+                let text = cm
+                    .data
+                    .and_then(|d| d.get("dispatcher.list").cloned())
+                    .unwrap_or_default();
+                let _ = tx.send((Instant::now(), text));
+            }
+        });
+        let policy_events = policy_events.clone();
+        let policies = policies.clone();
+        tokio::spawn(async move {
+            let mut s = watcher(policies, watcher::Config::default())
+                .applied_objects()
+                .boxed();
+            while let Some(Ok(_)) = s.next().await {
+                policy_events.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+
+    let wait_for = |want: &'static str| {
+        let rx = &mut rx;
+        async move {
+            loop {
+                let (at, text) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                    .await
+                    .expect("ConfigMap update within 10 s")
+                    .expect("watch alive");
+                if weighted_set1(&text) == [want] {
+                    return at;
+                }
+            }
+        }
+    };
+    wait_for("sip:127.0.20.10:5060").await;
+
+    let mut latencies = Vec::with_capacity(flips as usize);
+    for i in 0..flips {
+        let up = i % 2 == 1;
+        let want = if up {
+            "sip:127.0.20.10:5060"
+        } else {
+            "sip:127.0.20.11:5060"
+        };
+        // Let the previous write settle so that flips do not overlap.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while rx.try_recv().is_ok() {}
+        let start = Instant::now();
+        set_state(&trunks, "fixed-cgn", "sip:127.0.20.10:5060", up).await;
+        let seen = wait_for(want).await;
+        latencies.push(seen - start);
+    }
+    latencies.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("policy_latency: trunk status change -> routing ConfigMap update ({flips} flips)");
+    println!(
+        "  p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms  (target p99 < 100 ms: ratio {:.2})",
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.9)),
+        ms(percentile(&latencies, 0.99)),
+        ms(*latencies.last().unwrap()),
+        ms(percentile(&latencies, 0.99)) / 100.0
+    );
+
+    // Quiet window: settle, then count.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cm_before = cm_events.load(Ordering::Relaxed);
+    let policy_before = policy_events.load(Ordering::Relaxed);
+    let writes_before = metrics.configmap_writes.get();
+    let cm_rv = ns
+        .api::<ConfigMap>()
+        .get("sip-routing")
+        .await
+        .unwrap()
+        .resource_version();
+    let policy_rv = policies.get("main").await.unwrap().resource_version();
+    tokio::time::sleep(quiet).await;
+    let cm_rv_after = ns
+        .api::<ConfigMap>()
+        .get("sip-routing")
+        .await
+        .unwrap()
+        .resource_version();
+    let policy_rv_after = policies.get("main").await.unwrap().resource_version();
+    let cm_writes = cm_events.load(Ordering::Relaxed) - cm_before;
+    let policy_writes = policy_events.load(Ordering::Relaxed) - policy_before;
+    let metric_writes = metrics.configmap_writes.get() - writes_before;
+    println!(
+        "policy_latency: quiet window of {} s (target 0 writes)",
+        quiet.as_secs()
+    );
+    println!(
+        "  ConfigMap modifications {cm_writes} (resourceVersion {}), policy modifications {policy_writes} (resourceVersion {}), configmap_writes metric +{metric_writes}",
+        if cm_rv == cm_rv_after {
+            "unchanged"
+        } else {
+            "CHANGED"
+        },
+        if policy_rv == policy_rv_after {
+            "unchanged"
+        } else {
+            "CHANGED"
+        },
+    );
+    stop.cancel();
+    ctx.probes.shutdown();
+}
