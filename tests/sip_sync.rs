@@ -341,3 +341,71 @@ async fn calls_follow_the_applied_routing_and_fail_over() {
         .map(|t| t["DEST"]["FLAGS"].as_str().unwrap_or_default().to_string());
     assert_eq!(flags.as_deref(), Some("IP"), "{answer}");
 }
+
+/// A restarted sidecar finds the file and Kamailio already holding the routing and
+/// does not reload: a reload would reset the state of every destination, e.g. bring
+/// back one the failure route had just marked down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_sip_sync_does_not_reload_what_kamailio_already_runs() {
+    let Some(client) = common::client().await else {
+        return;
+    };
+    let ns = common::TestNamespace::create(client.clone(), "sipsync-restart", &[]).await;
+    let api: Api<ConfigMap> = ns.api();
+    let dir = TempDir::new("lifeline-sipsync-restart");
+    let file = dir.0.join("dispatcher.list");
+    std::fs::write(&file, "9 sip:127.0.30.199:5080\n").unwrap();
+    let mut kamailio = Kamailio::start("127.0.30.5", &file, &dir.0);
+    kamailio.wait_ready(WAIT).await;
+    let rpc = KamailioRpc::new(&kamailio.rpc_url, Duration::from_secs(1)).unwrap();
+    let first = SipSync::spawn(client.clone(), &ns.name, file.clone(), &kamailio.rpc_url);
+    let a = fixture("routing-a.list");
+    put_routing(&api, &a).await;
+    assert_applied(&api, &rpc, &a, "routing A").await;
+    drop(first);
+
+    // Kamailio takes a destination out on its own, as its failure route does.
+    let down = "sip:127.0.30.101:5080";
+    let answer = reqwest::Client::new()
+        .post(&kamailio.rpc_url)
+        .json(&json!({"jsonrpc": "2.0", "method": "dispatcher.set_state", "params": ["i", 1, down], "id": 1}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(answer.contains("state updated"), "{answer}");
+    assert_eq!(state_of(&rpc, down).await.as_deref(), Some("IX"));
+
+    let second = SipSync::spawn(client, &ns.name, file.clone(), &kamailio.rpc_url);
+    common::eventually(WAIT, "restarted sip-sync confirms routing A", || async {
+        (second.metric("lifeline_sync_applied_total") == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        state_of(&rpc, down).await.as_deref(),
+        Some("IX"),
+        "no reload happened"
+    );
+    assert_eq!(
+        annotation(&api, APPLIED_HASH_ANNOTATION).await,
+        Some(content_hash(&a))
+    );
+
+    // The check above can fail: a reload does reset the state.
+    rpc.reload_dispatcher().await.unwrap();
+    assert_eq!(state_of(&rpc, down).await.as_deref(), Some("AX"));
+}
+
+/// Kamailio's FLAGS for a destination URI (e.g. `AX` active, `IP` inactive+probing).
+async fn state_of(rpc: &KamailioRpc, uri: &str) -> Option<String> {
+    let answer = rpc.call("dispatcher.list").await.ok()?;
+    answer["RECORDS"]
+        .as_array()?
+        .iter()
+        .flat_map(|r| r["SET"]["TARGETS"].as_array().into_iter().flatten())
+        .find(|t| t["DEST"]["URI"] == uri)
+        .and_then(|t| t["DEST"]["FLAGS"].as_str())
+        .map(str::to_string)
+}
