@@ -815,6 +815,18 @@ async fn helm_install_runs_operator_with_chart_rbac() {
         Err(_) => panic!("reconcile timed out; operator log:\n{}", operator.log()),
     };
     assert!(bots.spec.is_some());
+    // Ready bots reach the BotPool's status only through the pods watch (and the
+    // bots' pods pass the namespace's `restricted` Pod Security admission).
+    eventually(
+        Duration::from_secs(60),
+        "BotPool cologne-bots reports a ready bot",
+        || async {
+            let bp = ns.api::<BotPool>().get_opt("cologne-bots").await.ok()??;
+            let status = bp.status?;
+            (status.ready_replicas >= 1 && !status.endpoints.is_empty()).then_some(())
+        },
+    )
+    .await;
     assert!(
         routing.data.is_some_and(|d| !d.is_empty()),
         "routing ConfigMap has data"
@@ -1020,4 +1032,44 @@ fn dashboard_and_metrics_reference_match_the_registry() {
             .expect("dashboard"),
     )
     .expect("dashboard is JSON");
+}
+
+/// The chart's CRD templates, as rendered, are accepted by the API server (a
+/// server-side dry run: the CRDs are shared with every other test, so nothing is
+/// changed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rendered_crds_pass_the_api_server() {
+    let Some(client) = common::client().await else {
+        return;
+    };
+    common::install_crds(&client).await;
+    let crds: Vec<Value> = documents(&helm_template(&["--show-only", "templates/crds.yaml"]));
+    assert_eq!(crds.len(), 3);
+    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("chart-crds-{}.yaml", rand::random::<u32>()));
+    let stream: String = crds
+        .iter()
+        .map(|d| format!("---\n{}", serde_yaml::to_string(d).expect("YAML")))
+        .collect();
+    std::fs::write(&file, stream).expect("write CRDs");
+    let out = run_ok(
+        Path::new("kubectl"),
+        &[
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--force-conflicts",
+            "--field-manager=helm-chart-test",
+            "-f",
+            file.to_str().expect("utf-8 path"),
+        ],
+    );
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("serverside-applied"))
+            .count(),
+        3,
+        "{out}"
+    );
 }
