@@ -469,6 +469,13 @@ impl Operator {
 
 impl Drop for Operator {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- operator log ({}) ---\n{}",
+                self.log.display(),
+                self.log()
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -734,14 +741,28 @@ async fn helm_install_runs_operator_with_chart_rbac() {
     }
 
     // The operator, as that ServiceAccount, reconciles the minimal example.
+    operator_reconciles_example(&client, &ns, &name, &kubeconfig, "127.0.40.1").await;
+}
+
+/// Run the operator binary as the chart's ServiceAccount (`kubeconfig`) against the
+/// minimal example in `ns` and check that it reconciles every kind without a
+/// permission error.
+async fn operator_reconciles_example(
+    client: &Client,
+    ns: &TestNamespace,
+    name: &str,
+    kubeconfig: &Path,
+    ip: &str,
+) {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let operator = Operator::start(
         &kubeconfig,
         &ns.name,
-        &name,
-        "127.0.40.1",
+        name,
+        ip,
         dir.join(format!("{}-operator.log", ns.name)),
     );
-    apply_example(&client, &ns.name).await;
+    apply_example(client, &ns.name).await;
 
     eventually(
         Duration::from_secs(60),
@@ -754,13 +775,14 @@ async fn helm_install_runs_operator_with_chart_rbac() {
         "the operator holds the Lease",
         || {
             let leases = ns.api::<Lease>();
-            let name = name.clone();
+            let name = name.to_string();
             async move { leases.get_opt(&name).await.ok()??.spec?.holder_identity }
         },
     )
     .await;
     assert_eq!(holder, "helm-test-operator");
 
+    // On failure the operator's Drop prints its log.
     let reconciled = async {
         let bots = eventually(
             Duration::from_secs(90),
@@ -810,10 +832,7 @@ async fn helm_install_runs_operator_with_chart_rbac() {
         .await;
         (bots, routing)
     };
-    let (bots, routing) = match tokio::time::timeout(Duration::from_secs(200), reconciled).await {
-        Ok(v) => v,
-        Err(_) => panic!("reconcile timed out; operator log:\n{}", operator.log()),
-    };
+    let (bots, routing) = reconciled.await;
     assert!(bots.spec.is_some());
     // Ready bots reach the BotPool's status only through the pods watch (and the
     // bots' pods pass the namespace's `restricted` Pod Security admission).
@@ -1072,4 +1091,65 @@ async fn rendered_crds_pass_the_api_server() {
         3,
         "{out}"
     );
+}
+
+/// `watchNamespace` confines the operator: a Role in that namespace plus a read-only
+/// ClusterRole for the CRDs are enough to reconcile there, and nothing is granted
+/// elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_namespace_rbac_is_enough_and_confined() {
+    let Some(client) = common::client().await else {
+        return;
+    };
+    common::install_crds(&client).await;
+    let ns = TestNamespace::create(
+        client.clone(),
+        "helm-watchns",
+        &[("pod-security.kubernetes.io/enforce", "restricted")],
+    )
+    .await;
+    let name = format!("lifeline-{}", &ns.name[ns.name.len() - 8..]);
+    let watch = format!("watchNamespace={}", ns.name);
+    let release = Release::install(&name, &ns.name, &["--set", &watch]);
+
+    Api::<ClusterRole>::all(client.clone())
+        .get(&format!("{}-crds", release.name))
+        .await
+        .expect("the CRD-reading ClusterRole");
+    assert!(
+        Api::<ClusterRole>::all(client.clone())
+            .get_opt(&release.name)
+            .await
+            .expect("get ClusterRole")
+            .is_none(),
+        "no cluster-wide ClusterRole in watchNamespace mode"
+    );
+    ns.api::<Role>()
+        .get(&release.name)
+        .await
+        .expect("namespaced Role");
+
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let kubeconfig = service_account_kubeconfig(&ns.name, &name, &dir);
+    assert!(can_i(&kubeconfig, &ns.name, "create", "configmaps"));
+    assert!(can_i(
+        &kubeconfig,
+        &ns.name,
+        "get",
+        "customresourcedefinitions.apiextensions.k8s.io"
+    ));
+    for namespace in ["default", "kube-system"] {
+        for (verb, resource) in [
+            ("list", "trunks.lifeline.dev"),
+            ("create", "configmaps"),
+            ("patch", "deployments.apps"),
+        ] {
+            assert!(
+                !can_i(&kubeconfig, namespace, verb, resource),
+                "watchNamespace mode can {verb} {resource} in {namespace}"
+            );
+        }
+    }
+
+    operator_reconciles_example(&client, &ns, &name, &kubeconfig, "127.0.40.3").await;
 }
