@@ -756,7 +756,7 @@ async fn operator_reconciles_example(
 ) {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let operator = Operator::start(
-        &kubeconfig,
+        kubeconfig,
         &ns.name,
         name,
         ip,
