@@ -58,6 +58,22 @@ async fn set_state(api: &Api<Trunk>, name: &str, uri: &str, up: bool) {
         .expect("patch trunk status");
 }
 
+/// Wait until the watch delivers a routing whose set 1 carries calls only to `want`.
+async fn wait_for(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(Instant, String)>,
+    want: &str,
+) -> Instant {
+    loop {
+        let (at, text) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("ConfigMap update within 10 s")
+            .expect("watch alive");
+        if weighted_set1(&text) == [want] {
+            return at;
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let flips = env_num("LIFELINE_BENCH_FLIPS", 50);
@@ -138,21 +154,7 @@ async fn main() {
         });
     }
 
-    let wait_for = |want: &'static str| {
-        let rx = &mut rx;
-        async move {
-            loop {
-                let (at, text) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-                    .await
-                    .expect("ConfigMap update within 10 s")
-                    .expect("watch alive");
-                if weighted_set1(&text) == [want] {
-                    return at;
-                }
-            }
-        }
-    };
-    wait_for("sip:127.0.20.10:5060").await;
+    wait_for(&mut rx, "sip:127.0.20.10:5060").await;
 
     let mut latencies = Vec::with_capacity(flips as usize);
     for i in 0..flips {
@@ -167,7 +169,7 @@ async fn main() {
         while rx.try_recv().is_ok() {}
         let start = Instant::now();
         set_state(&trunks, "fixed-cgn", "sip:127.0.20.10:5060", up).await;
-        let seen = wait_for(want).await;
+        let seen = wait_for(&mut rx, want).await;
         latencies.push(seen - start);
     }
     latencies.sort();

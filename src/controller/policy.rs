@@ -520,7 +520,9 @@ async fn write_config_map(
             .any(|o| Some(&o.uid) == policy.meta().uid.as_ref());
         let managed =
             existing.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some("lifeline");
-        if !ours && !(managed && existing.owner_references().is_empty()) {
+        // Adopt only a ConfigMap lifeline created (e.g. before its owner was recreated).
+        let adoptable = managed && existing.owner_references().is_empty();
+        if !(ours || adoptable) {
             return Err(Error::ConfigMapConflict(cm_name.clone()));
         }
         let same_hash = existing
