@@ -728,6 +728,7 @@ async fn helm_install_runs_operator_with_chart_rbac() {
         ("delete", "configmaps", ns.name.as_str()),
         ("create", "pods", ns.name.as_str()),
         ("create", "leases.coordination.k8s.io", "kube-system"),
+        ("update", "leases.coordination.k8s.io", ns.name.as_str()),
         (
             "create",
             "customresourcedefinitions.apiextensions.k8s.io",
