@@ -1154,3 +1154,55 @@ async fn watch_namespace_rbac_is_enough_and_confined() {
 
     operator_reconciles_example(&client, &ns, &name, &kubeconfig, "127.0.40.3").await;
 }
+
+/// The optional objects (NetworkPolicy with address restrictions, namespaced RBAC)
+/// are valid for the API server too (server-side dry run; the ServiceMonitor is left
+/// out because the testenv has no Prometheus Operator CRDs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_objects_pass_the_api_server() {
+    let Some(client) = common::client().await else {
+        return;
+    };
+    let ns = TestNamespace::create(client.clone(), "helm-dryrun", &[]).await;
+    let chart = chart();
+    let watch = format!("watchNamespace={}", ns.name);
+    let rendered = run_ok(
+        &tools().helm,
+        &[
+            "template",
+            "lifeline",
+            chart.to_str().expect("utf-8 path"),
+            "--namespace",
+            &ns.name,
+            "--set",
+            "crds.install=false,networkPolicy.enabled=true",
+            "--set",
+            &watch,
+            "--set",
+            "networkPolicy.apiServer.cidrs={10.0.0.1/32},networkPolicy.sipProbe.cidrs={192.0.2.0/24}",
+        ],
+    );
+    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.yaml", ns.name));
+    std::fs::write(&file, &rendered).expect("write manifests");
+    let out = run_ok(
+        Path::new("kubectl"),
+        &[
+            "apply",
+            "--dry-run=server",
+            "-f",
+            file.to_str().expect("utf-8 path"),
+        ],
+    );
+    let _ = std::fs::remove_file(&file);
+    for object in [
+        "networkpolicy.networking.k8s.io/lifeline",
+        "role.rbac.authorization.k8s.io/lifeline",
+        "clusterrole.rbac.authorization.k8s.io/lifeline-crds",
+        "deployment.apps/lifeline",
+    ] {
+        assert!(
+            out.contains(&format!("{object} created (server dry run)")),
+            "{object}:\n{out}"
+        );
+    }
+}
