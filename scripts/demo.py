@@ -99,6 +99,11 @@ def dispatcher_destinations() -> dict[int, list[str]] | None:
     return sets
 
 
+def is_dest(uri: str, base: str) -> bool:
+    """True when `uri` is `base` with or without URI parameters."""
+    return uri == base or uri.startswith(base + ";")
+
+
 @dataclass
 class Procs:
     """Every process the demo starts, stopped on exit whatever happens."""
@@ -176,6 +181,9 @@ def start_calls(procs: Procs, name: str, service: str, rate: int, seconds: float
             "-r", str(rate), "-m", str(calls), "-d", "1000", "-l", str(rate * 4),
             "-recv_timeout", "15000", "-nostdin",
             "-trace_stat", "-stf", str(stat), "-fd", "1",
+            "-trace_err", "-error_file", str(WORK / "logs" / f"{name}.errors"),
+            # sipp binds a media port too; keep every caller's ports apart.
+            "-mp", str(port + 10000),
             f"{EDGE_IP}:{EDGE_PORT}",
         ],
     )
@@ -298,7 +306,7 @@ class Demo:
         self.phase = phase
         runs = [
             start_calls(self.procs, f"calls-{phase}-outbound", "outbound", 10, seconds, port_base),
-            start_calls(self.procs, f"calls-{phase}-inbound", "inbound", 5, seconds, port_base + 1),
+            start_calls(self.procs, f"calls-{phase}-inbound", "inbound", 5, seconds, port_base + 100),
         ]
         self.runs[phase] = runs
 
@@ -337,6 +345,7 @@ class Demo:
         self.watch(steady)
 
         log(f"\n==> phase 2: Cologne's fixed-line carrier dies ({CARRIERS[DEAD]} goes silent)")
+        # Destinations carry URI parameters (";transport=udp"): match on host and port.
         dead_uri = f"sip:{CARRIERS[DEAD]}:5060"
         t_kill = time.time()
         self.procs.kill(DEAD)
@@ -345,7 +354,7 @@ class Demo:
         end = time.time() + outage
         while time.time() < end:
             sets = dispatcher_destinations()
-            if t_switched is None and sets is not None and all(dead_uri not in v for v in sets.values()):
+            if t_switched is None and sets is not None and all(not is_dest(u, dead_uri) for v in sets.values() for u in v):
                 t_switched = time.time()
             self.sync_bots()
             self.live_line()
@@ -359,7 +368,7 @@ class Demo:
         end = time.time() + recovery
         while time.time() < end:
             sets = dispatcher_destinations()
-            if t_returned is None and sets is not None and any(dead_uri in v for v in sets.values()):
+            if t_returned is None and sets is not None and any(is_dest(u, dead_uri) for v in sets.values() for u in v):
                 t_returned = time.time()
             self.sync_bots()
             self.live_line()
@@ -374,10 +383,13 @@ class Demo:
             per_phase[phase] = {"placed": ok + failed, "answered": ok, "failed": failed}
 
         routed = route_log(t_kill)
-        to_dead_first = [ts for ts, _s, dst, retry in routed if dst == dead_uri and not retry and ts < t_back]
+        to_dead_first = [ts for ts, _s, dst, retry in routed if is_dest(dst, dead_uri) and not retry and ts < t_back]
         last_new_to_dead = (max(to_dead_first) - t_kill) if to_dead_first else 0.0
-        fallback = [ts for ts, s, dst, _r in routed if s == 2 and dst != dead_uri and ts >= t_kill]
-        first_fallback = (min(fallback) - t_kill) if fallback else None
+        # A call leaves the dead line either per call (Kamailio's failure route retries it
+        # on the next destination) or for good (lifeline's routing no longer lists it).
+        retries = [ts for ts, _s, dst, retry in routed if retry and not is_dest(dst, dead_uri)]
+        firsts = retries[:1] + ([t_switched] if t_switched else [])
+        first_fallback = (min(firsts) - t_kill) if firsts else None
 
         pol = (get_json("fallbackpolicies.lifeline.dev") or [{}])[0]
         history = (pol.get("status") or {}).get("history", [])
