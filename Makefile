@@ -12,6 +12,10 @@ help: ## List every target
 deps: ## Install the Debian packages tests and the demo need (kamailio, sipp, lua)
 	@scripts/install-deps.sh
 
+.PHONY: tools
+tools: ## Build helm and kube-score from their Go modules into target/tools/bin (cached)
+	@scripts/tools.sh
+
 .PHONY: build
 build: ## Build the lifeline binary (debug)
 	$(CARGO) build --bins
@@ -52,7 +56,7 @@ test-unit: ## Unit and property tests (no cluster needed)
 	$(CARGO) test --lib --bins
 
 .PHONY: test
-test: deps testenv-up ## All tests: unit, control plane, Kamailio and sipp end-to-end
+test: deps tools testenv-up ## All tests: unit, control plane, Kamailio and sipp end-to-end
 	tests/testenv/smoke.sh
 	$(CARGO) test --all-targets -- --test-threads=2
 
