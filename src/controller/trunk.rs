@@ -26,6 +26,7 @@ use super::Context;
 use crate::crd::{
     EndpointState, EndpointStatus, TRUNK_HEALTHY, Trunk, TrunkStatus, condition, merge_condition,
 };
+use crate::probe::health::rtt_moved;
 use crate::probe::{EndpointHealth, ProbeTarget, RTT_REFRESH};
 use crate::telemetry::{ControllerLabels, ErrorLabels};
 
@@ -315,7 +316,8 @@ fn truncate(s: &str, max: usize) -> String {
 ///
 /// An endpoint whose state did not change keeps its previous entry (its failure count
 /// and last error are as of its last transition), except that its RTT is refreshed when
-/// `rtt_due` (the last write is at least [`RTT_REFRESH`] old). Everything else —
+/// `rtt_due` (the last write is at least [`RTT_REFRESH`] old) and it moved noticeably
+/// ([`rtt_moved`]), so a steady line causes no writes at all. Everything else —
 /// endpoint states, the endpoint list, the `Healthy` condition, `observedGeneration` —
 /// is written as soon as it changes.
 pub fn next_status(
@@ -360,7 +362,7 @@ pub fn next_status(
                     .find(|o| o.uri == h.uri && o.state == h.state)
                 {
                     Some(prev) => EndpointStatus {
-                        rtt_millis: if rtt_due {
+                        rtt_millis: if rtt_due && rtt_moved(prev.rtt_millis, h.rtt_millis) {
                             h.rtt_millis
                         } else {
                             prev.rtt_millis
@@ -526,18 +528,24 @@ mod tests {
 
         // More failures, a new RTT: no write before the refresh is due.
         let h2 = [
-            health("sip:a", EndpointState::Up, Some(7), 0),
+            health("sip:a", EndpointState::Up, Some(40), 0),
             health("sip:b", EndpointState::Down, None, 9),
         ];
         assert_eq!(next_status(&tr, &h2, &s1, false, t(1010)), None);
         // The refresh writes the RTT but not the failure count.
         let s2 = next_status(&tr, &h2, &s1, true, t(1040)).unwrap();
-        assert_eq!(s2.endpoints[0].rtt_millis, Some(7));
+        assert_eq!(s2.endpoints[0].rtt_millis, Some(40));
+        // Jitter alone is not worth a write, even when the refresh is due.
+        let jitter = [
+            health("sip:a", EndpointState::Up, Some(42), 0),
+            health("sip:b", EndpointState::Down, None, 12),
+        ];
+        assert_eq!(next_status(&tr, &jitter, &s2, true, t(1100)), None);
         assert_eq!(s2.endpoints[1].consecutive_failures, 3);
 
         // b comes back: written at once, condition keeps its transition time.
         let h3 = [
-            health("sip:a", EndpointState::Up, Some(7), 0),
+            health("sip:a", EndpointState::Up, Some(40), 0),
             health("sip:b", EndpointState::Up, Some(2), 0),
         ];
         let s3 = next_status(&tr, &h3, &s2, false, t(1050)).unwrap();

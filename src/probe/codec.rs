@@ -563,6 +563,39 @@ mod tests {
         assert!(stream_message_len(b"SIP/2.0 200 OK\r\n\r\n").is_err());
     }
 
+    /// `tests/fixtures/sip/torture/`: `ok-<code>-*` parse with that code, `err-*` are
+    /// rejected, none panics.
+    #[test]
+    fn torture_fixtures() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sip/torture");
+        let ours = ProbeIds {
+            branch: "z9hG4bKtorture".into(),
+            call_id: "torture@lifeline".into(),
+            from_tag: "t1".into(),
+        };
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.ends_with(".sip") {
+                continue;
+            }
+            seen += 1;
+            let bytes = std::fs::read(&path).unwrap();
+            let parsed = parse_response(&bytes);
+            if let Some(rest) = name.strip_prefix("ok-") {
+                let code: u16 = rest[..3].parse().unwrap();
+                let r = parsed.unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(r.code, code, "{name}");
+                assert_eq!(r.answers(&ours), !name.contains("other-branch"), "{name}");
+            } else {
+                assert!(parsed.is_err(), "{name} should be rejected: {parsed:?}");
+            }
+        }
+        assert!(seen >= 10, "fixtures missing in {}", dir.display());
+    }
+
     proptest! {
         #[test]
         fn parser_never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {

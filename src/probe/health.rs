@@ -61,6 +61,20 @@ pub fn is_alive(code: u16, spec: &ProbeSpec) -> bool {
     (200..300).contains(&code) || spec.alive_status_codes.contains(&code)
 }
 
+/// True when an RTT moved enough to be worth a status write: appeared, vanished, or
+/// changed by at least 5 ms and 20 %. Millisecond jitter on a healthy line must not
+/// turn into API writes every refresh period.
+pub fn rtt_moved(old: Option<u32>, new: Option<u32>) -> bool {
+    match (old, new) {
+        (Some(a), Some(b)) => {
+            let diff = a.abs_diff(b);
+            diff >= 5 && diff.saturating_mul(5) >= a.max(b)
+        }
+        (None, None) => false,
+        _ => true,
+    }
+}
+
 /// A change of [`EndpointState`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
@@ -213,6 +227,16 @@ mod tests {
         );
         assert_eq!(h.last_status_code, Some(503));
         assert_eq!(h.rtt_millis, None, "a failure has no RTT");
+    }
+
+    #[test]
+    fn rtt_jitter_is_not_a_change() {
+        assert!(!rtt_moved(Some(3), Some(4)));
+        assert!(!rtt_moved(Some(100), Some(110)), "10 % is jitter");
+        assert!(rtt_moved(Some(100), Some(130)));
+        assert!(rtt_moved(Some(2), Some(40)));
+        assert!(rtt_moved(None, Some(1)) && rtt_moved(Some(1), None));
+        assert!(!rtt_moved(None, None));
     }
 
     proptest! {

@@ -240,10 +240,11 @@ impl Inner {
                 .inc();
         }
         let now = tokio::time::Instant::now();
-        let rtt_due = tracked.health.rtt_millis != tracked.rtt_notified_value
-            && tracked
-                .rtt_notified
-                .is_none_or(|at| now.duration_since(at) >= RTT_REFRESH);
+        let rtt_due =
+            super::health::rtt_moved(tracked.rtt_notified_value, tracked.health.rtt_millis)
+                && tracked
+                    .rtt_notified
+                    .is_none_or(|at| now.duration_since(at) >= RTT_REFRESH);
         if transition.is_some() || rtt_due {
             tracked.rtt_notified = Some(now);
             tracked.rtt_notified_value = tracked.health.rtt_millis;
