@@ -26,6 +26,14 @@
 //! again. `spec.override` puts its regions in `Draining` until `until` (or until the
 //! override is removed), then they return to `Active` (or `Failed`, if unhealthy).
 //!
+//! **New regions.** A region the planner sees for the first time (a new policy, or a
+//! region added to one) starts from its first measurement: `Active` when healthy,
+//! `Failed` when unhealthy (bots still starting, say) and `Recovering` while unknown,
+//! without a transition or Event. Until a region has carried traffic once (as far as
+//! the bounded `history` shows), it becomes `Active` as soon as it is healthy: the
+//! `recoverAfterSeconds` wait and the manual approval protect traffic from a region
+//! that flaps, and there is no such traffic yet.
+//!
 //! **Flapping.** `maxTransitionsPerHour` bounds every region's state changes in any
 //! sliding hour. Moves *away* from traffic (to `Failed`) are never held back, since
 //! holding them would send calls to a dead region; moves *towards* traffic

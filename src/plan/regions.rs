@@ -146,6 +146,9 @@ fn override_until(spec: &FallbackPolicySpec, region: &str, now: Timestamp) -> Op
     (until > now).then_some(until)
 }
 
+/// Reason of a new region that waits for its first health measurement.
+const FIRST_MEASUREMENT: &str = "waiting for the first health measurement";
+
 /// Decide the next state of every region and their effective weights.
 pub(super) fn next_states(
     spec: &FallbackPolicySpec,
@@ -166,16 +169,32 @@ pub(super) fn next_states(
     for region in &spec.regions {
         let name = region.name.as_str();
         let prev = previous.and_then(|p| p.regions.iter().find(|r| r.name == name));
-        let mut cur = prev.cloned().unwrap_or_else(|| RegionPlan {
-            name: name.to_string(),
-            state: RegionState::Active,
-            since: now,
-            reason: String::new(),
-            effective_weight: 0,
-            unhealthy_since: None,
-            failed_at: None,
-        });
         let health = region_health(spec, observed, name);
+        // A region seen for the first time takes calls once it is measured healthy; until
+        // then it waits in Recovering (no transition recorded), so that bots still
+        // starting up or trunks not probed yet never count as a failover.
+        let mut cur = prev.cloned().unwrap_or_else(|| {
+            let (state, reason) = match &health {
+                Health::Healthy => (RegionState::Active, String::new()),
+                Health::Unhealthy(why) => (RegionState::Failed, why.clone()),
+                Health::Unknown => (RegionState::Recovering, FIRST_MEASUREMENT.to_string()),
+            };
+            RegionPlan {
+                name: name.to_string(),
+                state,
+                since: now,
+                reason,
+                effective_weight: 0,
+                unhealthy_since: None,
+                failed_at: None,
+            }
+        });
+        // Whether the region ever carried traffic (as far as the bounded history tells).
+        let has_served = |history: &[HistoryEntry]| {
+            history.iter().any(|h| {
+                h.region == name && (h.from == RegionState::Active || h.to == RegionState::Active)
+            })
+        };
         if let Some(until) = override_until(spec, name, now) {
             wakeups.at(until);
         }
@@ -216,7 +235,9 @@ pub(super) fn next_states(
             }
         };
 
-        if let Some(reason) = drained_by_override(spec, name, now) {
+        if prev.is_none() && drained_by_override(spec, name, now).is_none() {
+            // Just created from its first measurement above: no transition yet.
+        } else if let Some(reason) = drained_by_override(spec, name, now) {
             if cur.state != RegionState::Draining {
                 go(&mut cur, history, RegionState::Draining, reason);
             }
@@ -274,6 +295,16 @@ pub(super) fn next_states(
                         go(&mut cur, history, RegionState::Failed, why.clone())
                     }
                     Health::Unknown => {}
+                    Health::Healthy if !has_served(history) => {
+                        // Never carried traffic: nothing to protect against flapping back
+                        // into, so no recovery wait and no failback approval.
+                        go(
+                            &mut cur,
+                            history,
+                            RegionState::Active,
+                            "healthy (first measurement)".to_string(),
+                        );
+                    }
                     Health::Healthy => {
                         let ready_at = cur.since + recover_after;
                         let approved = match f.failback {

@@ -568,3 +568,31 @@ proptest! {
         prop_assert_eq!(crate::render::json::render("ns/p", &a.0), crate::render::json::render("ns/p", &b.0));
     }
 }
+
+#[test]
+fn a_new_region_takes_calls_once_its_bots_are_up_without_a_failover() {
+    let (spec, world) = two_regions();
+    // A policy applied together with its bot pools: the bots are still starting.
+    let starting = world.clone().bots_ready("bots-cgn", 0, 4);
+    let (p0, events) = plan(&spec, &starting.observed(), None, t(0));
+    assert_eq!(region(&p0, "cologne").state, RegionState::Failed);
+    assert_eq!(region(&p0, "cologne").effective_weight, 0);
+    assert!(
+        events.is_empty(),
+        "starting up is not a failover: {events:?}"
+    );
+    let (p1, events) = plan(&spec, &starting.observed(), Some(&p0), t(3));
+    assert_eq!(region(&p1, "cologne").state, RegionState::Failed);
+    assert!(events.is_empty(), "{events:?}");
+    // Bots ready a few seconds later: calls flow at once, not after recoverAfterSeconds,
+    // because the region never carried traffic that a flap could hurt.
+    let (p2, _) = plan(&spec, &world.observed(), Some(&p1), t(5));
+    let (p3, _) = plan(&spec, &world.observed(), Some(&p2), t(5));
+    assert_eq!(region(&p3, "cologne").state, RegionState::Active);
+    assert_eq!(region(&p3, "cologne").effective_weight, 60);
+    // Once it has served, a later failure waits for recoverAfterSeconds as usual.
+    let (p4, _) = plan(&spec, &starting.observed(), Some(&p3), t(10));
+    let (p5, _) = plan(&spec, &world.observed(), Some(&p4), t(11));
+    let (p6, _) = plan(&spec, &world.observed(), Some(&p5), t(12));
+    assert_eq!(region(&p6, "cologne").state, RegionState::Recovering);
+}
