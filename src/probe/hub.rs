@@ -68,7 +68,10 @@ impl Inner {
             changes,
             owners: Mutex::new(HashMap::new()),
             prober: Arc::new(Prober::new(shutdown.clone())),
-            runtime: Mutex::new(tokio::runtime::Handle::try_current().ok()),
+            runtime: Mutex::new(
+                probe_runtime(shutdown.clone())
+                    .or_else(|| tokio::runtime::Handle::try_current().ok()),
+            ),
             shutdown,
         }
     }
@@ -77,13 +80,12 @@ impl Inner {
         self.changes.subscribe()
     }
 
-    /// The runtime to spawn schedules on: the current one, or the one the hub was
-    /// created in, so that sync callers outside a runtime work too.
+    /// The runtime to spawn schedules on: the hub's own probe thread (or, if that
+    /// could not start, the runtime the hub was created in, else the caller's).
     fn runtime(&self) -> Option<tokio::runtime::Handle> {
-        if let Ok(h) = tokio::runtime::Handle::try_current() {
-            return Some(h);
-        }
-        lock(&self.runtime).clone()
+        lock(&self.runtime)
+            .clone()
+            .or_else(|| tokio::runtime::Handle::try_current().ok())
     }
 
     pub(super) fn set_targets(self: &Arc<Self>, owner_key: &str, targets: Vec<ProbeTarget>) {
@@ -253,6 +255,43 @@ impl Inner {
             false
         }
     }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Ends the probe thread when the last hub handle goes away.
+        self.shutdown.cancel();
+    }
+}
+
+/// A single-threaded runtime on its own thread for every probe task and the UDP
+/// receive loops, until `shutdown`. Probing is thousands of tiny wake-ups; on one
+/// thread they cost no cross-thread signalling (which made up most of the CPU on a
+/// multi-threaded runtime), and they cannot be starved by, nor slow down, the
+/// reconcilers. It also lets sync callers outside any runtime add targets.
+fn probe_runtime(shutdown: CancellationToken) -> Option<tokio::runtime::Handle> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("lifeline-probes".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the probe runtime");
+                    return;
+                }
+            };
+            let _ = tx.send(runtime.handle().clone());
+            runtime.block_on(shutdown.cancelled());
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the probe thread");
+        return None;
+    }
+    rx.recv().ok()
 }
 
 /// Probe one endpoint every period until stopped. The first probe waits a random
