@@ -43,7 +43,9 @@ CARRIERS = {
     "frankfurt-mobile": "127.0.50.22",
 }
 AGENTS = {"agents-cologne": "127.0.50.31", "agents-frankfurt": "127.0.50.32"}
-DEAD = "cologne-fixed"
+# The fixed-line carrier of Cologne, and the agents' PBX reached over it.
+DEAD = ["cologne-fixed", "agents-cologne"]
+PEERS = {**CARRIERS, **AGENTS}
 # From examples/carrier-outage: probe period 1 s × failureThreshold 2 + timeout 0.5 s.
 DETECTION_BOUND_S = 1 * 2 + 0.5 + 0.5
 
@@ -102,6 +104,10 @@ def dispatcher_destinations() -> dict[int, list[str]] | None:
 def is_dest(uri: str, base: str) -> bool:
     """True when `uri` is `base` with or without URI parameters."""
     return uri == base or uri.startswith(base + ";")
+
+
+def is_dead(uri: str, dead: list[str]) -> bool:
+    return any(is_dest(uri, d) for d in dead)
 
 
 @dataclass
@@ -277,7 +283,10 @@ class Demo:
             sets = dispatcher_destinations() or {}
             trunks = get_json("trunks.lifeline.dev")
             healthy = sum(1 for t in trunks if (t.get("status") or {}).get("healthyEndpoints", 0) > 0)
-            if healthy == len(CARRIERS) and len(sets.get(1, [])) > 0 and len(sets.get(2, [])) > 0:
+            pols = get_json("fallbackpolicies.lifeline.dev")
+            regions = ((pols[0].get("status") or {}).get("regions", [])) if pols else []
+            active = bool(regions) and all(r.get("state") == "Active" for r in regions)
+            if healthy == len(CARRIERS) and active and len(sets.get(1, [])) > 0 and len(sets.get(2, [])) > 0:
                 break
             time.sleep(0.5)
         else:
@@ -344,31 +353,33 @@ class Demo:
         self.drive("normal", steady, 6001)
         self.watch(steady)
 
-        log(f"\n==> phase 2: Cologne's fixed-line carrier dies ({CARRIERS[DEAD]} goes silent)")
+        log(f"\n==> phase 2: Cologne's fixed-line carrier dies ({', '.join(PEERS[d] for d in DEAD)} go silent)")
         # Destinations carry URI parameters (";transport=udp"): match on host and port.
-        dead_uri = f"sip:{CARRIERS[DEAD]}:5060"
+        dead_uris = [f"sip:{PEERS[d]}:5060" for d in DEAD]
         t_kill = time.time()
-        self.procs.kill(DEAD)
+        for d in DEAD:
+            self.procs.kill(d)
         self.drive("outage", outage, 6011)
         t_switched = None
         end = time.time() + outage
         while time.time() < end:
             sets = dispatcher_destinations()
-            if t_switched is None and sets is not None and all(not is_dest(u, dead_uri) for v in sets.values() for u in v):
+            if t_switched is None and sets is not None and all(not is_dead(u, dead_uris) for v in sets.values() for u in v):
                 t_switched = time.time()
             self.sync_bots()
             self.live_line()
             time.sleep(0.2 if t_switched is None else 2.0)
 
-        log(f"\n==> phase 3: the carrier is back ({CARRIERS[DEAD]} answers again)")
+        log("\n==> phase 3: the carrier is back")
         t_back = time.time()
-        sipp_uas(self.procs, DEAD, CARRIERS[DEAD])
+        for d in DEAD:
+            sipp_uas(self.procs, d, PEERS[d])
         self.drive("recovery", recovery, 6021)
         t_returned = None
         end = time.time() + recovery
         while time.time() < end:
             sets = dispatcher_destinations()
-            if t_returned is None and sets is not None and any(is_dest(u, dead_uri) for v in sets.values() for u in v):
+            if t_returned is None and sets is not None and all(any(is_dest(u, d) for v in sets.values() for u in v) for d in dead_uris):
                 t_returned = time.time()
             self.sync_bots()
             self.live_line()
@@ -383,11 +394,11 @@ class Demo:
             per_phase[phase] = {"placed": ok + failed, "answered": ok, "failed": failed}
 
         routed = route_log(t_kill)
-        to_dead_first = [ts for ts, _s, dst, retry in routed if is_dest(dst, dead_uri) and not retry and ts < t_back]
+        to_dead_first = [ts for ts, _s, dst, retry in routed if is_dead(dst, dead_uris) and not retry and ts < t_back]
         last_new_to_dead = (max(to_dead_first) - t_kill) if to_dead_first else 0.0
         # A call leaves the dead line either per call (Kamailio's failure route retries it
         # on the next destination) or for good (lifeline's routing no longer lists it).
-        retries = [ts for ts, _s, dst, retry in routed if retry and not is_dest(dst, dead_uri)]
+        retries = [ts for ts, _s, dst, retry in routed if retry and not is_dead(dst, dead_uris)]
         firsts = retries[:1] + ([t_switched] if t_switched else [])
         first_fallback = (min(firsts) - t_kill) if firsts else None
 

@@ -188,7 +188,8 @@ pub struct HealthSpec {
     #[schemars(range(min = 0, max = 100))]
     pub min_healthy_trunks: u32,
     /// A region whose bot pools have fewer ready replicas than this fraction of their
-    /// desired replicas fails (0 disables the check).
+    /// floor (`replicas.min`, at least 1) fails (0 disables the check). A scale-up in
+    /// progress does not count against it.
     #[serde(default = "default_min_ready_fraction")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub min_ready_bot_fraction: f64,

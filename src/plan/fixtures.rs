@@ -264,6 +264,7 @@ impl World {
                 ready_replicas: n,
                 desired_replicas: n,
                 ready_capacity: n * calls_per_replica,
+                min_replicas: n,
                 destinations,
             },
         );
@@ -277,7 +278,18 @@ impl World {
             p.destinations.truncate(ready as usize);
             p.ready_replicas = p.destinations.len() as u32;
             p.desired_replicas = desired;
+            // The pool's floor: these bots are expected whatever the demand.
+            p.min_replicas = desired;
             p.ready_capacity = p.ready_replicas * per;
+        }
+        self
+    }
+    /// A pool scaling up: `desired` bots wanted for the demand, `ready` of them up, and a
+    /// floor (`replicas.min`) of `min`.
+    pub fn bots_scaling(mut self, name: &str, ready: u32, desired: u32, min: u32) -> Self {
+        self = self.bots_ready(name, ready, desired);
+        if let Some(p) = self.observed.bot_pools.get_mut(name) {
+            p.min_replicas = min;
         }
         self
     }

@@ -8,7 +8,9 @@
 //! (a) the policy references trunks in it and fewer than `health.minHealthyTrunks` of
 //! them are Up (a trunk is Up when it is not disabled and at least one endpoint is Up),
 //! (b) a referenced bot pool in it has fewer ready replicas than
-//! `health.minReadyBotFraction` × its desired replicas, or
+//! `health.minReadyBotFraction` × its floor (`replicas.min`, at least 1, at most the
+//! desired replicas) — not × a scale-up in progress, which would fail the very region
+//! the new bots are for — or
 //! (c) it has no referenced trunks or bot pools, only static `uri` targets, and all of
 //! them are Down.
 //! It is *healthy* when some check passes and none fails, and *unknown* otherwise (e.g.

@@ -56,6 +56,8 @@ pub struct BotPoolObservation {
     pub desired_replicas: u32,
     /// `status.readyCapacity`.
     pub ready_capacity: u32,
+    /// `spec.replicas.min`: the bots the pool keeps whatever the demand.
+    pub min_replicas: u32,
     /// SIP URIs of the ready bots, sorted (see [`bot_destination`]).
     pub destinations: Vec<String>,
 }
@@ -135,6 +137,7 @@ impl BotPoolObservation {
             ready_replicas: status.ready_replicas,
             desired_replicas: status.desired_replicas,
             ready_capacity: status.ready_capacity,
+            min_replicas: pool.spec.replicas.min,
             destinations,
         }
     }

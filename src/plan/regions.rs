@@ -84,13 +84,17 @@ pub(super) fn region_health(
             }
             continue;
         }
-        if f64::from(pool.ready_replicas) >= fraction * f64::from(pool.desired_replicas) {
+        // Measured against the replicas the pool keeps whatever the demand, not against
+        // a scale-up in progress: otherwise every scale-up (new bots not ready yet) would
+        // fail the region it is meant to help, and move the demand away again.
+        let baseline = pool.desired_replicas.min(pool.min_replicas.max(1));
+        if f64::from(pool.ready_replicas) >= fraction * f64::from(baseline) {
             passed = true;
         } else {
             failures.push(format!(
                 "botPool '{name}': {}/{} replicas ready, need {:.0}%",
                 pool.ready_replicas,
-                pool.desired_replicas,
+                baseline,
                 fraction * 100.0
             ));
         }

@@ -596,3 +596,21 @@ fn a_new_region_takes_calls_once_its_bots_are_up_without_a_failover() {
     let (p6, _) = plan(&spec, &world.observed(), Some(&p5), t(12));
     assert_eq!(region(&p6, "cologne").state, RegionState::Recovering);
 }
+
+#[test]
+fn a_scale_up_in_progress_does_not_fail_the_region_it_helps() {
+    let (spec, world) = two_regions();
+    let (p0, _) = plan(&spec, &world.observed(), None, t(0));
+    // Demand moved to cologne: its pool (floor 1) wants 4 bots, the new ones still start.
+    let scaling = world.clone().bots_scaling("bots-cgn", 1, 4, 1);
+    let (p1, events) = plan(&spec, &scaling.observed(), Some(&p0), t(5));
+    assert_eq!(
+        region(&p1, "cologne").state,
+        RegionState::Active,
+        "{events:?}"
+    );
+    // Losing the floor itself still fails the region.
+    let lost = world.bots_scaling("bots-cgn", 0, 4, 1);
+    let (p2, _) = plan(&spec, &lost.observed(), Some(&p1), t(6));
+    assert_eq!(region(&p2, "cologne").state, RegionState::Failed);
+}
