@@ -240,7 +240,7 @@ class Demo:
         log(f"==> fresh namespace {NAMESPACE}, CRDs")
         kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", "--timeout=60s")
         crds = subprocess.run([str(LIFELINE), "crds"], capture_output=True, text=True, check=True).stdout
-        kubectl("apply", "--server-side", "--field-manager=lifeline-demo", "-f", "-", input=crds)
+        kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=lifeline-demo", "-f", "-", input=crds)
         kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/trunks.lifeline.dev",
                 "crd/botpools.lifeline.dev", "crd/fallbackpolicies.lifeline.dev")
         kubectl("create", "namespace", NAMESPACE)

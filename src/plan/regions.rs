@@ -150,6 +150,9 @@ fn override_until(spec: &FallbackPolicySpec, region: &str, now: Timestamp) -> Op
     (until > now).then_some(until)
 }
 
+/// Reason of a region's first move to Active (it had never carried traffic).
+const FIRST_ACTIVE: &str = "healthy (first measurement)";
+
 /// Reason of a new region that waits for its first health measurement.
 const FIRST_MEASUREMENT: &str = "waiting for the first health measurement";
 
@@ -225,9 +228,16 @@ pub(super) fn next_states(
         // Transitions of this region in the sliding hour; `None` when one more move
         // towards traffic fits, else when it will fit again.
         let hold_until = |history: &[HistoryEntry]| -> Option<Timestamp> {
-            let recent: Vec<Timestamp> = history
+            // Moves before the region first carried traffic (start-up: bots starting,
+            // lines not probed yet) are not flapping and do not use the budget.
+            let mine: Vec<&HistoryEntry> = history.iter().filter(|h| h.region == name).collect();
+            let served_from = mine
                 .iter()
-                .filter(|h| h.region == name && h.time.0 > now - hour)
+                .position(|h| h.to == RegionState::Active && h.reason == FIRST_ACTIVE)
+                .map_or(0, |i| i + 1);
+            let recent: Vec<Timestamp> = mine[served_from..]
+                .iter()
+                .filter(|h| h.time.0 > now - hour)
                 .map(|h| h.time.0)
                 .collect();
             if recent.len() + 2 <= budget {
@@ -306,7 +316,7 @@ pub(super) fn next_states(
                             &mut cur,
                             history,
                             RegionState::Active,
-                            "healthy (first measurement)".to_string(),
+                            FIRST_ACTIVE.to_string(),
                         );
                     }
                     Health::Healthy => {

@@ -614,3 +614,35 @@ fn a_scale_up_in_progress_does_not_fail_the_region_it_helps() {
     let (p2, _) = plan(&spec, &lost.observed(), Some(&p1), t(6));
     assert_eq!(region(&p2, "cologne").state, RegionState::Failed);
 }
+
+#[test]
+fn start_up_moves_do_not_use_the_flapping_budget() {
+    let (spec, world) = two_regions(); // maxTransitionsPerHour 6, recoverAfterSeconds 60
+    let unmeasured = world
+        .clone()
+        .trunk_state("fixed-cgn", EndpointState::Unknown)
+        .trunk_state("mobile-cgn", EndpointState::Unknown)
+        .bots_ready("bots-cgn", 0, 0);
+    let starting = world.clone().bots_ready("bots-cgn", 0, 4);
+    // Start-up: unknown → failed (bots starting) → recovering → active.
+    let (p0, _) = plan(&spec, &unmeasured.observed(), None, t(0));
+    assert_eq!(region(&p0, "cologne").state, RegionState::Recovering);
+    let (p0, _) = plan(&spec, &starting.observed(), Some(&p0), t(1));
+    assert_eq!(region(&p0, "cologne").state, RegionState::Failed);
+    let (p1, _) = plan(&spec, &world.observed(), Some(&p0), t(2));
+    let (p2, _) = plan(&spec, &world.observed(), Some(&p1), t(2));
+    assert_eq!(region(&p2, "cologne").state, RegionState::Active);
+    // An outage later in the hour fails over and back after 60 s, whatever start-up took.
+    let mut p = p2;
+    for start in [100] {
+        let (a, _) = plan(&spec, &starting.observed(), Some(&p), t(start));
+        let (b, _) = plan(&spec, &world.observed(), Some(&a), t(start + 1));
+        let (c, _) = plan(&spec, &world.observed(), Some(&b), t(start + 61));
+        assert_eq!(
+            region(&c, "cologne").state,
+            RegionState::Active,
+            "outage at {start}"
+        );
+        p = c;
+    }
+}
