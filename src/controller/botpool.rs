@@ -40,14 +40,13 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use super::Context;
 use crate::crd::{
     BOTPOOL_AVAILABLE, BotPool, BotPoolStatus, FIELD_MANAGER, FallbackPolicy, ScalingMode,
     find_condition,
 };
-use crate::telemetry::{ControllerLabels, ErrorLabels};
+use crate::telemetry::ErrorLabels;
 use scaling::{FloorAction, HpaView};
 pub use status::{
     Limit, Observed, PodCounts, demand_for, desired_status, observe_pods, reason, sizing,
@@ -209,23 +208,17 @@ fn pools_of_policy(
 }
 
 async fn reconcile(pool: Arc<BotPool>, state: Arc<State>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
     let key = ObjectRef::from_obj(pool.as_ref());
-    let span = tracing::info_span!(
-        "reconcile",
-        kind = "BotPool",
-        name = %pool.name_any(),
-        namespace = ?pool.namespace()
-    );
-    let result = reconcile_pool(&pool, &state).instrument(span).await;
-    state
+    let namespace = pool.namespace().unwrap_or_default();
+    let result = state
         .ctx
-        .metrics
-        .reconcile_duration
-        .get_or_create(&ControllerLabels {
-            controller: CONTROLLER,
-        })
-        .observe(started.elapsed().as_secs_f64());
+        .instrumented(
+            CONTROLLER,
+            &namespace,
+            &pool.name_any(),
+            reconcile_pool(&pool, &state),
+        )
+        .await;
     if result.is_ok()
         && let Ok(mut failures) = state.failures.lock()
     {

@@ -56,6 +56,29 @@ impl Context {
     }
 }
 
+impl Context {
+    /// Run one reconcile inside a tracing span named after the object, and record its
+    /// duration for `controller` (the same shape for every kind).
+    pub async fn instrumented<T>(
+        &self,
+        controller: &'static str,
+        namespace: &str,
+        name: &str,
+        reconcile: impl std::future::Future<Output = T>,
+    ) -> T {
+        use tracing::Instrument;
+        let span =
+            tracing::info_span!("reconcile", controller, namespace = %namespace, name = %name);
+        let started = std::time::Instant::now();
+        let result = reconcile.instrument(span).await;
+        self.metrics
+            .reconcile_duration
+            .get_or_create(&crate::telemetry::ControllerLabels { controller })
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+}
+
 /// Run the three controllers until `shutdown` is cancelled.
 pub async fn run_all(ctx: Arc<Context>, shutdown: CancellationToken) {
     tokio::join!(

@@ -27,7 +27,6 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use super::Context;
 use crate::crd::{
@@ -39,7 +38,7 @@ use crate::plan::{
     BotPoolObservation, FAILBACK_ANNOTATION, Observed, Plan, PlanEvent, TrunkObservation,
 };
 use crate::probe::ProbeTarget;
-use crate::telemetry::{ControllerLabels, ErrorLabels, StateLabels};
+use crate::telemetry::{ErrorLabels, StateLabels};
 
 /// The annotation with the lowercase hex SHA-256 of the rendered routing.
 pub const CONTENT_HASH_ANNOTATION: &str = "lifeline.dev/content-hash";
@@ -405,19 +404,15 @@ fn probe_static_targets(
 async fn reconcile(policy: Arc<FallbackPolicy>, pctx: Arc<PolicyCtx>) -> Result<Action, Error> {
     let ns = policy.namespace().ok_or(Error::NoNamespace)?;
     let name = policy.name_any();
-    let span =
-        tracing::info_span!("reconcile", controller = "policy", namespace = %ns, name = %name);
-    let started = std::time::Instant::now();
-    let result = reconcile_inner(&policy, &ns, &name, &pctx)
-        .instrument(span)
+    let result = pctx
+        .ctx
+        .instrumented(
+            "policy",
+            &ns,
+            &name,
+            reconcile_inner(&policy, &ns, &name, &pctx),
+        )
         .await;
-    pctx.ctx
-        .metrics
-        .reconcile_duration
-        .get_or_create(&ControllerLabels {
-            controller: "policy",
-        })
-        .observe(started.elapsed().as_secs_f64());
     if result.is_ok() {
         lock(&pctx.retries).remove(&(ns, name));
     }

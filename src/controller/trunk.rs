@@ -20,7 +20,6 @@ use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use super::Context;
 use crate::crd::{
@@ -28,7 +27,7 @@ use crate::crd::{
 };
 use crate::probe::health::rtt_moved;
 use crate::probe::{EndpointHealth, ProbeTarget, RTT_REFRESH};
-use crate::telemetry::{ControllerLabels, ErrorLabels};
+use crate::telemetry::ErrorLabels;
 
 /// `Healthy` reasons.
 pub mod reasons {
@@ -187,19 +186,15 @@ async fn sweep_deleted(store: Store<Trunk>, tctx: Arc<TrunkCtx>, shutdown: Cance
 async fn reconcile(trunk: Arc<Trunk>, tctx: Arc<TrunkCtx>) -> Result<Action, Error> {
     let ns = trunk.namespace().ok_or(Error::NoNamespace)?;
     let name = trunk.name_any();
-    let span =
-        tracing::info_span!("reconcile", controller = "trunk", namespace = %ns, name = %name);
-    let timer = std::time::Instant::now();
-    let result = reconcile_inner(&trunk, &tctx, &ns, &name)
-        .instrument(span)
+    let result = tctx
+        .ctx
+        .instrumented(
+            "trunk",
+            &ns,
+            &name,
+            reconcile_inner(&trunk, &tctx, &ns, &name),
+        )
         .await;
-    tctx.ctx
-        .metrics
-        .reconcile_duration
-        .get_or_create(&ControllerLabels {
-            controller: "trunk",
-        })
-        .observe(timer.elapsed().as_secs_f64());
     if result.is_ok() {
         lock(&tctx.retries).remove(&(ns, name));
     }
