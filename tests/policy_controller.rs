@@ -356,7 +356,7 @@ async fn trunk_health_flips_rewrite_the_routing_and_quiet_periods_write_nothing(
     assert!(
         failover
             .1
-            .contains("botPool 'bots-cgn': 0/2 replicas ready"),
+            .contains("botPool 'bots-cgn': 0/1 replicas ready"),
         "{failover:?}"
     );
 
