@@ -58,7 +58,7 @@ test-unit: ## Unit and property tests (no cluster needed)
 .PHONY: test
 test: deps tools testenv-up ## All tests: unit, control plane, Kamailio and sipp end-to-end
 	tests/testenv/smoke.sh
-	$(CARGO) test --all-targets -- --test-threads=2
+	$(CARGO) test --lib --bins --tests -- --test-threads=2
 
 .PHONY: bench
 bench: deps testenv-up ## Run the benchmarks (figures printed as medians and ratios)
