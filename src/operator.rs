@@ -262,7 +262,10 @@ pub async fn run_with_client(
             .with_identity(&identity)
             .with_duration(args.lease_duration_seconds)
             .with_grace(grace_seconds(args.lease_duration_seconds))
-            .with_field_manager(crate::crd::FIELD_MANAGER)
+            // One field manager per identity: the Lease lock relies on server-side apply
+            // conflicts between managers, and a shared manager would let two replicas
+            // overwrite each other's hold and both lead.
+            .with_field_manager(lease_field_manager(&identity))
             .build()
             .await;
         match built {
@@ -340,6 +343,19 @@ async fn lead_while_holding(
     }
 }
 
+/// The field manager of one replica's Lease writes (at most 128 characters).
+fn lease_field_manager(identity: &str) -> String {
+    let mut manager = format!("{}-{identity}", crate::crd::FIELD_MANAGER);
+    if manager.len() > 128 {
+        let mut end = 128;
+        while !manager.is_char_boundary(end) {
+            end -= 1;
+        }
+        manager.truncate(end);
+    }
+    manager
+}
+
 /// Renew well before expiry: a third of the duration, at least one second.
 fn grace_seconds(duration: u64) -> u64 {
     (duration / 3).max(1)
@@ -393,6 +409,12 @@ pub fn shutdown_signal() -> CancellationToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_replica_writes_the_lease_as_its_own_field_manager() {
+        assert_ne!(lease_field_manager("pod-a"), lease_field_manager("pod-b"));
+        assert!(lease_field_manager(&"x".repeat(300)).len() <= 128);
+    }
 
     #[test]
     fn renewal_happens_well_before_expiry() {

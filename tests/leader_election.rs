@@ -102,6 +102,13 @@ async fn one_leader_and_fast_takeover() {
 
     let a = Operator::start(&ns.name, "op-a", 19081);
     let b = Operator::start(&ns.name, "op-b", 19082);
+    // Both start at the same moment: at no sample may both lead.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let (la, lb) = (a.is_leader().await, b.is_leader().await);
+        assert!(la != Some(true) || lb != Some(true), "two leaders at once");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let first = single_leader(&[&a, &b], Duration::from_secs(30)).await;
     let (leader, standby) = if first == 0 { (a, b) } else { (b, a) };
     assert_eq!(
@@ -110,7 +117,15 @@ async fn one_leader_and_fast_takeover() {
         "the Lease names the leader"
     );
     // The standby stays a standby while the leader renews (over more than one lease period).
-    tokio::time::sleep(Duration::from_secs(LEASE_SECONDS + 2)).await;
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(LEASE_SECONDS + 2) {
+        assert_eq!(
+            standby.is_leader().await,
+            Some(false),
+            "the standby leads while the Lease is held"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     assert_eq!(
         standby.is_leader().await,
         Some(false),
