@@ -79,6 +79,44 @@ impl Context {
     }
 }
 
+/// Failed reconciles in a row per object (namespace, name), for exponential backoff.
+/// Shared by the controllers so that every kind backs off the same way.
+#[derive(Default)]
+pub struct Retries(std::sync::Mutex<std::collections::HashMap<(String, String), u32>>);
+
+impl Retries {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, String), u32>> {
+        // A panic while holding the lock leaves plain counters behind: still usable.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Count one more failure of `key`; returns how many failures in a row.
+    pub fn failed(&self, key: (String, String)) -> u32 {
+        let mut map = self.map();
+        let n = map.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    /// Forget `key` after a success or a deletion.
+    pub fn reset(&self, key: &(String, String)) {
+        self.map().remove(key);
+    }
+}
+
+/// `first`, 2 × `first`, 4 × `first` … capped at `cap`, with ±20 % jitter so that many
+/// failing objects do not retry in lockstep.
+pub fn backoff(
+    failures: u32,
+    first: std::time::Duration,
+    cap: std::time::Duration,
+) -> std::time::Duration {
+    let base = first
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(cap);
+    base.mul_f64(0.8 + 0.4 * rand::random::<f64>())
+}
+
 /// Run the three controllers until `shutdown` is cancelled.
 pub async fn run_all(ctx: Arc<Context>, shutdown: CancellationToken) {
     tokio::join!(

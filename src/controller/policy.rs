@@ -124,7 +124,7 @@ struct PolicyCtx {
     /// Region states per policy, summed into the `regions{state}` gauge.
     region_counts: Mutex<HashMap<Key, [i64; 4]>>,
     /// Failed reconciles in a row, for the backoff.
-    retries: Mutex<HashMap<Key, u32>>,
+    retries: super::Retries,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -162,7 +162,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         bot_pools,
         plans: Mutex::new(HashMap::new()),
         region_counts: Mutex::new(HashMap::new()),
-        retries: Mutex::new(HashMap::new()),
+        retries: super::Retries::default(),
     });
 
     let controller = Controller::new(
@@ -287,7 +287,7 @@ async fn sweep_deleted(
         for key in gone {
             pctx.ctx.probes.remove(&owner_key(&key.0, &key.1));
             lock(&pctx.plans).remove(&key);
-            lock(&pctx.retries).remove(&key);
+            pctx.retries.reset(&key);
             lock(&pctx.region_counts).remove(&key);
         }
         publish_region_gauge(&pctx);
@@ -331,17 +331,15 @@ fn error_policy(policy: Arc<FallbackPolicy>, error: &Error, pctx: Arc<PolicyCtx>
             error: error.category(),
         })
         .inc();
-    let key = (policy.namespace().unwrap_or_default(), policy.name_any());
-    let n = {
-        let mut retries = lock(&pctx.retries);
-        let n = retries.entry(key).or_default();
-        *n = n.saturating_add(1);
-        *n
-    };
+    let n = pctx
+        .retries
+        .failed((policy.namespace().unwrap_or_default(), policy.name_any()));
     tracing::warn!(policy = %policy.name_any(), error = %error, retry = n, "policy reconcile failed");
-    // 0.5 s, 1 s, 2 s … capped at 60 s.
-    let secs = (0.5 * 2f64.powi(n.min(8) as i32 - 1)).min(60.0);
-    Action::requeue(Duration::from_secs_f64(secs))
+    Action::requeue(super::backoff(
+        n,
+        Duration::from_millis(500),
+        Duration::from_secs(60),
+    ))
 }
 
 /// What the policy's namespace holds for it: the planner's input.
@@ -414,7 +412,7 @@ async fn reconcile(policy: Arc<FallbackPolicy>, pctx: Arc<PolicyCtx>) -> Result<
         )
         .await;
     if result.is_ok() {
-        lock(&pctx.retries).remove(&(ns, name));
+        pctx.retries.reset(&(ns, name));
     }
     result
 }

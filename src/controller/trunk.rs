@@ -86,7 +86,7 @@ struct TrunkCtx {
     /// When each Trunk's status was last written (for the RTT refresh limit).
     last_write: Mutex<HashMap<(String, String), jiff::Timestamp>>,
     /// Failed reconciles in a row, for the backoff.
-    retries: Mutex<HashMap<(String, String), u32>>,
+    retries: super::Retries,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -99,7 +99,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         ctx: ctx.clone(),
         known: Mutex::new(HashSet::new()),
         last_write: Mutex::new(HashMap::new()),
-        retries: Mutex::new(HashMap::new()),
+        retries: super::Retries::default(),
     });
     let api: Api<Trunk> = ctx.api();
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
@@ -178,7 +178,7 @@ async fn sweep_deleted(store: Store<Trunk>, tctx: Arc<TrunkCtx>, shutdown: Cance
             tctx.ctx.probes.remove(&owner_key(&key.0, &key.1));
             lock(&tctx.known).remove(&key);
             lock(&tctx.last_write).remove(&key);
-            lock(&tctx.retries).remove(&key);
+            tctx.retries.reset(&key);
         }
     }
 }
@@ -196,7 +196,7 @@ async fn reconcile(trunk: Arc<Trunk>, tctx: Arc<TrunkCtx>) -> Result<Action, Err
         )
         .await;
     if result.is_ok() {
-        lock(&tctx.retries).remove(&(ns, name));
+        tctx.retries.reset(&(ns, name));
     }
     result
 }
@@ -280,20 +280,15 @@ fn error_policy(trunk: Arc<Trunk>, error: &Error, tctx: Arc<TrunkCtx>) -> Action
             error: error.category(),
         })
         .inc();
-    let id = (trunk.namespace().unwrap_or_default(), trunk.name_any());
-    let mut retries = lock(&tctx.retries);
-    let n = retries.entry(id).or_insert(0);
-    *n = n.saturating_add(1);
-    tracing::warn!(error = %error, retries = *n, "trunk reconcile failed");
-    Action::requeue(backoff(*n))
-}
-
-/// 1 s, 2 s, 4 s … capped at 5 min, with ±20 % jitter so that many failing
-/// Trunks do not retry in lockstep.
-fn backoff(retries: u32) -> Duration {
-    let base =
-        Duration::from_secs(1u64 << retries.saturating_sub(1).min(8)).min(Duration::from_secs(300));
-    base.mul_f64(0.8 + 0.4 * rand::random::<f64>())
+    let n = tctx
+        .retries
+        .failed((trunk.namespace().unwrap_or_default(), trunk.name_any()));
+    tracing::warn!(error = %error, retries = n, "trunk reconcile failed");
+    Action::requeue(super::backoff(
+        n,
+        Duration::from_secs(1),
+        Duration::from_secs(300),
+    ))
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -593,6 +588,8 @@ mod tests {
             ("a", Some("ns1"))
         );
         assert!(parse_owner_key("policy/ns1/a").is_none());
+        let backoff =
+            |n| super::super::backoff(n, Duration::from_secs(1), Duration::from_secs(300));
         assert!(backoff(1) < Duration::from_millis(1300));
         assert!(backoff(20) <= Duration::from_secs(360));
         assert!(backoff(5) > backoff(1));
