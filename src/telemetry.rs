@@ -72,6 +72,13 @@ pub struct StateLabels {
     pub state: &'static str,
 }
 
+/// Label: the outcome of an attempt.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `delivered` or `failed`.
+    pub result: &'static str,
+}
+
 /// All metrics of the operator and the sidecar.
 pub struct Metrics {
     /// The registry `/metrics` encodes.
@@ -102,6 +109,8 @@ pub struct Metrics {
     pub sync_duration: Histogram,
     /// 1 while this process holds the leader Lease.
     pub leader: Gauge,
+    /// Notifier webhook attempts by result.
+    pub notifications: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -130,6 +139,7 @@ impl Metrics {
         let sync_failures = Family::<ReasonLabels, Counter>::default();
         let sync_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let leader = Gauge::default();
+        let notifications = Family::<ResultLabels, Counter>::default();
         registry.register(
             "reconcile_duration_seconds",
             "Time spent in one reconcile",
@@ -187,6 +197,11 @@ impl Metrics {
             "1 while this process holds the leader Lease",
             leader.clone(),
         );
+        registry.register(
+            "notifications",
+            "Notifier webhook attempts by result (delivered, failed)",
+            notifications.clone(),
+        );
         Self {
             registry,
             reconcile_duration,
@@ -202,6 +217,7 @@ impl Metrics {
             sync_failures,
             sync_duration,
             leader,
+            notifications,
         }
     }
 

@@ -2,6 +2,8 @@
 //! kube-runtime `Controller` until `shutdown` is cancelled.
 
 pub mod botpool;
+pub mod drill;
+pub mod notifier;
 pub mod policy;
 pub mod trunk;
 
@@ -117,11 +119,13 @@ pub fn backoff(
     base.mul_f64(0.8 + 0.4 * rand::random::<f64>())
 }
 
-/// Run the three controllers until `shutdown` is cancelled.
+/// Run every controller until `shutdown` is cancelled.
 pub async fn run_all(ctx: Arc<Context>, shutdown: CancellationToken) {
     tokio::join!(
         trunk::run(ctx.clone(), shutdown.clone()),
         botpool::run(ctx.clone(), shutdown.clone()),
         policy::run(ctx.clone(), shutdown.clone()),
+        notifier::run(ctx.clone(), shutdown.clone()),
+        drill::run(ctx.clone(), shutdown.clone()),
     );
 }
