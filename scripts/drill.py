@@ -122,7 +122,10 @@ class Drills(demo.Demo):
 
         # ---- drill 2: one-shot, a real failure mid-drill
         log("\n==> drill 2 'injected': one-shot, 60 s; Frankfurt's fixed line dies mid-drill")
-        self.drive("injected", 40, 6121)
+        # Calls in flight on the carrier when it dies are lost with it (their BYE has
+        # nowhere to go), whatever the routing does; like the replay, the criterion is
+        # on calls placed from the moment of the failure on.
+        self.drive("injected", 12, 6121)
         self.watch_until(3)
         kubectl("apply", "-f", "-", input=drill_yaml("injected", 60, None))
         t2 = time.time()
@@ -131,12 +134,13 @@ class Drills(demo.Demo):
         log(f"    killing {FRANKFURT_FIXED} ({PEERS[FRANKFURT_FIXED]})")
         t_kill = time.time()
         self.procs.kill(FRANKFURT_FIXED)
+        self.drive("after-failure", 25, 6131)
         t_handover = self.watch_until(15, lambda s: cologne_routed(s))
         deadline = time.time() + 10
         while time.time() < deadline and drill_status("injected").get("lastOutcome") is None:
             time.sleep(0.3)
         st2 = drill_status("injected")
-        self.watch_until(8)
+        self.watch_until(22)
         out["injected"] = {
             "shift_s": None if t_shift2 is None else round(t_shift2 - t2, 2),
             "outcome": st2.get("lastOutcome"),
@@ -182,7 +186,7 @@ def check(s: dict) -> list[str]:
         problems.append(f"drill 2: Cologne routed again {i['handover_s']} s after Frankfurt's carrier died (> 6 s)")
     if s["empty_route_samples"]:
         problems.append(f"a route had no destination at {s['empty_route_samples']} s")
-    for phase in ("drill", "injected"):
+    for phase in ("drill", "after-failure"):
         p = s["phases"].get(phase, {})
         if p.get("placed", 0) < 50:
             problems.append(f"phase {phase}: only {p.get('placed', 0)} calls placed")

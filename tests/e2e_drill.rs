@@ -56,7 +56,7 @@ async fn drills_drain_roll_back_and_abort_on_a_real_failure() {
         "no moment without a destination: {}",
         s["empty_route_samples"]
     );
-    for phase in ["drill", "injected"] {
+    for phase in ["drill", "after-failure"] {
         let p = &s["phases"][phase];
         let (placed, failed) = (p["placed"].as_u64().unwrap(), p["failed"].as_u64().unwrap());
         assert!(placed >= 50, "calls flowed in phase {phase}: {p}");

@@ -358,7 +358,7 @@ async fn deliver(
                 rs.last_error = Some(problem.clone());
                 return Outcome {
                     left: total - sent,
-                    retry_in: Some(backoff(n, Duration::from_secs(1), Duration::from_secs(30))),
+                    retry_in: Some(backoff(n, Duration::from_secs(1), Duration::from_secs(10))),
                     problem: Some(problem),
                 };
             }
