@@ -10,8 +10,12 @@
 //! - The Grafana dashboard ConfigMap carries the sidecar's label and the very
 //!   dashboard in `docs/grafana/`.
 //!
+//! - The API server accepts the dashboard ConfigMap (server-side dry run).
+//!
 //! promtool comes from Debian's `prometheus` package (`make deps`); helm is built by
 //! `scripts/tools.sh` into `target/tools/bin`.
+
+mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -454,5 +458,49 @@ fn helm_lint_with_monitoring_enabled() {
     assert_eq!(
         sm["spec"]["endpoints"][0]["honorLabels"].as_bool(),
         Some(true)
+    );
+}
+
+/// The dashboard ConfigMap is a valid object for the API server (size, label and
+/// key syntax): server-side dry run in a temporary namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_configmap_passes_the_api_server() {
+    let Some(client) = common::client().await else {
+        return;
+    };
+    let ns = common::TestNamespace::create(client, "dashboard-dryrun", &[]).await;
+    let chart = root().join("charts/lifeline");
+    let rendered = run_ok(
+        helm(),
+        &[
+            "template",
+            "lifeline",
+            chart.to_str().expect("utf-8"),
+            "--namespace",
+            &ns.name,
+            "--set",
+            "grafanaDashboard.enabled=true",
+            "--set-string",
+            "grafanaDashboard.annotations.grafana_folder=Telephony",
+            "--show-only",
+            "templates/grafana-dashboard.yaml",
+        ],
+        None,
+    );
+    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.yaml", ns.name));
+    std::fs::write(&file, &rendered).expect("write manifest");
+    let out = Command::new("kubectl")
+        .args(["apply", "--dry-run=server", "-f"])
+        .arg(&file)
+        .env("KUBECONFIG", common::kubeconfig_path())
+        .output()
+        .expect("run kubectl");
+    let _ = std::fs::remove_file(&file);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && stdout.contains("configmap/lifeline-dashboard created (server dry run)"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
