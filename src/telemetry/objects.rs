@@ -107,7 +107,9 @@ where
     let (reader, writer) = reflector::store();
     let stream = reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default())
+        // Any resource version will do for metrics: lists may come from the API
+        // server's watch cache instead of etcd.
+        watcher(api, watcher::Config::default().any_semantic())
             .default_backoff()
             // Only spec and status are read: drop what is big and unused.
             .modify(|obj| {
@@ -150,7 +152,8 @@ fn ns_name<K: Resource>(obj: &K) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn with(
+/// `labels` and one more pair.
+fn plus(
     mut labels: Vec<(&'static str, String)>,
     key: &'static str,
     value: impl ToString,
@@ -179,14 +182,14 @@ fn trunk_series(trunks: &[Arc<Trunk>]) -> [(&'static str, &'static str, Vec<Seri
             && !(value == 0 && has_reason(&status.conditions, TRUNK_HEALTHY, PROBING))
         {
             healthy.push(Series {
-                labels: with(id.clone(), "region", &t.spec.region),
+                labels: plus(id.clone(), "region", &t.spec.region),
                 value,
             });
         }
         for state in ENDPOINT_STATES {
             let count = status.endpoints.iter().filter(|e| e.state == state).count();
             endpoints.push(Series {
-                labels: with(id.clone(), "state", state),
+                labels: plus(id.clone(), "state", state),
                 value: i64::try_from(count).unwrap_or(i64::MAX),
             });
         }
@@ -222,10 +225,10 @@ fn policy_series(
         let Some(status) = &p.status else { continue };
         let id = ns_name(p.as_ref());
         for region in &status.regions {
-            let labels = with(id.clone(), "region", &region.name);
+            let labels = plus(id.clone(), "region", &region.name);
             for state in REGION_STATES {
                 region_state.push(Series {
-                    labels: with(labels.clone(), "state", state),
+                    labels: plus(labels.clone(), "state", state),
                     value: i64::from(region.state == state),
                 });
             }
@@ -237,7 +240,7 @@ fn policy_series(
         for c in &status.conditions {
             if let Some(value) = condition_value(Some(c)) {
                 conditions.push(Series {
-                    labels: with(id.clone(), "condition", &c.type_),
+                    labels: plus(id.clone(), "condition", &c.type_),
                     value,
                 });
             }
@@ -256,7 +259,7 @@ fn policy_series(
                 .and_then(|active| tiers.iter().position(|t| t.name == active))
                 .map_or(-1, |i| i64::try_from(i).unwrap_or(i64::MAX));
             route_tier.push(Series {
-                labels: with(id.clone(), "route", &route.name),
+                labels: plus(id.clone(), "route", &route.name),
                 value: index,
             });
         }
