@@ -504,3 +504,70 @@ async fn dashboard_configmap_passes_the_api_server() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The PromQL users copy: every query in `docs/metrics.md` and every panel query of
+/// the dashboard (Grafana variables filled in) parses, checked by promtool as
+/// recording rules.
+#[test]
+fn documented_and_dashboard_queries_parse() {
+    let docs = std::fs::read_to_string(root().join("docs/metrics.md")).expect("docs/metrics.md");
+    let mut queries = Vec::new();
+    let mut rest = docs.as_str();
+    while let Some(start) = rest.find("```promql\n") {
+        let body = &rest[start + 10..];
+        let end = body.find("```").expect("closed code block");
+        queries.extend(
+            body[..end]
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from),
+        );
+        rest = &body[end + 3..];
+    }
+    assert!(queries.len() >= 10, "docs/metrics.md queries: {queries:?}");
+    let from_docs = queries.len();
+
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("docs/grafana/lifeline-dashboard.json"))
+            .expect("dashboard"),
+    )
+    .expect("dashboard is JSON");
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().cloned().unwrap_or_default() {
+            if let Some(expr) = target["expr"].as_str() {
+                queries.push(
+                    expr.replace("$__rate_interval", "5m")
+                        .replace("$job", ".*")
+                        .replace("$namespace", ".*"),
+                );
+            }
+        }
+    }
+    assert!(queries.len() > from_docs + 20, "dashboard queries missing");
+
+    let rules: Vec<serde_json::Value> = queries
+        .iter()
+        .enumerate()
+        .map(|(i, q)| serde_json::json!({"record": format!("lifeline:query_{i}"), "expr": q}))
+        .collect();
+    let file = serde_json::json!({"groups": [{"name": "queries", "rules": rules}]});
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("prometheus-queries");
+    std::fs::create_dir_all(&dir).expect("create work dir");
+    std::fs::write(
+        dir.join("queries.yaml"),
+        serde_yaml::to_string(&file).expect("YAML"),
+    )
+    .expect("write queries.yaml");
+    let out = run(
+        Path::new(PROMTOOL),
+        &["check", "rules", "queries.yaml"],
+        Some(&dir),
+    );
+    assert!(
+        out.status.success(),
+        "a documented or dashboard query does not parse:\n{}{}\n{queries:#?}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
