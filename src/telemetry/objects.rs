@@ -108,14 +108,19 @@ where
     let stream = reflector::reflector(
         writer,
         // Any resource version will do for metrics: lists may come from the API
-        // server's watch cache instead of etcd.
-        watcher(api, watcher::Config::default().any_semantic())
-            .default_backoff()
-            // Only spec and status are read: drop what is big and unused.
-            .modify(|obj| {
-                obj.managed_fields_mut().clear();
-                obj.annotations_mut().clear();
-            }),
+        // server's watch cache instead of etcd. Small pages keep the transient
+        // buffers of the initial list small (measured once, debug build: 2,000 Trunks cost a standby
+        // ~16 MB RSS with 500-object pages, ~9 MB with 100).
+        watcher(
+            api,
+            watcher::Config::default().any_semantic().page_size(100),
+        )
+        .default_backoff()
+        // Only spec and status are read: drop what is big and unused.
+        .modify(|obj| {
+            obj.managed_fields_mut().clear();
+            obj.annotations_mut().clear();
+        }),
     );
     tokio::spawn(async move {
         let kind = K::kind(&());
