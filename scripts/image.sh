@@ -180,7 +180,8 @@ context() {
       ;;
     kamailio)
       unpack "$rootfs" kamailio kamailio-extra-modules
-      install -D -m 0644 "$ROOT/tests/images/kamailio/kamailio.cfg" "$rootfs/etc/kamailio/kamailio.cfg"
+      install -D -m 0644 "$ROOT/examples/kamailio/kamailio.cfg" "$rootfs/etc/kamailio/kamailio.cfg"
+      : > "$rootfs/etc/kamailio/dispatcher.list"
       mkdir -p "$rootfs/var/run/kamailio"
       users "$rootfs"
       runs_in "$rootfs" /usr/sbin/kamailio -v
@@ -214,7 +215,7 @@ build() {
   # A fresh store per build: nothing left from an earlier build can leak in.
   rm -rf "$OUT/storage" "$OUT/runroot"
   buildah_ bud --quiet --isolation chroot --timestamp 0 \
-    --build-arg "VERSION=$VERSION" --build-arg "REVISION=$REVISION" \
+    --build-arg "VERSION=$tag" --build-arg "REVISION=$REVISION" \
     -f "$(containerfile "$name")" -t "$ref" "$OUT/$name/context" >/dev/null
   rm -f "$archive"
   buildah_ push --quiet "$ref" "oci-archive:$archive:$ref" >/dev/null
