@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -258,6 +259,26 @@ async fn lease_holder(leases: &Api<Lease>) -> Option<(String, Option<jiff::Times
     Some((holder, renewed))
 }
 
+/// Addresses in a Service's EndpointSlices with their `ready` condition, sorted.
+async fn slice_endpoints(client: &Client, ns: &str, service: &str) -> Vec<(String, bool)> {
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
+    let mut out: Vec<(String, bool)> = api
+        .list(&lp)
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|s| s.endpoints)
+        .flat_map(|e| {
+            let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false);
+            e.addresses.into_iter().map(move |a| (a, ready))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// One SIP OPTIONS over UDP to `addr`; the status line of the answer.
 fn sip_options(addr: SocketAddr) -> String {
     let sock = UdpSocket::bind("10.244.0.1:0").expect("bind on the pod bridge");
@@ -460,6 +481,18 @@ async fn helm_installed_operator_runs_on_a_real_node() {
         );
     }
 
+    // The metrics Service gets an EndpointSlice with the pods' real IPs, both ready.
+    let mut want: Vec<(String, bool)> = ready.iter().map(|p| (pod_ip(p), true)).collect();
+    want.sort();
+    eventually(
+        Duration::from_secs(60),
+        "EndpointSlice of lifeline-metrics",
+        || async {
+            (slice_endpoints(&client, RELEASE_NS, "lifeline-metrics").await == want).then_some(())
+        },
+    )
+    .await;
+
     // --- exactly one leader --------------------------------------------------------------
     let leases: Api<Lease> = Api::namespaced(client.clone(), RELEASE_NS);
     let names: Vec<String> = ready.iter().map(name).collect();
@@ -586,6 +619,17 @@ async fn helm_installed_operator_runs_on_a_real_node() {
             "OPTIONS to the bot at {addr}: {answer}"
         );
     }
+    // The pool's headless Service lists the bots by their pod IPs, ready.
+    let mut want: Vec<(String, bool)> = ips.iter().map(|ip| (ip.clone(), true)).collect();
+    want.sort();
+    eventually(
+        Duration::from_secs(60),
+        "EndpointSlice of sip-bots",
+        || async {
+            (slice_endpoints(&client, "rn-example", "sip-bots").await == want).then_some(())
+        },
+    )
+    .await;
     let silent = eventually(
         Duration::from_secs(60),
         "silent-bots: pod running, not ready",
@@ -623,6 +667,11 @@ async fn helm_installed_operator_runs_on_a_real_node() {
         .find(|c| c.type_ == "Available")
         .unwrap();
     assert_eq!(available.status, "False", "{available:?}");
+    assert_eq!(
+        slice_endpoints(&client, "rn-example", "silent-bots").await,
+        vec![(pod_ip(&p), false)],
+        "the unready bot is in its EndpointSlice as not ready"
+    );
 
     // Routing as the operator wrote it with the bots in place; our own lifecycle
     // below (leader loss, upgrade) must not change it.
