@@ -211,26 +211,40 @@ shutdownGracePeriod: 0s
 EOK
 }
 
-cgroups_up() {
+# The cgroup directories the kubelet's cgroupRoot lives in: one per v1 hierarchy
+# (this host), or the one unified directory on a cgroup v2 host.
+cgroup_dirs() {
+  if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+    echo "/sys/fs/cgroup${CGROUP_ROOT}"
+    return
+  fi
   local h
   for h in /sys/fs/cgroup/*/; do
-    [[ -d "$h" ]] || continue
-    mkdir -p "$h${CGROUP_ROOT#/}"
-    if [[ -f "$h/cpuset.cpus" ]]; then
-      cat "$h/cpuset.cpus" > "$h${CGROUP_ROOT#/}/cpuset.cpus"
-      cat "$h/cpuset.mems" > "$h${CGROUP_ROOT#/}/cpuset.mems"
-    fi
+    [[ -d "$h" ]] && echo "${h%/}${CGROUP_ROOT}"
   done
 }
 
+cgroups_up() {
+  local d parent
+  while read -r d; do
+    mkdir -p "$d"
+    parent="$(dirname "$d")"
+    if [[ -f "$parent/cpuset.cpus" && ! -f /sys/fs/cgroup/cgroup.controllers ]]; then
+      # a new v1 cpuset starts empty: no task could join it
+      cat "$parent/cpuset.cpus" > "$d/cpuset.cpus"
+      cat "$parent/cpuset.mems" > "$d/cpuset.mems"
+    fi
+  done < <(cgroup_dirs)
+}
+
 cgroups_down() {
-  local h d
+  local d sub left
   for _ in $(seq 20); do
-    local left=0
-    for h in /sys/fs/cgroup/*/; do
-      [[ -d "$h${CGROUP_ROOT#/}" ]] || continue
-      while read -r d; do rmdir "$d" 2>/dev/null || left=1; done < <(find "$h${CGROUP_ROOT#/}" -depth -type d)
-    done
+    left=0
+    while read -r d; do
+      [[ -d "$d" ]] || continue
+      while read -r sub; do rmdir "$sub" 2>/dev/null || left=1; done < <(find "$d" -depth -type d)
+    done < <(cgroup_dirs)
     ((left)) || return 0
     sleep 0.25
   done
@@ -310,12 +324,17 @@ down() {
   # container of ours is left before removing cgroups
   local live
   for _ in $(seq 50); do
-    live=$(pgrep -f "containerd-shim-runc-v2 -namespace k8s.io -address $SOCK" || true)
+    live=$(pgrep -f "containerd-shim-runc-v2 .*-address $SOCK" || true)
     [[ -z "$live" ]] && break
     sleep 0.1
   done
-  cgroups_down
-  net_down
+  # The bridge, its addresses and the cgroup root are machine-wide: leave them to
+  # the checkout whose real node owns them.
+  local owner; owner="$(cat /run/lifeline-testenv.owner 2>/dev/null || true)"
+  if [[ -z "$owner" || "$owner" == "$TESTENV_DIR" ]]; then
+    cgroups_down
+    net_down
+  fi
   if [[ -f "$NODE_DIR/created-dirs" ]]; then
     local d
     while read -r d; do rmdir "$d" 2>/dev/null || true; done < "$NODE_DIR/created-dirs"
