@@ -86,20 +86,69 @@ fn helm(args: &[&str]) -> String {
         .env("KUBECONFIG", real_kubeconfig()))
 }
 
+/// One real node per machine (its bridge and 10.96.0.1:443 are machine-wide): a
+/// directory created atomically under /run serializes the real-node tests of
+/// several checkouts. A lock whose process is gone is taken over.
+struct MachineLock(PathBuf);
+
+impl MachineLock {
+    fn acquire() -> Self {
+        let dir = PathBuf::from("/run/lifeline-real-node.lock");
+        let me = format!("{} {}", std::process::id(), root().display());
+        let started = Instant::now();
+        let mut told = Instant::now() - Duration::from_secs(60);
+        loop {
+            if std::fs::create_dir(&dir).is_ok() {
+                std::fs::write(dir.join("owner"), &me).expect("write the lock owner");
+                return Self(dir);
+            }
+            let owner = std::fs::read_to_string(dir.join("owner")).unwrap_or_default();
+            let pid = owner.split_whitespace().next().unwrap_or("");
+            let alive = !pid.is_empty() && Path::new("/proc").join(pid).exists();
+            if !alive && started.elapsed() > Duration::from_secs(2) {
+                // the owner died without unlocking (or never wrote its name)
+                let _ = std::fs::remove_dir_all(&dir);
+                continue;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(1200),
+                "the real node is still in use by {owner} after 20 minutes"
+            );
+            if told.elapsed() > Duration::from_secs(30) {
+                eprintln!("waiting for the real node: in use by {owner}");
+                told = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for MachineLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The real-node plane; stopped on drop when this test started it.
 struct RealPlane {
     started_here: bool,
+    // dropped after the plane is down (fields drop after Drop::drop)
+    _lock: MachineLock,
 }
 
 impl RealPlane {
     fn up() -> Self {
+        let lock = MachineLock::acquire();
         let status = Command::new(root().join("tests/testenv/status.sh"))
             .env("NODE", "real")
             .output()
             .expect("run status.sh");
         let started_here = !status.status.success();
         // Constructed before up.sh runs: a failed start is torn down as well.
-        let plane = Self { started_here };
+        let plane = Self {
+            started_here,
+            _lock: lock,
+        };
         let t = Instant::now();
         run(Command::new(root().join("tests/testenv/up.sh")).env("NODE", "real"));
         eprintln!(
