@@ -3,6 +3,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export KUBECONFIG ?= $(CURDIR)/target/testenv/kubeconfig
 CARGO ?= cargo
+# sim: the fake kubelet (default, fast). real: a real kubelet, containerd, runc and CNI.
+NODE ?= sim
+VERSION := $(shell awk -F'"' '/^version *=/ {print $$2; exit}' Cargo.toml)
 
 .PHONY: help
 help: ## List every target
@@ -40,23 +43,45 @@ lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) clippy --all-targets -- -D warnings
 
 .PHONY: testenv-up
-testenv-up: ## Start the local control plane (idempotent); kubeconfig in target/testenv/
-	@tests/testenv/up.sh
+testenv-up: ## Start the local control plane (idempotent); NODE=real adds a real node (target/testenv-real/)
+	@NODE=$(NODE) tests/testenv/up.sh
 
 .PHONY: testenv-down
-testenv-down: ## Stop the local control plane and remove its data
-	@tests/testenv/down.sh
+testenv-down: ## Stop both local control planes (simulated and real node) and remove what they made
+	@NODE=real tests/testenv/down.sh
+	@NODE=sim tests/testenv/down.sh
 
 .PHONY: testenv-status
-testenv-status: ## Show the local control plane's processes and health
-	@tests/testenv/status.sh
+testenv-status: ## Show the local control plane's processes and health (NODE=real for the real node)
+	@NODE=$(NODE) tests/testenv/status.sh
+
+.PHONY: image
+image: ## Build the lifeline image without a daemon -> target/image/lifeline-$(VERSION).oci.tar
+	@scripts/image.sh build lifeline
+
+.PHONY: image-context
+image-context: ## Prepare the context for `docker build -f Containerfile target/image/lifeline/context`
+	@scripts/image.sh context lifeline
+
+.PHONY: images-test
+images-test: ## Build the test images (sipp, kamailio, pause) and the lifeline upgrade tag
+	@for i in sipp kamailio pause; do scripts/image.sh build $$i; done
+	@scripts/image.sh build lifeline $(VERSION)-upgrade
+
+.PHONY: release
+release: tools image ## Image (OCI archive), packaged chart, CRD bundle, SHA256SUMS -> target/release/artifacts/
+	@scripts/release.sh
+
+.PHONY: test-real-node
+test-real-node: deps tools release images-test ## The real-node layer alone (starts and stops its own plane)
+	$(CARGO) test --test real_node -- --nocapture
 
 .PHONY: test-unit
 test-unit: ## Unit and property tests (no cluster needed)
 	$(CARGO) test --lib --bins
 
 .PHONY: test
-test: deps tools testenv-up ## All tests: unit, control plane, Kamailio and sipp end-to-end
+test: deps tools release images-test testenv-up ## All tests: unit, control plane, Kamailio and sipp end-to-end, real node
 	tests/testenv/smoke.sh
 	$(CARGO) test --lib --bins --tests -- --test-threads=2
 
@@ -69,6 +94,7 @@ demo: deps testenv-up ## The carrier-outage replay on an embedded control plane
 	@python3 scripts/demo.py
 
 .PHONY: clean
-clean: ## Stop the control plane and remove build output
+clean: ## Stop the control planes and remove build output
+	-@NODE=real tests/testenv/down.sh
 	-@tests/testenv/down.sh
 	$(CARGO) clean

@@ -3,6 +3,8 @@
 # files in target/testenv/run (TERM, then KILL whatever is still alive after
 # 5 s; etcd last so the apiserver can shut down cleanly), removes pid files and
 # etcd data. Certs, logs and the binary stay. Idempotent.
+# NODE=real: first the real node (node.sh down: its processes, mounts,
+# network namespaces, bridge and cgroups), then the plane in target/testenv-real.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -26,7 +28,12 @@ stop() { # components...
     rm -f "$RUN/$c.pid"
   done
 }
-stop kubelet kube-controller-manager kube-apiserver
+if [[ "$NODE" == real ]]; then
+  "$(dirname "${BASH_SOURCE[0]}")/node.sh" down
+  stop kube-scheduler kube-controller-manager kube-apiserver
+else
+  stop kubelet kube-controller-manager kube-apiserver
+fi
 stop etcd
 rm -rf "$TESTENV_DIR/etcd-data" "$RUN/env" "$RUN/kcm.kubeconfig"
 log "down: done"

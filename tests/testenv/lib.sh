@@ -2,13 +2,26 @@
 # shellcheck shell=bash
 TESTENV_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(git -C "$TESTENV_SRC" rev-parse --show-toplevel 2>/dev/null || (cd "$TESTENV_SRC/../.." && pwd))"
-TESTENV_DIR="${TESTENV_DIR:-$REPO_ROOT/target/testenv}"
-BIN="$TESTENV_DIR/bin/testenv"
+# NODE=sim (default): the fake kubelet, fast, any number of planes per machine.
+# NODE=real: a real kubelet + containerd + runc + CNI (node.sh); its own plane
+# in target/testenv-real, so both can run side by side.
+NODE="${NODE:-sim}"
+case "$NODE" in
+  sim) TESTENV_DIR="${TESTENV_DIR:-$REPO_ROOT/target/testenv}" ;;
+  real) TESTENV_DIR="${TESTENV_DIR:-$REPO_ROOT/target/testenv-real}" ;;
+  *) printf 'NODE must be sim or real, not %q\n' "$NODE" >&2; exit 2 ;;
+esac
+# the binaries are shared by both modes
+BIN="$REPO_ROOT/target/testenv/bin/testenv"
 CERTS="$TESTENV_DIR/certs"
 LOGS="$TESTENV_DIR/logs"
 RUN="$TESTENV_DIR/run"            # pid files + env
 KUBECONFIG_OUT="$TESTENV_DIR/kubeconfig"
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kubelet)
+if [[ "$NODE" == real ]]; then
+  COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler node)
+else
+  COMPONENTS=(etcd kube-apiserver kube-controller-manager kubelet)
+fi
 
 export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 export GOFLAGS="${GOFLAGS:--mod=mod}"
@@ -27,7 +40,12 @@ live_pid() {
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   kill -0 "$pid" 2>/dev/null || return 1
   # guard against pid reuse: must be our binary
-  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "bin/testenv $1" || return 1
+  local want="bin/testenv $1"
+  case "$1" in
+    kube-scheduler) want="bin/testenv-node kube-scheduler" ;;
+    node) want="node.sh init" ;;
+  esac
+  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "$want" || return 1
   echo "$pid"
 }
 

@@ -3,6 +3,10 @@
 # kube-controller-manager and the fake kubelet, as background processes with
 # pid files in target/testenv/run and logs in target/testenv/logs.
 # Writes target/testenv/kubeconfig (admin, CA-verified TLS).
+#
+# NODE=real: the same control plane plus kube-scheduler and a real node
+# (node.sh: kubelet, containerd, runc, CNI) instead of the fake kubelet, in
+# target/testenv-real. Needs root; one real plane per machine.
 set -euo pipefail
 here="$(dirname "${BASH_SOURCE[0]}")"
 source "$here/lib.sh"
@@ -19,13 +23,27 @@ fi
 "$here/down.sh" >/dev/null 2>&1 || true
 "$here/build.sh"
 "$here/certs.sh"
+if [[ "$NODE" == real ]]; then
+  [[ $(id -u) -eq 0 ]] || die "NODE=real needs root (network namespaces, mounts, cgroups)"
+  "$here/build-node.sh"
+  PAUSE_ARCHIVE="$REPO_ROOT/target/image/pause-3.10.oci.tar"
+  [[ -s "$PAUSE_ARCHIVE" ]] || "$REPO_ROOT/scripts/image.sh" build pause >/dev/null
+  "$here/node.sh" net-up
+fi
 mkdir -p "$RUN" "$LOGS"
 for c in "${COMPONENTS[@]}"; do : > "$LOGS/$c.log"; done
 t1=$SECONDS
 
 mapfile -t ports < <("$BIN" freeport 3)
 ETCD_PORT=${ports[0]} ETCD_PEER_PORT=${ports[1]} APISERVER_PORT=${ports[2]}
-APISERVER_URL="https://127.0.0.1:$APISERVER_PORT"
+API_BIND=127.0.0.1
+if [[ "$NODE" == real ]]; then
+  # Pods reach the API server as in-cluster clients do: the `kubernetes`
+  # Service, 10.96.0.1:443. That address sits on the pod bridge (node.sh), so
+  # the API server listens on it directly; no kube-proxy, no NAT.
+  API_BIND=10.96.0.1 APISERVER_PORT=443
+fi
+APISERVER_URL="https://$API_BIND:$APISERVER_PORT"
 cat > "$RUN/env" <<EOV
 ETCD_PORT=$ETCD_PORT
 ETCD_PEER_PORT=$ETCD_PEER_PORT
@@ -65,9 +83,10 @@ tail_logs() { for c in "$@"; do [[ -s "$LOGS/$c.log" ]] || continue; echo "-----
 fail() { log "ERROR: $*"; tail_logs "${COMPONENTS[@]}"; "$here/down.sh" >/dev/null 2>&1 || true; exit 1; }
 
 start() { # name args...
-  local name="$1"; shift
+  local name="$1" bin="$BIN"; shift
+  [[ "$name" == kube-scheduler ]] && bin="$(dirname "$BIN")/testenv-node"
   # setsid: own session, so the plane outlives the shell that started it
-  setsid bash -c 'echo $$ > "$0"; exec "$@"' "$RUN/$name.pid" "$BIN" "$name" "$@" \
+  setsid bash -c 'echo $$ > "$0"; exec "$@"' "$RUN/$name.pid" "$bin" "$name" "$@" \
     >> "$LOGS/$name.log" 2>&1 < /dev/null &
   for _ in $(seq 50); do [[ -s "$RUN/$name.pid" ]] && break; sleep 0.1; done
   log "started $name (pid $(cat "$RUN/$name.pid"), log $LOGS/$name.log)"
@@ -89,9 +108,15 @@ start etcd --name testenv --data-dir "$TESTENV_DIR/etcd-data" \
   --unsafe-no-fsync --log-level warn --quota-backend-bytes $((2 * 1024 * 1024 * 1024))
 wait_for "etcd /health" 20 etcd curl -sf --max-time 2 "http://127.0.0.1:$ETCD_PORT/health"
 
+real_api_flags=()
+if [[ "$NODE" == real ]]; then
+  # `kubectl logs/exec` go to the kubelet by its InternalIP with the admin cert
+  real_api_flags=(--kubelet-preferred-address-types InternalIP
+    --kubelet-client-certificate "$CERTS/admin.crt" --kubelet-client-key "$CERTS/admin.key")
+fi
 start kube-apiserver \
   --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+  --bind-address "$API_BIND" --advertise-address "$API_BIND" --secure-port "$APISERVER_PORT" \
   --cert-dir "$CERTS" --tls-cert-file "$CERTS/apiserver.crt" --tls-private-key-file "$CERTS/apiserver.key" \
   --client-ca-file "$CERTS/ca.crt" \
   --authorization-mode Node,RBAC \
@@ -99,25 +124,47 @@ start kube-apiserver \
   --service-account-key-file "$CERTS/sa.pub" --service-account-signing-key-file "$CERTS/sa.key" \
   --service-cluster-ip-range 10.96.0.0/16 \
   --endpoint-reconciler-type none \
-  --allow-privileged=true --profiling=false
+  --allow-privileged=true --profiling=false "${real_api_flags[@]}"
 wait_for "kube-apiserver /readyz" "$READY_TIMEOUT" kube-apiserver \
   bash -c '[[ "$(curl -sS --max-time 2 --cacert "$0/ca.crt" --cert "$0/admin.crt" --key "$0/admin.key" "$1/readyz")" == ok ]]' "$CERTS" "$APISERVER_URL"
 log "kube-apiserver ready at $APISERVER_URL after $((SECONDS - t1))s"
 
+controllers=deployment-controller,replicaset-controller,endpointslice-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,disruption-controller,horizontal-pod-autoscaler-controller
+# a real node starts with the not-ready taint; the node lifecycle controller
+# lifts it once the kubelet reports Ready (and taints the node again if it stops)
+[[ "$NODE" == real ]] && controllers+=,node-lifecycle-controller,pod-garbage-collector-controller
 start kube-controller-manager \
   --kubeconfig "$RUN/kcm.kubeconfig" \
   --authentication-kubeconfig "$RUN/kcm.kubeconfig" --authorization-kubeconfig "$RUN/kcm.kubeconfig" \
   --bind-address 127.0.0.1 --secure-port 0 \
-  --controllers "${KCM_CONTROLLERS:-deployment-controller,replicaset-controller,endpointslice-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,disruption-controller,horizontal-pod-autoscaler-controller}" \
+  --controllers "${KCM_CONTROLLERS:-$controllers}" \
   --use-service-account-credentials=true \
   --root-ca-file "$CERTS/ca.crt" --service-account-private-key-file "$CERTS/sa.key" \
   --leader-elect=false --profiling=false
-start kubelet --kubeconfig "$KUBECONFIG_OUT" --node-name testenv-node
+if [[ "$NODE" == real ]]; then
+  "$here/node.sh" write-config
+  start kube-scheduler --kubeconfig "$TESTENV_DIR/node/scheduler.kubeconfig" \
+    --authentication-kubeconfig "$TESTENV_DIR/node/scheduler.kubeconfig" \
+    --authorization-kubeconfig "$TESTENV_DIR/node/scheduler.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false
+  "$here/node.sh" start "$PAUSE_ARCHIVE"
+  NODE_NAME=lifeline-node
+else
+  start kubelet --kubeconfig "$KUBECONFIG_OUT" --node-name testenv-node
+  NODE_NAME=testenv-node
+fi
 
 wait_for "ServiceAccount default/default" "$READY_TIMEOUT" kube-controller-manager \
   bash -c 'curl -sf --max-time 2 --cacert "$0/ca.crt" --cert "$0/admin.crt" --key "$0/admin.key" "$1/api/v1/namespaces/default/serviceaccounts/default"' "$CERTS" "$APISERVER_URL"
-wait_for "Node testenv-node" 30 kubelet \
-  bash -c 'curl -sf --max-time 2 --cacert "$0/ca.crt" --cert "$0/admin.crt" --key "$0/admin.key" "$1/api/v1/nodes/testenv-node"' "$CERTS" "$APISERVER_URL"
+if [[ "$NODE" == real ]]; then
+  wait_for "Node $NODE_NAME Ready" 90 node \
+    bash -c 'curl -sf --max-time 2 --cacert "$0/ca.crt" --cert "$0/admin.crt" --key "$0/admin.key" "$1/api/v1/nodes/$2" |
+      python3 -c "import json,sys; n=json.load(sys.stdin); sys.exit(0 if any(c[\"type\"]==\"Ready\" and c[\"status\"]==\"True\" for c in n[\"status\"].get(\"conditions\",[])) else 1)"' \
+      "$CERTS" "$APISERVER_URL" "$NODE_NAME"
+else
+  wait_for "Node testenv-node" 30 kubelet \
+    bash -c 'curl -sf --max-time 2 --cacert "$0/ca.crt" --cert "$0/admin.crt" --key "$0/admin.key" "$1/api/v1/nodes/testenv-node"' "$CERTS" "$APISERVER_URL"
+fi
 
 log "control plane up in $((SECONDS - t0))s (warm start $((SECONDS - t1))s)  apiserver=$APISERVER_URL"
 log "export KUBECONFIG=$KUBECONFIG_OUT"
