@@ -100,6 +100,9 @@ pub struct Metrics {
     pub sync_failures: Family<ReasonLabels, Counter>,
     /// sip-sync: time from seeing a ConfigMap change to a confirmed reload.
     pub sync_duration: Histogram,
+    /// sip-sync: 1 while Kamailio does not load every destination of the current
+    /// routing and sip-sync has stopped reloading it (see `sync::MAX_UNCONFIRMED`).
+    pub sync_unconfirmed: Gauge,
     /// 1 while this process holds the leader Lease.
     pub leader: Gauge,
 }
@@ -129,6 +132,7 @@ impl Metrics {
         let sync_applied = Counter::default();
         let sync_failures = Family::<ReasonLabels, Counter>::default();
         let sync_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let sync_unconfirmed = Gauge::default();
         let leader = Gauge::default();
         registry.register(
             "reconcile_duration_seconds",
@@ -183,6 +187,11 @@ impl Metrics {
             sync_duration.clone(),
         );
         registry.register(
+            "sync_unconfirmed",
+            "1 while Kamailio drops destinations of the current routing and sip-sync stopped reloading it",
+            sync_unconfirmed.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this process holds the leader Lease",
             leader.clone(),
@@ -201,6 +210,7 @@ impl Metrics {
             sync_applied,
             sync_failures,
             sync_duration,
+            sync_unconfirmed,
             leader,
         }
     }
