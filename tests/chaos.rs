@@ -474,20 +474,16 @@ impl Workload {
         // Quiet: nothing more to write.
         let mut version = self.routing().await.and_then(|c| c.resource_version());
         let mut quiet_since = Instant::now();
-        eventually(WAIT, "routing quiet for 5 s", || {
-            let now = self.routing();
-            let version_ref = &mut version;
-            let quiet_ref = &mut quiet_since;
-            async move {
-                let v = now.await.and_then(|c| c.resource_version());
-                if v != *version_ref {
-                    *version_ref = v;
-                    *quiet_ref = Instant::now();
-                }
-                (quiet_ref.elapsed() > Duration::from_secs(5)).then_some(())
+        let deadline = Instant::now() + WAIT;
+        while quiet_since.elapsed() < Duration::from_secs(5) {
+            assert!(Instant::now() < deadline, "routing never quiet for 5 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let v = self.routing().await.and_then(|c| c.resource_version());
+            if v != version {
+                version = v;
+                quiet_since = Instant::now();
             }
-        })
-        .await;
+        }
     }
 
     /// Warning events, and FailOpen/Failback events, created after `since`.
@@ -712,7 +708,8 @@ async fn leader_sigkill_and_sigterm_move_nothing() {
     let a = Operator::start(&w.ns.name, "op-a", "127.0.71.101", &kubeconfig);
     let b = Operator::start(&w.ns.name, "op-b", "127.0.71.102", &kubeconfig);
     w.wait_steady().await;
-    let leader = leader_of(&[&a, &b]).await;
+    let both = [&a, &b];
+    let leader = leader_of(&both).await;
     let standby = if leader.identity == a.identity {
         &b
     } else {
