@@ -216,14 +216,53 @@ impl Applier {
                 self.confirmed = Some(hash);
                 return Ok(Outcome::AlreadyLoaded);
             }
-        } else {
+        }
+        // What Kamailio took out of service on its own (failure route, its probing),
+        // and the lines those destinations had: a reload resets every state, which
+        // would put a dead destination back into service.
+        let previous_text = self.io(match std::fs::read_to_string(&self.file) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            other => other,
+        })?;
+        let marks = self.rpc.down_marks().await.unwrap_or_default();
+        if on_disk.as_deref() != Some(hash.as_str()) {
             self.io(file::write_atomic(&self.file, content))?;
             self.written = true;
         }
         self.rpc.reload_dispatcher().await?;
         self.confirm(&expected).await?;
         self.confirmed = Some(hash);
+        self.restore_marks(&previous_text, content, marks).await;
         Ok(Outcome::Reloaded)
+    }
+
+    /// Put back the down-marks of destinations whose line did not change: their state
+    /// did not really change, only other destinations did. A destination whose line
+    /// changed (new weight, priority, flags) starts from the state the list gives it.
+    async fn restore_marks(
+        &self,
+        previous: &str,
+        next: &str,
+        marks: Vec<(dispatcher::Destination, String)>,
+    ) {
+        if marks.is_empty() {
+            return;
+        }
+        let before = dispatcher::lines_by_destination(previous);
+        let after = dispatcher::lines_by_destination(next);
+        for (dest, flags) in marks {
+            let unchanged =
+                matches!((before.get(&dest), after.get(&dest)), (Some(a), Some(b)) if a == b);
+            if !unchanged {
+                continue;
+            }
+            match self.rpc.set_state(&dest, &flags).await {
+                Ok(()) => tracing::info!(set = dest.set_id, uri = %dest.uri, %flags,
+                    "kept Kamailio's down-mark across the reload"),
+                Err(e) => tracing::warn!(set = dest.set_id, uri = %dest.uri, error = %e,
+                    "could not restore a down-mark after the reload"),
+            }
+        }
     }
 
     async fn confirm(&self, expected: &DispatcherList) -> Result<(), Error> {
