@@ -307,11 +307,7 @@ impl Workload {
         let peers = (1..=4)
             .map(|h| SipPeer::start(&format!("127.0.{net}.{h}")))
             .collect();
-        let w = Self {
-            ns,
-            peers: peers,
-            net,
-        };
+        let w = Self { ns, peers, net };
         let probe = json!({ "periodSeconds": 1, "timeoutMillis": 400,
                             "failureThreshold": 2, "successThreshold": 2 });
         let trunks = [
