@@ -37,6 +37,9 @@ use serde_json::json;
 /// Lease duration of the operators under test (renew deadline 4 s, retry 1 s).
 const LEASE_SECONDS: u64 = 6;
 const WAIT: Duration = Duration::from_secs(60);
+/// Probe settings of the workload's trunks.
+const PROBE_PERIOD: u64 = 1;
+const FAILURE_THRESHOLD: u64 = 3;
 
 // ---------------------------------------------------------------------------------
 // Processes
@@ -308,8 +311,10 @@ impl Workload {
             .map(|h| SipPeer::start(&format!("127.0.{net}.{h}")))
             .collect();
         let w = Self { ns, peers, net };
-        let probe = json!({ "periodSeconds": 1, "timeoutMillis": 400,
-                            "failureThreshold": 2, "successThreshold": 2 });
+        // Margins for a loaded machine: a live peer on loopback answers in
+        // milliseconds, so only a dead one misses three 800 ms timeouts in a row.
+        let probe = json!({ "periodSeconds": PROBE_PERIOD, "timeoutMillis": 800,
+                            "failureThreshold": FAILURE_THRESHOLD, "successThreshold": 2 });
         let trunks = [
             ("fixed-cgn", "cologne", "FixedLine", vec![w.ip(1), w.ip(9)]),
             ("mobile-cgn", "cologne", "Mobile", vec![w.ip(2)]),
@@ -902,8 +907,8 @@ async fn api_outages_of_30_and_120_s_with_a_carrier_dying() {
     let proxy = Proxy::start(&format!("outage-{}", w.ns.name)).await;
     let mut op = Operator::start(&w.ns.name, "op-a", "127.0.73.101", &proxy.kubeconfig);
     w.wait_steady().await;
-    // period 1 s × failureThreshold 2 + 5 s.
-    let bound = Duration::from_secs(2 + 5);
+    // period × failureThreshold + 5 s.
+    let bound = Duration::from_secs(PROBE_PERIOD * FAILURE_THRESHOLD + 5);
     for secs in [30, 120] {
         let catch_up = api_outage(&w, &proxy, &mut op, Duration::from_secs(secs)).await;
         eprintln!(
@@ -1016,6 +1021,7 @@ async fn a_kill_between_status_and_routing_write_loses_no_transition() {
     ];
 
     // A new operator: region state and routing agree, the transition is kept once.
+    let restarted_at = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
     let _op2 = Operator::start(&w.ns.name, "op-b", "127.0.74.102", &kubeconfig);
     let started = Instant::now();
     eventually(WAIT, "routing agrees with the status", || async {
