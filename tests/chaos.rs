@@ -1055,6 +1055,9 @@ async fn a_kill_between_status_and_routing_write_loses_no_transition() {
         "the transition is recorded once: {:?}",
         s.history
     );
+    // The restart itself pages nobody: no Warning, no FailOpen, no Failback.
+    let pages = w.pages_since(restarted_at).await;
+    assert!(pages.is_empty(), "pages at start-up: {pages:?}");
 }
 
 /// Deletes the test's admission policy and binding on drop, also on failure.
