@@ -9,7 +9,7 @@ help: ## List every target
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: deps
-deps: ## Install the Debian packages tests and the demo need (kamailio, sipp, lua)
+deps: ## Install the Debian packages tests and the demo need (kamailio, sipp, lua, promtool)
 	@scripts/install-deps.sh
 
 .PHONY: tools

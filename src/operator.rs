@@ -58,6 +58,10 @@ pub struct OperatorArgs {
     /// Identity in the Lease (defaults to the pod name, then host name and pid).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Do not export the per-object gauges (labels `namespace` and `name`, one series
+    /// set per Trunk and FallbackPolicy); see docs/metrics.md.
+    #[arg(long, env = "LIFELINE_NO_OBJECT_METRICS")]
+    pub no_object_metrics: bool,
 }
 
 /// Errors of the operator process.
@@ -227,7 +231,17 @@ pub async fn run_with_client(
     args: OperatorArgs,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    // Per-object gauges, read from their own watch caches at scrape time (every replica).
+    if !args.no_object_metrics {
+        crate::telemetry::objects::register(
+            &mut metrics.registry,
+            client.clone(),
+            args.namespace.as_deref(),
+            shutdown.clone(),
+        );
+    }
+    let metrics = Arc::new(metrics);
     let health = Arc::new(Health::default());
     let http = tokio::spawn(serve_http(
         args.metrics_addr,

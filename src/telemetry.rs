@@ -9,8 +9,20 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+pub mod objects;
+
+/// The source revision this binary was built from: `LIFELINE_REVISION` at build time
+/// (the image build sets it, e.g. to `git rev-parse --short HEAD`), else `unknown`.
+/// Read from the environment rather than from git in a build script so that a commit
+/// does not force every crate that depends on this one to rebuild.
+pub const REVISION: &str = match option_env!("LIFELINE_REVISION") {
+    Some(r) => r,
+    None => "unknown",
+};
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -105,6 +117,8 @@ pub struct Metrics {
     pub sync_unconfirmed: Gauge,
     /// 1 while this process holds the leader Lease.
     pub leader: Gauge,
+    /// Round trip of answered SIP OPTIONS probes (millisecond resolution).
+    pub probe_rtt: Histogram,
 }
 
 impl Default for Metrics {
@@ -134,6 +148,9 @@ impl Metrics {
         let sync_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let sync_unconfirmed = Gauge::default();
         let leader = Gauge::default();
+        // 1 ms doubling to ~8 s: loopback and LAN peers land in the first buckets,
+        // carriers in the tens of milliseconds, the longest probe timeouts at the top.
+        let probe_rtt = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         registry.register(
             "reconcile_duration_seconds",
             "Time spent in one reconcile",
@@ -196,6 +213,19 @@ impl Metrics {
             "1 while this process holds the leader Lease",
             leader.clone(),
         );
+        registry.register(
+            "probe_rtt_seconds",
+            "Round trip of answered SIP OPTIONS probes",
+            probe_rtt.clone(),
+        );
+        registry.register(
+            "build",
+            "Version and source revision of the running binary",
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("revision", REVISION),
+            ]),
+        );
         Self {
             registry,
             reconcile_duration,
@@ -212,6 +242,7 @@ impl Metrics {
             sync_duration,
             sync_unconfirmed,
             leader,
+            probe_rtt,
         }
     }
 
@@ -239,6 +270,26 @@ mod tests {
         assert!(text.contains("lifeline_probes_sent_total 1"), "{text}");
         assert!(
             text.contains("lifeline_probes_failed_total{reason=\"timeout\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn build_info_and_probe_rtt_are_exposed() {
+        let m = Metrics::new();
+        m.probe_rtt.observe(0.012);
+        let text = m.encode();
+        let info = format!(
+            "lifeline_build_info{{version=\"{}\",revision=\"{REVISION}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&info), "{text}");
+        assert!(
+            text.contains("lifeline_probe_rtt_seconds_bucket{le=\"0.016\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lifeline_probe_rtt_seconds_bucket{le=\"0.008\"} 0"),
             "{text}"
         );
     }

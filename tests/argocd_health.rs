@@ -1,11 +1,14 @@
-//! The Argo CD health checks in `docs/argocd/` run in Debian's `lua5.4` against sample
-//! objects (`tests/fixtures/argocd/*.json`), the way Argo CD runs them: `obj` is a
-//! global holding the live object and the script returns `{status, message}`.
+//! The Argo CD health checks in `resource_customizations/lifeline.dev/<Kind>/` run in
+//! Debian's `lua5.4` against their sample objects (`testdata/*.yaml`, expectations in
+//! `health_test.yaml`), the way Argo CD runs them: `obj` is a global holding the live
+//! object and the script returns `{status, message}`.
 //!
-//! lua5.4 has no JSON decoder, so each fixture is turned into a Lua table literal here
-//! (a few lines of Rust beat shipping a Lua JSON library just for tests). Argo CD runs
-//! the scripts in gopher-lua (Lua 5.1); they use nothing that differs between 5.1 and
-//! 5.4.
+//! Argo CD itself runs them in gopher-lua (Lua 5.1), which rejects some code Lua 5.4
+//! accepts; `tests/argocd_gopher_lua.rs` runs the same cases under gopher-lua. This
+//! file keeps a second engine and the checks on the docs snippet.
+//!
+//! lua5.4 has no YAML or JSON decoder, so each sample is turned into a Lua table
+//! literal here (a few lines of Rust beat shipping a Lua decoder just for tests).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,6 +20,46 @@ const LUA: &str = "/usr/bin/lua5.4";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn kind_dir(kind: &str) -> PathBuf {
+    root()
+        .join("resource_customizations/lifeline.dev")
+        .join(kind)
+}
+
+/// A sample object from `testdata/`, as JSON (what Argo CD's decoder hands to Lua).
+fn sample(kind: &str, input_path: &str) -> Value {
+    let path = kind_dir(kind).join(input_path);
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let yaml: serde_yaml::Value =
+        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::to_value(yaml).expect("YAML sample converts to JSON")
+}
+
+/// The cases in `health_test.yaml`: (inputPath, status, message).
+fn health_tests(kind: &str) -> Vec<(String, Health)> {
+    let path = kind_dir(kind).join("health_test.yaml");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let field = |v: &serde_yaml::Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
+    doc["tests"]
+        .as_sequence()
+        .unwrap_or_else(|| panic!("{} has no tests list", path.display()))
+        .iter()
+        .map(|t| {
+            (
+                field(t, "inputPath"),
+                Health {
+                    status: field(&t["healthStatus"], "status"),
+                    message: field(&t["healthStatus"], "message"),
+                },
+            )
+        })
+        .collect()
 }
 
 /// A JSON value as a Lua expression. `null` becomes `nil`, which is what Argo CD's
@@ -69,13 +112,10 @@ struct Health {
     message: String,
 }
 
-/// Run `script` with `obj` set to the fixture, as Argo CD does.
-fn run_health(script: &Path, fixture: &str) -> Health {
-    let json = std::fs::read_to_string(root().join("tests/fixtures/argocd").join(fixture))
-        .unwrap_or_else(|e| panic!("read fixture {fixture}: {e}"));
-    let obj: Value = serde_json::from_str(&json).expect("fixture is JSON");
+/// Run `script` with `obj` set to the sample, as Argo CD does.
+fn run_health(script: &Path, obj: &Value, fixture: &str) -> Health {
     let mut harness = String::from("obj = ");
-    lua_literal(&obj, &mut harness);
+    lua_literal(obj, &mut harness);
     harness.push_str(
         "\nlocal check = assert(loadfile(arg[1]))\n\
          local hs = check()\n\
@@ -112,23 +152,38 @@ fn run_health(script: &Path, fixture: &str) -> Health {
 }
 
 fn script(kind: &str) -> PathBuf {
-    root()
-        .join("docs/argocd/lifeline.dev")
-        .join(kind)
-        .join("health.lua")
+    kind_dir(kind).join("health.lua")
 }
 
+/// Each listed case gives the expected health under lua5.4 and is listed with the same
+/// expectation in `health_test.yaml` (which the gopher-lua test reads); every other
+/// case of `health_test.yaml` passes under lua5.4 too.
 fn check(kind: &str, cases: &[(&str, &str, &str)]) {
     let script = script(kind);
+    let listed = health_tests(kind);
     let mut failures = Vec::new();
     for (fixture, status, message) in cases {
-        let got = run_health(&script, fixture);
         let want = Health {
             status: status.to_string(),
             message: message.to_string(),
         };
+        let input = format!("testdata/{fixture}");
+        match listed.iter().find(|(path, _)| *path == input) {
+            Some((_, expected)) if *expected == want => {}
+            Some((_, expected)) => failures.push(format!(
+                "{input}: health_test.yaml expects {expected:?}, this test {want:?}"
+            )),
+            None => failures.push(format!("{input} is missing from health_test.yaml")),
+        }
+        let got = run_health(&script, &sample(kind, &input), &input);
         if got != want {
             failures.push(format!("{fixture}: got {got:?}, want {want:?}"));
+        }
+    }
+    for (input, want) in &listed {
+        let got = run_health(&script, &sample(kind, input), input);
+        if got != *want {
+            failures.push(format!("{input}: got {got:?}, want {want:?}"));
         }
     }
     assert!(failures.is_empty(), "{kind}:\n{}", failures.join("\n"));
@@ -140,37 +195,37 @@ fn trunk_health() {
         "Trunk",
         &[
             (
-                "trunk-healthy.json",
+                "healthy.yaml",
                 "Healthy",
                 "AllEndpointsUp: all 2 endpoints answer OPTIONS (2/2 endpoints healthy)",
             ),
             (
-                "trunk-down.json",
+                "down.yaml",
                 "Degraded",
                 "AllEndpointsDown: none of 2 endpoints answers OPTIONS (0/2 endpoints healthy)",
             ),
             (
-                "trunk-new.json",
+                "new.yaml",
                 "Progressing",
                 "Waiting for lifeline to observe generation 1",
             ),
             (
-                "trunk-stale-generation.json",
+                "stale-generation.yaml",
                 "Progressing",
                 "Waiting for lifeline to observe generation 4",
             ),
             (
-                "trunk-probing.json",
+                "probing.yaml",
                 "Progressing",
                 "Probing: no endpoint is up yet; 2 of 2 not judged yet",
             ),
             (
-                "trunk-partial.json",
+                "partial.yaml",
                 "Healthy",
                 "SomeEndpointsDown: 1 of 2 endpoints answer OPTIONS, 1 down (1/2 endpoints healthy)",
             ),
             (
-                "trunk-disabled.json",
+                "disabled.yaml",
                 "Suspended",
                 "Trunk is disabled (maintenance): no traffic, no probes",
             ),
@@ -184,27 +239,23 @@ fn botpool_health() {
         "BotPool",
         &[
             (
-                "botpool-available.json",
+                "available.yaml",
                 "Healthy",
                 "4/4 bots ready, capacity 80 calls, demand 60",
             ),
             (
-                "botpool-unavailable.json",
+                "unavailable.yaml",
                 "Degraded",
                 "MinimumReplicasUnavailable: 0 of 4 bots ready (replicas.min 2, desired 4)",
             ),
             (
-                "botpool-scaling-limited.json",
+                "scaling-limited.yaml",
                 "Degraded",
                 "MaxReplicasReached: 112 calls short: demand 260 calls (312 with 20% headroom) needs more than replicas.max 10 × 20 calls; raise replicas.max",
             ),
+            ("scaling-up.yaml", "Progressing", "Scaling: 5/8 bots ready"),
             (
-                "botpool-scaling-up.json",
-                "Progressing",
-                "Scaling: 5/8 bots ready",
-            ),
-            (
-                "botpool-stale-generation.json",
+                "stale-generation.yaml",
                 "Progressing",
                 "Waiting for lifeline to observe generation 3",
             ),
@@ -218,32 +269,32 @@ fn fallback_policy_health() {
         "FallbackPolicy",
         &[
             (
-                "policy-healthy.json",
+                "healthy.yaml",
                 "Healthy",
                 "Routing published; active regions: cologne,frankfurt",
             ),
             (
-                "policy-region-failed.json",
+                "region-failed.yaml",
                 "Degraded",
                 "RegionsNotActive: region cologne Failed: 0 of 2 trunks healthy (minHealthyTrunks 1)",
             ),
             (
-                "policy-capacity-short.json",
+                "capacity-short.yaml",
                 "Degraded",
                 "Capacity short: CapacityShort: healthy capacity 300 is below 400 expected calls",
             ),
             (
-                "policy-not-ready.json",
+                "not-ready.yaml",
                 "Degraded",
                 "Routing not published: ConfigMapConflict: ConfigMap 'sip-routing' exists and is not managed by this policy",
             ),
             (
-                "policy-new.json",
+                "new.yaml",
                 "Progressing",
                 "Waiting for lifeline to observe generation 1",
             ),
             (
-                "policy-stale-generation.json",
+                "stale-generation.yaml",
                 "Progressing",
                 "Waiting for lifeline to observe generation 8",
             ),
@@ -309,8 +360,15 @@ fn lua_literal_escapes_strings() {
 fn readme_snippet_matches_the_scripts() {
     let readme = std::fs::read_to_string(root().join("docs/argocd/README.md"))
         .expect("docs/argocd/README.md");
-    for kind in ["Trunk", "BotPool", "FallbackPolicy"] {
-        let key = format!("  resource.customizations.health.lifeline.dev_{kind}: |\n");
+    let scripts = ["Trunk", "BotPool", "FallbackPolicy"]
+        .map(|kind| (format!("lifeline.dev_{kind}"), script(kind)))
+        .into_iter()
+        .chain([(
+            "argoproj.io_Application".to_string(),
+            root().join("docs/argocd/argoproj.io/Application/health.lua"),
+        )]);
+    for (kind, script) in scripts {
+        let key = format!("  resource.customizations.health.{kind}: |\n");
         let start = readme
             .find(&key)
             .unwrap_or_else(|| panic!("README has no argocd-cm key for {kind}"))
@@ -324,12 +382,39 @@ fn readme_snippet_matches_the_scripts() {
             }
             block.push('\n');
         }
-        let lua = std::fs::read_to_string(script(kind)).expect("health.lua");
+        let lua = std::fs::read_to_string(&script).expect("health.lua");
         assert_eq!(
             block.trim_end(),
             lua.trim_end(),
             "README snippet for {kind} differs from {}",
-            script(kind).display()
+            script.display()
         );
     }
+}
+
+/// Every YAML example in `docs/argocd/README.md` parses, and the CRD annotations it
+/// recommends carry the three sync options that keep the CRDs.
+#[test]
+fn readme_yaml_examples_parse() {
+    let readme = std::fs::read_to_string(root().join("docs/argocd/README.md"))
+        .expect("docs/argocd/README.md");
+    let mut blocks = 0;
+    let mut rest = readme.as_str();
+    while let Some(start) = rest.find("```yaml\n") {
+        let body = &rest[start + 8..];
+        let end = body.find("```").expect("closed code block");
+        for doc in serde_yaml::Deserializer::from_str(&body[..end]) {
+            use serde::Deserialize;
+            serde_yaml::Value::deserialize(doc)
+                .unwrap_or_else(|e| panic!("YAML example does not parse: {e}\n{}", &body[..end]));
+        }
+        blocks += 1;
+        rest = &body[end + 3..];
+    }
+    assert!(blocks >= 5, "found {blocks} YAML examples");
+    let options = "argocd.argoproj.io/sync-options: Prune=false,Delete=false,ServerSideApply=true";
+    assert!(
+        readme.matches(options).count() >= 2,
+        "the README must recommend `{options}` on the CRDs"
+    );
 }

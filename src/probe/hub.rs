@@ -255,6 +255,11 @@ impl Inner {
     /// Record one probe result; true when the owner should hear about it.
     fn record(&self, endpoint: &Endpoint, outcome: &Outcome) -> bool {
         self.metrics.probes_sent.inc();
+        if let Outcome::Answered { rtt_millis, .. } = outcome {
+            self.metrics
+                .probe_rtt
+                .observe(f64::from(*rtt_millis) / 1000.0);
+        }
         if let Outcome::Failed { kind, .. } = outcome {
             self.metrics
                 .probes_failed
