@@ -474,6 +474,16 @@ async fn reconcile_inner(
         lock(&pctx.plans).remove(&key);
         return Ok(Action::await_change());
     }
+    let static_targets = targets(&policy.spec).any(|t| t.uri.is_some());
+    if static_targets
+        && policy.status.is_some()
+        && !pctx.ctx.probes.fully_probed(&owner_key(ns, name))
+    {
+        // A restarted replica has not measured the static targets yet (they would
+        // count as Unknown and leave the routing): write nothing until one full probe
+        // round, whose completion the prober announces.
+        return Ok(Action::await_change());
+    }
 
     let previous = lock(&pctx.plans)
         .get(&key)
