@@ -1054,7 +1054,9 @@ async fn a_kill_between_status_and_routing_write_loses_no_transition() {
     let failures = s
         .history
         .iter()
-        .filter(|h| h.region == "berlin" && h.to == RegionState::Failed)
+        .filter(|h| {
+            h.region == "berlin" && h.from == RegionState::Active && h.to == RegionState::Failed
+        })
         .count();
     assert_eq!(
         failures, 1,
