@@ -1,11 +1,14 @@
 //! The `lifeline operator` process: one small HTTP server (`/metrics`, `/healthz`,
 //! `/readyz`), leader election on a `coordination.k8s.io` Lease, and the controllers.
 //!
-//! Only the Lease holder probes and writes. A standby replica keeps serving `/healthz`
-//! and `/readyz` (it is healthy, just not leading) and takes over when the holder's
-//! lease expires or is released. On SIGTERM the holder stops its controllers first
-//! and then releases the Lease, so the standby takes over at once instead of waiting
-//! for the lease to expire.
+//! Every replica probes (warm standby); only the Lease holder writes. A standby keeps
+//! its probe state current and its caches filled, so when it takes over it publishes
+//! what it measured, not an empty state. The leader stops writing when it could not
+//! renew within the renew deadline, before its lease can expire (see [`lease`]). On
+//! SIGTERM the holder closes its write gate first and then releases the Lease, so the
+//! standby takes over at its next poll instead of waiting for the lease to expire.
+
+pub mod lease;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +22,6 @@ use axum::routing::get;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::ListParams;
 use kube::{Api, Client};
-use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -49,6 +51,10 @@ pub struct OperatorArgs {
     /// How long a Lease is valid without renewal; a standby takes over after this.
     #[arg(long, default_value_t = 15)]
     pub lease_duration_seconds: u64,
+    /// The leader stops writing when it could not renew for this long; must be shorter
+    /// than the lease so it stops before a standby may take over (default: 2/3 of it).
+    #[arg(long)]
+    pub renew_deadline_seconds: Option<u64>,
     /// Identity in the Lease (defaults to the pod name, then host name and pid).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -67,9 +73,6 @@ pub enum Error {
     /// No usable Kubernetes configuration.
     #[error("kubernetes configuration: {0}")]
     Config(#[from] kube::config::InferConfigError),
-    /// Leader election failed in a way that cannot be retried.
-    #[error("leader election: {0}")]
-    Lease(#[from] kube_lease_manager::LeaseManagerError),
     /// The HTTP server could not bind or serve.
     #[error("http server on {addr}: {source}")]
     Http {
@@ -270,109 +273,73 @@ pub async fn run_with_client(
         .clone()
         .or_else(|| args.namespace.clone())
         .unwrap_or_else(|| "default".into());
-    let manager = loop {
-        let built = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-            .with_namespace(&lease_ns)
-            .with_identity(&identity)
-            .with_duration(args.lease_duration_seconds)
-            .with_grace(grace_seconds(args.lease_duration_seconds))
-            // One field manager per identity: the Lease lock relies on server-side apply
-            // conflicts between managers, and a shared manager would let two replicas
-            // overwrite each other's hold and both lead.
-            .with_field_manager(lease_field_manager(&identity))
-            .build()
-            .await;
-        match built {
-            Ok(m) => break m,
-            Err(e) => {
-                warn!(error = %e, lease = %args.lease_name, namespace = %lease_ns, "cannot set up the leader Lease; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return finish_http(http).await,
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                }
-            }
-        }
-    };
-    info!(%identity, lease = %args.lease_name, namespace = %lease_ns, "waiting to become leader");
-    lead_while_holding(&manager, client, &args, metrics.clone(), &shutdown).await;
-    if let Err(e) = manager.release().await {
-        warn!(error = %e, "could not release the leader Lease; the standby takes over when it expires");
-    } else {
-        info!("released the leader Lease");
+    let mut config = lease::LeaseConfig::from_duration(
+        args.lease_name.clone(),
+        identity.clone(),
+        args.lease_duration_seconds,
+    );
+    if let Some(deadline) = args.renew_deadline_seconds {
+        config.renew_deadline = Duration::from_secs(deadline)
+            .min(config.duration.saturating_sub(Duration::from_secs(1)))
+            .max(Duration::from_secs(1));
+    }
+    info!(%identity, lease = %args.lease_name, namespace = %lease_ns,
+        lease_seconds = config.duration.as_secs(), renew_deadline_seconds = config.renew_deadline.as_secs_f64(),
+        "warm standby: probing without writing until this replica holds the Lease");
+    let (leading_tx, leading) = tokio::sync::watch::channel(false);
+    let elector = lease::Elector::new(Api::namespaced(client.clone(), &lease_ns), config);
+    let election = tokio::spawn(elector.run(leading_tx, shutdown.clone()));
+    let ctx = Context::with_leadership(
+        client,
+        metrics.clone(),
+        args.namespace.clone(),
+        leading.clone(),
+    );
+    tokio::join!(
+        controller::trunk::run(ctx.clone(), shutdown.clone()),
+        controller::policy::run(ctx.clone(), shutdown.clone()),
+        controller::api_watchdog(ctx.clone(), shutdown.clone()),
+        bot_pools_while_leading(ctx.clone(), leading, metrics.clone(), shutdown.clone()),
+    );
+    ctx.probes.shutdown();
+    if let Err(e) = election.await {
+        error!(error = %e, "leader election task failed");
     }
     metrics.leader.set(0);
     finish_http(http).await
 }
 
-/// Alternate between standby and leading until `shutdown`. While leading, the
-/// controllers run under a child token that is cancelled when the Lease is lost.
-async fn lead_while_holding(
-    manager: &LeaseManager,
-    client: Client,
-    args: &OperatorArgs,
+/// Warm standby: the Trunk and policy controllers run on every replica (they probe and
+/// plan, and write only while leading, see [`Context::while_leading`]). The BotPool
+/// controller only writes, so it runs only while leading. Also keeps the `leader` gauge.
+async fn bot_pools_while_leading(
+    ctx: Arc<Context>,
+    mut leading: tokio::sync::watch::Receiver<bool>,
     metrics: Arc<Metrics>,
-    shutdown: &CancellationToken,
+    shutdown: CancellationToken,
 ) {
-    let mut leading = false;
     loop {
-        // Standby: wait until we hold the Lease.
-        while !leading {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                changed = manager.changed() => match changed {
-                    Ok(is_leader) => leading = is_leader,
-                    Err(e) => {
-                        warn!(error = %e, "leader election error; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                },
-            }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = leading.wait_for(|l| *l) => if r.is_err() { return },
         }
-        info!("acquired the leader Lease; starting controllers and probes");
+        info!("leading: writing status, routing and bot pools");
         metrics.leader.set(1);
         let term = shutdown.child_token();
-        let ctx = Context::new(client.clone(), metrics.clone(), args.namespace.clone());
-        let controllers = controller::run_all(ctx.clone(), term.clone());
-        tokio::pin!(controllers);
-        // Leading: keep renewing while the controllers run.
-        loop {
-            tokio::select! {
-                _ = &mut controllers => break,
-                changed = manager.changed() => match changed {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        error!("lost the leader Lease; stopping controllers and probes");
-                        leading = false;
-                        term.cancel();
-                    }
-                    Err(e) => warn!(error = %e, "cannot renew the leader Lease; retrying"),
-                },
+        let pools = tokio::spawn(controller::botpool::run(ctx.clone(), term.clone()));
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = leading.wait_for(|l| !*l) => {
+                error!("not leading any more: stopped writing; standing by");
             }
         }
-        ctx.probes.shutdown();
         metrics.leader.set(0);
+        term.cancel();
+        let _ = pools.await;
         if shutdown.is_cancelled() {
             return;
         }
     }
-}
-
-/// The field manager of one replica's Lease writes (at most 128 characters).
-fn lease_field_manager(identity: &str) -> String {
-    let mut manager = format!("{}-{identity}", crate::crd::FIELD_MANAGER);
-    if manager.len() > 128 {
-        let mut end = 128;
-        while !manager.is_char_boundary(end) {
-            end -= 1;
-        }
-        manager.truncate(end);
-    }
-    manager
-}
-
-/// Renew well before expiry: a third of the duration, at least one second.
-fn grace_seconds(duration: u64) -> u64 {
-    (duration / 3).max(1)
 }
 
 fn default_identity() -> String {
@@ -418,22 +385,4 @@ pub fn shutdown_signal() -> CancellationToken {
         t.cancel();
     });
     token
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_replica_writes_the_lease_as_its_own_field_manager() {
-        assert_ne!(lease_field_manager("pod-a"), lease_field_manager("pod-b"));
-        assert!(lease_field_manager(&"x".repeat(300)).len() <= 128);
-    }
-
-    #[test]
-    fn renewal_happens_well_before_expiry() {
-        assert_eq!(grace_seconds(15), 5);
-        assert_eq!(grace_seconds(2), 1);
-        assert!(grace_seconds(60) < 60);
-    }
 }

@@ -119,6 +119,9 @@ pub struct Metrics {
     pub sync_failures: Family<ReasonLabels, Counter>,
     /// sip-sync: time from seeing a ConfigMap change to a confirmed reload.
     pub sync_duration: Histogram,
+    /// sip-sync: 1 while Kamailio does not load every destination of the current
+    /// routing and sip-sync has stopped reloading it (see `sync::MAX_UNCONFIRMED`).
+    pub sync_unconfirmed: Gauge,
     /// 1 while this process holds the leader Lease.
     pub leader: Gauge,
     /// Round trip of answered SIP OPTIONS probes (millisecond resolution).
@@ -152,6 +155,7 @@ impl Metrics {
         let sync_applied = Counter::default();
         let sync_failures = Family::<ReasonLabels, Counter>::default();
         let sync_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let sync_unconfirmed = Gauge::default();
         let leader = Gauge::default();
         // 1 ms doubling to ~8 s: loopback and LAN peers land in the first buckets,
         // carriers in the tens of milliseconds, the longest probe timeouts at the top.
@@ -210,6 +214,11 @@ impl Metrics {
             sync_duration.clone(),
         );
         registry.register(
+            "sync_unconfirmed",
+            "1 while Kamailio drops destinations of the current routing and sip-sync stopped reloading it",
+            sync_unconfirmed.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this process holds the leader Lease",
             leader.clone(),
@@ -246,6 +255,7 @@ impl Metrics {
             sync_applied,
             sync_failures,
             sync_duration,
+            sync_unconfirmed,
             leader,
             probe_rtt,
             notifications,

@@ -463,4 +463,17 @@ async fn a_carrier_that_stops_answering_probes_moves_the_route() {
         })
         .await;
     assert!(text.contains("trunk 'fixed-cgn' endpoint Down"), "{text}");
+    // The move from the fixed line to the mobile line is an Event naming the route,
+    // both tiers and the trunk that caused it.
+    let tier_event = eventually(Duration::from_secs(20), "a TierFallback event", || async {
+        h.events()
+            .await
+            .into_iter()
+            .find(|(reason, _)| reason == "TierFallback")
+    })
+    .await;
+    assert_eq!(
+        tier_event.1,
+        "route inbound: tier fixed → mobile: trunk 'fixed-cgn' down"
+    );
 }

@@ -409,3 +409,153 @@ async fn state_of(rpc: &KamailioRpc, uri: &str) -> Option<String> {
         .and_then(|t| t["DEST"]["FLAGS"].as_str())
         .map(str::to_string)
 }
+
+/// An edge restarted during an API outage: the dispatcher file from before is on disk,
+/// the API server cannot be reached. `/startupz` passes at once (Kamailio can start with
+/// that routing); `/readyz` waits for a confirmed routing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_without_the_api_server_starts_from_the_file_on_disk() {
+    let dir = TempDir::new("lifeline-sipsync-noapi");
+    let file = dir.0.join("dispatcher.list");
+    std::fs::write(&file, fixture("routing-a.list")).unwrap();
+    // A client for an API server that is not there (nothing listens on this port).
+    let config = kube::Config::new("https://127.0.30.7:1".parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let probes = "127.0.30.7:9464";
+    let _sync = SipSync::spawn_with_probes(
+        client,
+        "nowhere",
+        file.clone(),
+        "http://127.0.30.7:5071/RPC",
+        probes.parse().ok(),
+    );
+    common::eventually(WAIT, "/startupz passes from the file on disk", || async {
+        (probe(probes, "/startupz").await == 200).then_some(())
+    })
+    .await;
+    assert_eq!(probe(probes, "/readyz").await, 503);
+
+    // A file that is not a valid routing does not pass.
+    let bad = TempDir::new("lifeline-sipsync-noapi-bad");
+    let bad_file = bad.0.join("dispatcher.list");
+    std::fs::write(&bad_file, fixture("invalid.list")).unwrap();
+    let config = kube::Config::new("https://127.0.30.8:1".parse().unwrap());
+    let bad_probes = "127.0.30.8:9464";
+    let _bad_sync = SipSync::spawn_with_probes(
+        kube::Client::try_from(config).unwrap(),
+        "nowhere",
+        bad_file,
+        "http://127.0.30.8:5071/RPC",
+        bad_probes.parse().ok(),
+    );
+    common::eventually(WAIT, "probe server up", || async {
+        (probe(bad_probes, "/healthz").await == 200).then_some(())
+    })
+    .await;
+    assert_eq!(probe(bad_probes, "/startupz").await, 503);
+}
+
+/// Kamailio drops a destination it cannot resolve without an error; reloading again
+/// cannot help. sip-sync reloads a bounded number of times, then stops and says so
+/// (metric, annotation), until the routing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dropped_destination_gets_bounded_reloads_and_a_clear_signal() {
+    let Some(client) = common::client().await else {
+        return;
+    };
+    let ns = common::TestNamespace::create(client.clone(), "sipsync-dropped", &[]).await;
+    let api: Api<ConfigMap> = ns.api();
+    let dir = TempDir::new("lifeline-sipsync-dropped");
+    let file = dir.0.join("dispatcher.list");
+    std::fs::write(&file, "9 sip:127.0.30.199:5080\n").unwrap();
+    let mut kamailio = Kamailio::start("127.0.30.9", &file, &dir.0);
+    kamailio.wait_ready(WAIT).await;
+    let sync = SipSync::spawn(client, &ns.name, file.clone(), &kamailio.rpc_url);
+    let dropped = format!(
+        "{}1 sip:lifeline-test-no-such-host.invalid:5080 0 1 duid=unresolvable\n",
+        fixture("routing-a.list")
+    );
+    put_routing(&api, &dropped).await;
+    common::eventually(WAIT, "sip-sync gives up and says so", || async {
+        (sync.metric("lifeline_sync_unconfirmed") == 1.0).then_some(())
+    })
+    .await;
+    let error = annotation(&api, SYNC_ERROR_ANNOTATION)
+        .await
+        .unwrap_or_default();
+    assert!(
+        error.contains("lifeline-test-no-such-host.invalid"),
+        "{error}"
+    );
+    // No more reloads: the count of confirm failures stays at the bound.
+    let failures = sync.metric("lifeline_sync_failures_total{reason=\"confirm\"}");
+    assert_eq!(failures, f64::from(lifeline::sync::MAX_UNCONFIRMED));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        sync.metric("lifeline_sync_failures_total{reason=\"confirm\"}"),
+        failures,
+        "sip-sync kept reloading"
+    );
+    eprintln!("silently dropped destination: {failures} reloads, then stopped");
+
+    // A routing Kamailio can load clears the signal.
+    let a = fixture("routing-a.list");
+    put_routing(&api, &a).await;
+    let rpc = KamailioRpc::new(&kamailio.rpc_url, Duration::from_secs(1)).unwrap();
+    assert_applied(&api, &rpc, &a, "routing A").await;
+    assert_eq!(sync.metric("lifeline_sync_unconfirmed"), 0.0);
+}
+
+/// A destination Kamailio marked down (failure route, its own probing) stays down when
+/// sip-sync reloads for other destinations' sake; it starts afresh only when its own
+/// entry changed (the operator's view of it changed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_marks_survive_our_reloads_unless_the_destination_changed() {
+    let Some(client) = common::client().await else {
+        return;
+    };
+    let ns = common::TestNamespace::create(client.clone(), "sipsync-marks", &[]).await;
+    let api: Api<ConfigMap> = ns.api();
+    let dir = TempDir::new("lifeline-sipsync-marks");
+    let file = dir.0.join("dispatcher.list");
+    std::fs::write(&file, "9 sip:127.0.30.199:5080\n").unwrap();
+    let mut kamailio = Kamailio::start("127.0.30.10", &file, &dir.0);
+    kamailio.wait_ready(WAIT).await;
+    let rpc = KamailioRpc::new(&kamailio.rpc_url, Duration::from_secs(1)).unwrap();
+    let _sync = SipSync::spawn(client, &ns.name, file.clone(), &kamailio.rpc_url);
+    let a = fixture("routing-a.list");
+    put_routing(&api, &a).await;
+    assert_applied(&api, &rpc, &a, "routing A").await;
+
+    let down = "sip:127.0.30.101:5080";
+    let answer = rpc
+        .call_with("dispatcher.set_state", json!(["ip", 1, down]))
+        .await
+        .unwrap();
+    assert!(answer.to_string().contains("state updated"), "{answer}");
+    assert_eq!(state_of(&rpc, down).await.as_deref(), Some("IP"));
+
+    // Another destination is added: reload, and the mark stays.
+    let b = format!("{a}2 sip:127.0.30.104:5080 0 0 duid=carrier-out-2\n");
+    put_routing(&api, &b).await;
+    assert_applied(&api, &rpc, &b, "routing A + one").await;
+    assert_eq!(
+        state_of(&rpc, down).await.as_deref(),
+        Some("IP"),
+        "our reload re-activated a destination Kamailio had marked down"
+    );
+
+    // The destination's own entry changes (new priority): it starts afresh.
+    let c = b.replace(
+        "1 sip:127.0.30.101:5080 0 10 duid=cologne-fixed",
+        "1 sip:127.0.30.101:5080 0 3 duid=cologne-fixed",
+    );
+    assert_ne!(b, c);
+    put_routing(&api, &c).await;
+    assert_applied(&api, &rpc, &c, "routing with a changed entry").await;
+    let flags = state_of(&rpc, down).await.unwrap_or_default();
+    assert!(
+        flags.starts_with('A'),
+        "changed entry not re-activated: {flags}"
+    );
+}

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::probe::ProbeHub;
@@ -28,11 +29,29 @@ pub struct Context {
     pub probes: ProbeHub,
     /// Namespace to watch; `None` watches all namespaces.
     pub namespace: Option<String>,
+    /// Whether this replica leads and may write (see [`Context::while_leading`]).
+    pub leading: watch::Receiver<bool>,
+    /// Wakes the API watchdog after a failed API call (see [`api_watchdog`]).
+    api_failed: Arc<tokio::sync::Notify>,
+    /// Bumped each time the API answers again after failures; controllers then retry
+    /// every object at once instead of waiting out their backoff.
+    api_returned: watch::Sender<u64>,
 }
 
 impl Context {
     /// A context for the operator (or for a test that runs the controllers itself).
     pub fn new(client: Client, metrics: Arc<Metrics>, namespace: Option<String>) -> Arc<Self> {
+        // Always leading: the sender is dropped, the value stays `true`.
+        Self::with_leadership(client, metrics, namespace, watch::channel(true).1)
+    }
+
+    /// A context whose writes follow `leading` (a replica under leader election).
+    pub fn with_leadership(
+        client: Client,
+        metrics: Arc<Metrics>,
+        namespace: Option<String>,
+        leading: watch::Receiver<bool>,
+    ) -> Arc<Self> {
         let reporter = Reporter {
             controller: "lifeline".into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -43,7 +62,47 @@ impl Context {
             client,
             metrics,
             namespace,
+            leading,
+            api_failed: Arc::new(tokio::sync::Notify::new()),
+            api_returned: watch::channel(0).0,
         })
+    }
+
+    /// True while this replica may write.
+    pub fn is_leading(&self) -> bool {
+        *self.leading.borrow()
+    }
+
+    /// Run the write `write` only while this replica leads, and abandon it (dropping the
+    /// request) the moment leadership ends: a replica past its renew deadline must not
+    /// finish a write that a new leader could contradict. `None` when not leading.
+    pub async fn while_leading<F: std::future::Future>(&self, write: F) -> Option<F::Output> {
+        let mut rx = self.leading.clone();
+        if !*rx.borrow_and_update() {
+            return None;
+        }
+        let lost = async move {
+            // A dropped sender (no election) never ends leadership.
+            if rx.wait_for(|leading| !*leading).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = lost => None,
+            out = write => Some(out),
+        }
+    }
+
+    /// Report a failed API call: the watchdog then polls the API server until it answers
+    /// and tells the controllers to retry at once (see [`api_watchdog`]).
+    pub fn api_call_failed(&self) {
+        self.api_failed.notify_one();
+    }
+
+    /// Fires (value changes) each time the API server answers again after failures.
+    pub fn api_returned(&self) -> watch::Receiver<u64> {
+        self.api_returned.subscribe()
     }
 
     /// An `Api` for `K`, scoped to the watched namespace (or all namespaces).
@@ -119,7 +178,8 @@ pub fn backoff(
     base.mul_f64(0.8 + 0.4 * rand::random::<f64>())
 }
 
-/// Run every controller until `shutdown` is cancelled.
+/// Run every controller until `shutdown` is cancelled (no leader election: this
+/// replica always writes).
 pub async fn run_all(ctx: Arc<Context>, shutdown: CancellationToken) {
     tokio::join!(
         trunk::run(ctx.clone(), shutdown.clone()),
@@ -127,5 +187,107 @@ pub async fn run_all(ctx: Arc<Context>, shutdown: CancellationToken) {
         policy::run(ctx.clone(), shutdown.clone()),
         notifier::run(ctx.clone(), shutdown.clone()),
         drill::run(ctx.clone(), shutdown.clone()),
+        api_watchdog(ctx.clone(), shutdown.clone()),
     );
+}
+
+/// After a failed API call, poll the API server (`/version`, every second) until it
+/// answers, then bump [`Context::api_returned`] so every controller retries at once.
+/// Idle (no requests) while the API works: steady state makes no extra reads.
+///
+/// Why: a reconcile that failed during an outage waits out its exponential backoff
+/// (up to minutes) after the API is back, so routing would lag measured health.
+pub async fn api_watchdog(ctx: Arc<Context>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ctx.api_failed.notified() => {}
+        }
+        let mut polls = 0u32;
+        loop {
+            let answered = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                ctx.client.apiserver_version(),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+            if answered {
+                break;
+            }
+            polls += 1;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+        }
+        // Only after a real outage: a failure the API answers right after is a plain
+        // error, retried by the controllers' own backoff (no retry storm).
+        if polls > 0 {
+            tracing::info!(
+                unreachable_polls = polls,
+                "API server answers again: retrying every object now"
+            );
+            ctx.api_returned.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+}
+
+/// True when `e` says the API server could not be reached or could not serve (a
+/// connection failure, a timeout, a 5xx), rather than that it refused the request.
+pub fn is_unreachable(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
+/// A backoff for watches that keeps retrying every ≤ 2 s (from 250 ms, doubling, with
+/// jitter), so that caches resume within seconds after an API outage; kube's default
+/// grows to 30 s, which would delay routing after the API returns.
+#[derive(Clone, Debug)]
+pub struct QuickBackoff {
+    next: std::time::Duration,
+}
+
+impl QuickBackoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(250);
+    const CAP: std::time::Duration = std::time::Duration::from_secs(2);
+}
+
+impl Default for QuickBackoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for QuickBackoff {
+    type Item = std::time::Duration;
+    fn next(&mut self) -> Option<Self::Item> {
+        let base = self.next;
+        self.next = (self.next * 2).min(Self::CAP);
+        Some(base.mul_f64(0.8 + 0.2 * rand::random::<f64>()))
+    }
+}
+
+impl kube::runtime::utils::Backoff for QuickBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+/// A stream that yields once each time `rx` changes to a value for which `when` holds
+/// (leadership gained, API returned); ends with the sender.
+pub fn on_change<T: Clone + Send + Sync + 'static>(
+    rx: watch::Receiver<T>,
+    when: fn(&T) -> bool,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(rx, move |mut rx| async move {
+        loop {
+            rx.changed().await.ok()?;
+            if when(&rx.borrow_and_update()) {
+                return Some(((), rx));
+            }
+        }
+    })
 }

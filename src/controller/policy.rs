@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 use super::Context;
 use crate::crd::{
     BotPool, FIELD_MANAGER, FallbackPolicy, FallbackPolicySpec, FallbackPolicyStatus,
-    HISTORY_LIMIT, POLICY_CAPACITY_SUFFICIENT, POLICY_DEGRADED, POLICY_READY, ProbeSpec,
-    RegionState, RegionStatus, RouteStatus, Trunk, condition, merge_condition,
+    POLICY_CAPACITY_SUFFICIENT, POLICY_DEGRADED, POLICY_READY, ProbeSpec, RegionState, Trunk,
+    condition, merge_condition,
 };
 use crate::plan::{
     BotPoolObservation, FAILBACK_ANNOTATION, Observed, Plan, PlanEvent, TrunkObservation,
@@ -71,6 +71,10 @@ pub mod reasons {
     pub const FAILBACK: &str = "Failback";
     /// Event: another region state change (Failed ↔ Recovering).
     pub const REGION_STATE: &str = "RegionState";
+    /// Event (Warning): a route's calls moved to a later tier (e.g. fixed line → mobile).
+    pub const TIER_FALLBACK: &str = "TierFallback";
+    /// Event: a route's calls moved back to an earlier tier.
+    pub const TIER_RESTORED: &str = "TierRestored";
 }
 
 /// Errors of a policy reconcile.
@@ -172,7 +176,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let controller = Controller::new(
         ctx.api::<FallbackPolicy>(),
         watcher::Config::default().any_semantic(),
-    );
+    )
+    .trigger_backoff(super::QuickBackoff::default());
     let store = controller.store();
 
     let trunk_events = reflector::reflector(
@@ -182,7 +187,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             watcher::Config::default().any_semantic(),
         ),
     )
-    .default_backoff()
+    .backoff(super::QuickBackoff::default())
     .touched_objects();
     let pool_events = reflector::reflector(
         pool_writer,
@@ -191,7 +196,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             watcher::Config::default().any_semantic(),
         ),
     )
-    .default_backoff()
+    .backoff(super::QuickBackoff::default())
     .touched_objects();
 
     let drill_events = reflector::reflector(
@@ -207,6 +212,27 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let s1 = store.clone();
     let s2 = store.clone();
     let probe_changes = probe_changes(ctx.probes.subscribe(), store.clone());
+    // Leadership gained or the API back after an outage: every policy at once. A new
+    // leader forgets plans it may hold from an earlier term: the status is the truth.
+    let everyone = futures::stream::select(
+        super::on_change(ctx.leading.clone(), |l| *l).map({
+            let pctx = pctx.clone();
+            move |()| lock(&pctx.plans).clear()
+        }),
+        super::on_change(ctx.api_returned(), |_| true),
+    )
+    .flat_map({
+        let store = store.clone();
+        move |()| {
+            let all: Vec<ObjectRef<FallbackPolicy>> = store
+                .state()
+                .iter()
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect();
+            futures::stream::iter(all)
+        }
+    });
+    let probe_changes = futures::stream::select(probe_changes, everyone);
     let sweeper = tokio::spawn(sweep_deleted(store.clone(), pctx.clone(), shutdown.clone()));
 
     controller
@@ -342,6 +368,11 @@ fn publish_region_gauge(pctx: &PolicyCtx) {
 }
 
 fn error_policy(policy: Arc<FallbackPolicy>, error: &Error, pctx: Arc<PolicyCtx>) -> Action {
+    if let Error::Kube(e) = error
+        && super::is_unreachable(e)
+    {
+        pctx.ctx.api_call_failed();
+    }
     pctx.ctx
         .metrics
         .reconcile_errors
@@ -456,6 +487,22 @@ async fn reconcile_inner(
     let uid = policy.uid().unwrap_or_default();
     let mut observed = observe(policy, ns, pctx);
     probe_static_targets(policy, ns, &mut observed, pctx);
+    if !pctx.ctx.is_leading() {
+        // Warm standby: static targets are probed, nothing is written. The plan is
+        // rebuilt from the status on takeover.
+        lock(&pctx.plans).remove(&key);
+        return Ok(Action::await_change());
+    }
+    let static_targets = targets(&policy.spec).any(|t| t.uri.is_some());
+    if static_targets
+        && policy.status.is_some()
+        && !pctx.ctx.probes.fully_probed(&owner_key(ns, name))
+    {
+        // A restarted replica has not measured the static targets yet (they would
+        // count as Unknown and leave the routing): write nothing until one full probe
+        // round, whose completion the prober announces.
+        return Ok(Action::await_change());
+    }
 
     let previous = lock(&pctx.plans)
         .get(&key)
@@ -472,26 +519,43 @@ async fn reconcile_inner(
     let format = policy.spec.routing_config_map.format;
     let text = crate::render::render(format, &format!("{ns}/{name}"), &plan);
     let hash = crate::render::content_hash(&text);
-    let publish = write_config_map(policy, ns, format, &text, &hash, pctx).await;
-    let conflict = match publish {
-        Ok(()) => None,
-        Err(Error::ConfigMapConflict(cm)) => Some(cm),
-        Err(e) => return Err(e),
+    let routing = inspect_config_map(policy, ns, format, &hash, pctx).await?;
+    let conflict = match &routing {
+        Routing::Conflict(cm) => Some(cm.clone()),
+        _ => None,
     };
 
+    // The status first, then the routing: a process killed in between leaves a status
+    // that already holds the new region states and transitions, and the next reconcile
+    // (of any replica) renders the same routing from it. The other order would lose
+    // the transition: the routing would change while the status forgot why.
     let status = desired_status(policy, &plan, conflict.as_deref(), &hash, now);
     if policy.status.as_ref() != Some(&status) {
         let api: Api<FallbackPolicy> = Api::namespaced(pctx.ctx.client.clone(), ns);
-        api.patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await?;
+        let patch = json!({ "status": status });
+        let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
+        let write = api.patch_status(name, &params, &patch);
+        let Some(written) = pctx.ctx.while_leading(write).await else {
+            return Ok(Action::await_change());
+        };
+        written?;
         tracing::debug!("status written");
     }
-
+    // From here on the status holds this plan: a failed routing write below retries
+    // from it, and must not replay its transitions and Events.
     publish_events(policy, &events, pctx).await;
+    lock(&pctx.plans).insert(key.clone(), (uid.clone(), plan.clone()));
+    if routing == Routing::Stale {
+        let Some(written) = pctx
+            .ctx
+            .while_leading(apply_config_map(policy, ns, format, &text, &hash, pctx))
+            .await
+        else {
+            return Ok(Action::await_change());
+        };
+        written?;
+    }
+
     let mut counts = [0i64; 4];
     for r in &plan.regions {
         counts[state_index(r.state)] += 1;
@@ -500,7 +564,6 @@ async fn reconcile_inner(
     publish_region_gauge(pctx);
 
     let next = plan.next_wakeup;
-    lock(&pctx.plans).insert(key, (uid, plan));
     if let Some(cm) = conflict {
         return Err(Error::ConfigMapConflict(cm));
     }
@@ -544,8 +607,63 @@ fn plan_with_drills(
     crate::plan::plan(&policy.spec, observed, previous, now)
 }
 
-/// Server-side apply the routing ConfigMap when its content hash differs.
-async fn write_config_map(
+/// What the routing ConfigMap holds compared with the rendered routing.
+#[derive(Debug, PartialEq, Eq)]
+enum Routing {
+    /// Ours, and its data is exactly the rendered text (checked against the data, not
+    /// only the hash annotation: a hand edit that keeps the annotations is reverted).
+    Current,
+    /// Missing, different, or adoptable: to be written.
+    Stale,
+    /// Exists and is not lifeline's: left alone.
+    Conflict(String),
+}
+
+async fn inspect_config_map(
+    policy: &FallbackPolicy,
+    ns: &str,
+    format: crate::crd::RoutingFormat,
+    hash: &str,
+    pctx: &PolicyCtx,
+) -> Result<Routing, Error> {
+    let cm_name = &policy.spec.routing_config_map.name;
+    let api: Api<ConfigMap> = Api::namespaced(pctx.ctx.client.clone(), ns);
+    let key = crate::render::data_key(format);
+    let Some(existing) = api.get_opt(cm_name).await? else {
+        return Ok(Routing::Stale);
+    };
+    let ours = existing
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == policy.meta().uid.as_ref());
+    let managed = existing.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some("lifeline");
+    // Adopt only a ConfigMap lifeline created (e.g. before its owner was recreated).
+    let adoptable = managed && existing.owner_references().is_empty();
+    if !(ours || adoptable) {
+        return Ok(Routing::Conflict(cm_name.clone()));
+    }
+    let same_hash = existing
+        .annotations()
+        .get(CONTENT_HASH_ANNOTATION)
+        .map(String::as_str)
+        == Some(hash);
+    let same_data = existing.data.as_ref().is_some_and(|d| {
+        d.len() == 1
+            && d.get(key)
+                .is_some_and(|text| crate::render::content_hash(text) == hash)
+    });
+    if !same_data && same_hash {
+        tracing::warn!(configmap = %cm_name, "routing data was edited by hand; restoring it");
+    }
+    Ok(if ours && same_hash && same_data {
+        Routing::Current
+    } else {
+        Routing::Stale
+    })
+}
+
+/// Server-side apply the routing ConfigMap.
+async fn apply_config_map(
     policy: &FallbackPolicy,
     ns: &str,
     format: crate::crd::RoutingFormat,
@@ -556,31 +674,6 @@ async fn write_config_map(
     let cm_name = &policy.spec.routing_config_map.name;
     let api: Api<ConfigMap> = Api::namespaced(pctx.ctx.client.clone(), ns);
     let key = crate::render::data_key(format);
-    if let Some(existing) = api.get_opt(cm_name).await? {
-        let ours = existing
-            .owner_references()
-            .iter()
-            .any(|o| Some(&o.uid) == policy.meta().uid.as_ref());
-        let managed =
-            existing.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some("lifeline");
-        // Adopt only a ConfigMap lifeline created (e.g. before its owner was recreated).
-        let adoptable = managed && existing.owner_references().is_empty();
-        if !(ours || adoptable) {
-            return Err(Error::ConfigMapConflict(cm_name.clone()));
-        }
-        let same_hash = existing
-            .annotations()
-            .get(CONTENT_HASH_ANNOTATION)
-            .map(String::as_str)
-            == Some(hash);
-        let has_key = existing
-            .data
-            .as_ref()
-            .is_some_and(|d| d.len() == 1 && d.contains_key(key));
-        if ours && same_hash && has_key {
-            return Ok(());
-        }
-    }
     let owner = policy.controller_owner_ref(&());
     let cm = json!({
         "apiVersion": "v1",
@@ -614,7 +707,6 @@ fn desired_status(
     hash: &str,
     now: jiff::Timestamp,
 ) -> FallbackPolicyStatus {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     let current = policy.status.clone().unwrap_or_default();
     let generation = policy.metadata.generation;
     let mut conditions = current.conditions.clone();
@@ -730,39 +822,19 @@ fn desired_status(
     };
     merge_condition(&mut conditions, capacity, now);
 
-    let skip = plan.history.len().saturating_sub(HISTORY_LIMIT);
     FallbackPolicyStatus {
         observed_generation: generation,
         conditions,
         active_regions: Some(plan.active_regions()),
-        regions: plan
-            .regions
-            .iter()
-            .map(|r| RegionStatus {
-                name: r.name.clone(),
-                state: r.state,
-                since: Some(Time(r.since)),
-                reason: (!r.reason.is_empty()).then(|| r.reason.clone()),
-                effective_weight: r.effective_weight,
-            })
-            .collect(),
-        routes: plan
-            .routes
-            .iter()
-            .map(|r| RouteStatus {
-                name: r.name.clone(),
-                set_id: r.set_id,
-                active_tier: r.active_tier.clone(),
-                destinations: r.destinations.iter().map(|d| d.uri.clone()).collect(),
-            })
-            .collect(),
+        regions: plan.region_statuses(),
+        routes: plan.route_statuses(),
         demand: plan.demand.clone(),
         config_map_hash: if conflict.is_some() {
             current.config_map_hash
         } else {
             Some(hash.to_string())
         },
-        history: plan.history[skip..].to_vec(),
+        history: plan.status_history(),
     }
 }
 
@@ -806,6 +878,31 @@ async fn publish_events(policy: &FallbackPolicy, events: &[PlanEvent], pctx: &Po
                 reasons::FAIL_OPEN_ENDED,
                 "every route has healthy destinations again".to_string(),
             ),
+            PlanEvent::TierChanged {
+                route,
+                from,
+                to,
+                cause,
+            } => {
+                let index = |tier: &str| {
+                    policy
+                        .spec
+                        .routes
+                        .iter()
+                        .find(|r| &r.name == route)
+                        .and_then(|r| r.tiers.iter().position(|t| t.name == tier))
+                };
+                let (type_, reason) = if index(to) > index(from) {
+                    (EventType::Warning, reasons::TIER_FALLBACK)
+                } else {
+                    (EventType::Normal, reasons::TIER_RESTORED)
+                };
+                (
+                    type_,
+                    reason,
+                    format!("route {route}: tier {from} → {to}: {cause}"),
+                )
+            }
             PlanEvent::FailbackHeld { region, until } => {
                 tracing::debug!(%region, %until, "failback held back by maxTransitionsPerHour");
                 continue;
@@ -823,7 +920,11 @@ async fn publish_events(policy: &FallbackPolicy, events: &[PlanEvent], pctx: &Po
             action: "Route".to_string(),
             secondary: None,
         };
-        if let Err(err) = pctx.ctx.recorder.publish(&event, &reference).await {
+        if let Some(Err(err)) = pctx
+            .ctx
+            .while_leading(pctx.ctx.recorder.publish(&event, &reference))
+            .await
+        {
             tracing::warn!(error = %err, "could not publish event");
         }
     }

@@ -102,9 +102,27 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         retries: super::Retries::default(),
     });
     let api: Api<Trunk> = ctx.api();
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let controller = Controller::new(api, watcher::Config::default().any_semantic())
+        .trigger_backoff(super::QuickBackoff::default());
     let store = controller.store();
     let changes = probe_changes(ctx.probes.subscribe(), tctx.clone());
+    // Leadership gained or the API back after an outage: every Trunk at once (reads
+    // from the cache; writes only what differs from the published status).
+    let everyone = futures::stream::select(
+        super::on_change(ctx.leading.clone(), |l| *l),
+        super::on_change(ctx.api_returned(), |_| true),
+    )
+    .flat_map({
+        let tctx = tctx.clone();
+        move |()| {
+            let all: Vec<ObjectRef<Trunk>> = lock(&tctx.known)
+                .iter()
+                .map(|(ns, name)| ObjectRef::new(name).within(ns))
+                .collect();
+            futures::stream::iter(all)
+        }
+    });
+    let changes = futures::stream::select(changes, everyone);
     let sweeper = tokio::spawn(sweep_deleted(store, tctx.clone(), shutdown.clone()));
     let metrics = ctx.metrics.clone();
     controller
@@ -228,8 +246,33 @@ async fn reconcile_inner(
             })
             .collect();
         ctx.probes.set_targets(&key, targets);
+        // A restarted or newly leading replica starts from what was published, not
+        // from Unknown (no-op for endpoints this process has probed already).
+        if let Some(status) = &trunk.status {
+            for e in &status.endpoints {
+                ctx.probes.seed(
+                    &key,
+                    &e.uri,
+                    e.state,
+                    e.last_transition_time.as_ref().map(|t| t.0),
+                );
+            }
+        }
     }
     lock(&tctx.known).insert(id.clone());
+    if !ctx.is_leading() {
+        // Warm standby: probe, do not write.
+        return Ok(Action::await_change());
+    }
+    let published = trunk
+        .status
+        .as_ref()
+        .is_some_and(|s| !s.endpoints.is_empty());
+    if published && !trunk.spec.disabled && !ctx.probes.fully_probed(&key) {
+        // Seeded from the published status: write nothing until every endpoint has
+        // been measured by this process (the hub wakes us when the round completes).
+        return Ok(Action::await_change());
+    }
 
     let now = jiff::Timestamp::now();
     let health = ctx.probes.health(&key);
@@ -241,12 +284,13 @@ async fn reconcile_inner(
         return Ok(Action::await_change());
     };
     let api: Api<Trunk> = Api::namespaced(ctx.client.clone(), ns);
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": new })),
-    )
-    .await?;
+    let patch = json!({ "status": new });
+    let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
+    let write = api.patch_status(name, &params, &patch);
+    let Some(written) = ctx.while_leading(write).await else {
+        return Ok(Action::await_change());
+    };
+    written?;
     lock(&tctx.last_write).insert(id, now);
     tracing::info!(healthy = ?new.healthy_summary, "trunk status written");
 
@@ -263,7 +307,10 @@ async fn reconcile_inner(
             action: "Probe".into(),
             secondary: None,
         };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        if let Some(Err(e)) = ctx
+            .while_leading(ctx.recorder.publish(&event, &reference))
+            .await
+        {
             // The status is written; a lost Event must not make us write it again.
             tracing::warn!(error = %e, "publishing an endpoint event failed");
         }
@@ -272,6 +319,11 @@ async fn reconcile_inner(
 }
 
 fn error_policy(trunk: Arc<Trunk>, error: &Error, tctx: Arc<TrunkCtx>) -> Action {
+    if let Error::Kube(e) = error
+        && super::is_unreachable(e)
+    {
+        tctx.ctx.api_call_failed();
+    }
     tctx.ctx
         .metrics
         .reconcile_errors

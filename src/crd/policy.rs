@@ -333,6 +333,19 @@ pub struct RegionStatus {
     /// Share of calls the region carries now (all regions add up to 100, or 0 when
     /// nothing can be placed).
     pub effective_weight: u32,
+    /// True once the region has carried traffic (been Active). Until then it becomes
+    /// Active as soon as it is healthy; afterwards `recoverAfterSeconds` and, with
+    /// `failback: Manual`, the approval apply. Kept here so that a restart or a long
+    /// history cannot forget it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub has_served: bool,
+    /// When the region last failed; a manual failback approval must be later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<Time>,
+    /// Times of the region's state changes in the last hour (since it first served),
+    /// the flapping budget `maxTransitionsPerHour` is counted against.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_transitions: Vec<Time>,
 }
 
 /// Region state.
@@ -377,6 +390,10 @@ pub struct RouteStatus {
     /// SIP destinations in the rendered set, in priority order.
     #[serde(default)]
     pub destinations: Vec<String>,
+    /// True when the route has no healthy destination and keeps the last known good
+    /// ones (see the `Degraded` condition, reason `FailOpen`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_open: bool,
 }
 
 /// Calls assigned to one bot pool.

@@ -98,6 +98,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::crd::{
     BotDemand, FallbackPolicySpec, FallbackPolicyStatus, HISTORY_LIMIT, HistoryEntry, RegionState,
+    RegionStatus, RouteStatus,
 };
 
 pub use apportion::apportion;
@@ -148,6 +149,11 @@ pub struct RegionPlan {
     pub unhealthy_since: Option<Timestamp>,
     /// When the region last failed (for manual failback approvals).
     pub failed_at: Option<Timestamp>,
+    /// Whether the region has carried traffic (been Active) at least once.
+    pub has_served: bool,
+    /// Times of its state changes in the last hour since it first served, oldest
+    /// first: what `maxTransitionsPerHour` is counted against.
+    pub transitions: Vec<Timestamp>,
 }
 
 /// One route (dispatcher set) in a plan.
@@ -223,6 +229,17 @@ pub enum PlanEvent {
     },
     /// No route fails open any more.
     FailOpenEnded,
+    /// The tier carrying a route's calls changed (e.g. fixed line → mobile line).
+    TierChanged {
+        /// Route name.
+        route: String,
+        /// The tier that carried the calls.
+        from: String,
+        /// The tier that carries them now.
+        to: String,
+        /// What caused it, naming the trunks (or regions, bot pools) involved.
+        cause: String,
+    },
 }
 
 impl Plan {
@@ -257,15 +274,33 @@ impl Plan {
                     .as_ref()
                     .map(|t| t.0)
                     .unwrap_or(Timestamp::UNIX_EPOCH);
-                let failed_at = history
+                let mine: Vec<&HistoryEntry> =
+                    history.iter().filter(|h| h.region == r.name).collect();
+                // Statuses written before these fields existed: infer from the history.
+                let failed_at = r.failed_at.as_ref().map(|t| t.0).or_else(|| {
+                    mine.iter()
+                        .rev()
+                        .find(|h| h.to == RegionState::Failed)
+                        .map(|h| h.time.0)
+                        .or_else(|| {
+                            matches!(r.state, RegionState::Failed | RegionState::Recovering)
+                                .then_some(since)
+                        })
+                });
+                let inferred_served = mine
                     .iter()
-                    .rev()
-                    .find(|h| h.region == r.name && h.to == RegionState::Failed)
-                    .map(|h| h.time.0)
-                    .or_else(|| {
-                        matches!(r.state, RegionState::Failed | RegionState::Recovering)
-                            .then_some(since)
-                    });
+                    .any(|h| h.from == RegionState::Active || h.to == RegionState::Active);
+                let transitions = if r.has_served || !r.recent_transitions.is_empty() {
+                    r.recent_transitions.iter().map(|t| t.0).collect()
+                } else {
+                    let served_from = mine
+                        .iter()
+                        .position(|h| {
+                            h.to == RegionState::Active && h.reason == regions::FIRST_ACTIVE
+                        })
+                        .map_or(0, |i| i + 1);
+                    mine[served_from..].iter().map(|h| h.time.0).collect()
+                };
                 RegionPlan {
                     name: r.name.clone(),
                     state: r.state,
@@ -274,20 +309,76 @@ impl Plan {
                     effective_weight: r.effective_weight,
                     unhealthy_since: None,
                     failed_at,
+                    has_served: r.has_served || inferred_served || r.state == RegionState::Active,
+                    transitions,
                 }
+            })
+            .collect();
+        // Destinations cannot be rebuilt with weights from the status; fail-open falls
+        // back to the spec's destinations after a restart (see module docs). The active
+        // tier and fail-open flag can, so a restart neither re-announces a fail-open
+        // nor reports a tier change that did not happen.
+        let routes = status
+            .routes
+            .iter()
+            .map(|r| RoutePlan {
+                name: r.name.clone(),
+                set_id: r.set_id,
+                active_tier: r.active_tier.clone(),
+                destinations: Vec::new(),
+                excluded: Vec::new(),
+                fail_open: r.fail_open,
             })
             .collect();
         Some(Plan {
             regions,
-            // Destinations cannot be rebuilt with weights from the status; fail-open
-            // falls back to the spec's destinations after a restart (see module docs).
-            routes: Vec::new(),
+            routes,
             demand: status.demand.clone(),
             history,
             missing: Vec::new(),
             capacity_shortfalls: Vec::new(),
             next_wakeup: None,
         })
+    }
+
+    /// `status.regions`: what the plan says about each region, including the durable
+    /// state ([`RegionStatus::has_served`], `failedAt`, `recentTransitions`) that
+    /// [`Plan::from_status`] needs to continue after a restart.
+    pub fn region_statuses(&self) -> Vec<RegionStatus> {
+        self.regions
+            .iter()
+            .map(|r| RegionStatus {
+                name: r.name.clone(),
+                state: r.state,
+                since: Some(Time(r.since)),
+                reason: (!r.reason.is_empty()).then(|| r.reason.clone()),
+                effective_weight: r.effective_weight,
+                has_served: r.has_served,
+                failed_at: r.failed_at.map(Time),
+                recent_transitions: r.transitions.iter().copied().map(Time).collect(),
+            })
+            .collect()
+    }
+
+    /// `status.history`: the newest [`HISTORY_LIMIT`] entries (for people; the
+    /// planner's durable state is in the region statuses).
+    pub fn status_history(&self) -> Vec<HistoryEntry> {
+        let skip = self.history.len().saturating_sub(HISTORY_LIMIT);
+        self.history[skip..].to_vec()
+    }
+
+    /// `status.routes`.
+    pub fn route_statuses(&self) -> Vec<RouteStatus> {
+        self.routes
+            .iter()
+            .map(|r| RouteStatus {
+                name: r.name.clone(),
+                set_id: r.set_id,
+                active_tier: r.active_tier.clone(),
+                destinations: r.destinations.iter().map(|d| d.uri.clone()).collect(),
+                fail_open: r.fail_open,
+            })
+            .collect()
     }
 }
 
@@ -338,6 +429,16 @@ pub fn plan(
         events.push(PlanEvent::FailOpenEnded);
     }
 
+    if let Some(previous) = previous {
+        events.extend(tier_changes(
+            spec,
+            observed,
+            &regions,
+            previous,
+            &routed.routes,
+        ));
+    }
+
     let plan = Plan {
         regions,
         routes: routed.routes,
@@ -348,6 +449,111 @@ pub fn plan(
         next_wakeup: wakeups.earliest,
     };
     (plan, events)
+}
+
+/// A [`PlanEvent::TierChanged`] for every route whose active tier moved (not for a
+/// route that starts or keeps failing open: `FailOpen` says that).
+fn tier_changes(
+    spec: &FallbackPolicySpec,
+    observed: &Observed,
+    regions: &[RegionPlan],
+    previous: &Plan,
+    routes: &[RoutePlan],
+) -> Vec<PlanEvent> {
+    let mut out = Vec::new();
+    for (route_spec, now) in spec.routes.iter().zip(routes) {
+        let Some(before) = previous
+            .routes
+            .iter()
+            .find(|r| r.name == now.name && r.set_id == now.set_id)
+        else {
+            continue;
+        };
+        let (Some(from), Some(to)) = (&before.active_tier, &now.active_tier) else {
+            continue;
+        };
+        if from == to || now.fail_open || before.fail_open {
+            continue;
+        }
+        let index = |tier: &str| route_spec.tiers.iter().position(|t| t.name == tier);
+        // Moving down: what failed in the old tier. Moving up: what recovered in the new.
+        let moved_down = index(to) > index(from);
+        let blame = if moved_down { from } else { to };
+        let cause = tier_cause(route_spec, blame, observed, regions, moved_down);
+        out.push(PlanEvent::TierChanged {
+            route: now.name.clone(),
+            from: from.clone(),
+            to: to.clone(),
+            cause,
+        });
+    }
+    out
+}
+
+/// Why tier `tier` of `route` lost (`lost`) or regained its calls, naming trunks, bot
+/// pools, static targets and regions.
+fn tier_cause(
+    route: &crate::crd::RouteSpec,
+    tier: &str,
+    observed: &Observed,
+    regions: &[RegionPlan],
+    lost: bool,
+) -> String {
+    let Some(tier) = route.tiers.iter().find(|t| t.name == tier) else {
+        return String::new();
+    };
+    let region_active = |name: &str| {
+        regions
+            .iter()
+            .any(|r| r.name == name && r.state == RegionState::Active)
+    };
+    let mut parts = Vec::new();
+    for target in &tier.targets {
+        if let Some(name) = &target.trunk {
+            match observed.trunks.get(name) {
+                None => parts.push(format!("trunk '{name}' not found")),
+                Some(t) => {
+                    let health = t.health();
+                    let region_ok = region_active(&t.region);
+                    if lost && health != TrunkHealth::Up {
+                        parts.push(format!("trunk '{name}' {health:?}").to_lowercase());
+                    } else if lost && !region_ok {
+                        parts.push(format!("trunk '{name}': region '{}' not Active", t.region));
+                    } else if !lost && health == TrunkHealth::Up && region_ok {
+                        parts.push(format!("trunk '{name}' up"));
+                    }
+                }
+            }
+        }
+        if let Some(name) = &target.bot_pool
+            && let Some(p) = observed.bot_pools.get(name)
+        {
+            if lost && p.ready_replicas == 0 {
+                parts.push(format!("botPool '{name}' has no ready bot"));
+            } else if !lost && p.ready_replicas > 0 {
+                parts.push(format!("botPool '{name}' ready"));
+            }
+        }
+        if let Some(uri) = &target.uri {
+            let state = observed.uris.get(uri).copied().unwrap_or_default();
+            if lost && state != crate::crd::EndpointState::Up {
+                parts.push(format!("{uri} {state}"));
+            } else if !lost && state == crate::crd::EndpointState::Up {
+                parts.push(format!("{uri} up"));
+            }
+        }
+    }
+    parts.sort();
+    parts.dedup();
+    if parts.is_empty() {
+        if lost {
+            "capacity or region changes".to_string()
+        } else {
+            "healthy again".to_string()
+        }
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// The earliest of the times at which the plan must be recomputed.

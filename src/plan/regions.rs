@@ -151,7 +151,7 @@ fn override_until(spec: &FallbackPolicySpec, region: &str, now: Timestamp) -> Op
 }
 
 /// Reason of a region's first move to Active (it had never carried traffic).
-const FIRST_ACTIVE: &str = "healthy (first measurement)";
+pub(super) const FIRST_ACTIVE: &str = "healthy (first measurement)";
 
 /// Reason of a new region that waits for its first health measurement.
 pub(crate) const FIRST_MEASUREMENT: &str = "waiting for the first health measurement";
@@ -194,14 +194,12 @@ pub(super) fn next_states(
                 effective_weight: 0,
                 unhealthy_since: None,
                 failed_at: None,
+                has_served: state == RegionState::Active,
+                transitions: Vec::new(),
             }
         });
-        // Whether the region ever carried traffic (as far as the bounded history tells).
-        let has_served = |history: &[HistoryEntry]| {
-            history.iter().any(|h| {
-                h.region == name && (h.from == RegionState::Active || h.to == RegionState::Active)
-            })
-        };
+        // The flapping budget counts the moves of the last hour.
+        cur.transitions.retain(|t| *t > now - hour);
         if let Some(until) = override_until(spec, name, now) {
             wakeups.at(until);
         }
@@ -220,32 +218,28 @@ pub(super) fn next_states(
             if to == RegionState::Failed {
                 cur.failed_at = Some(now);
             }
+            // Moves before the region first carried traffic (start-up: bots starting,
+            // lines not probed yet) are not flapping and do not use the budget.
+            if cur.has_served {
+                cur.transitions.push(now);
+            }
+            if to == RegionState::Active {
+                cur.has_served = true;
+            }
             cur.state = to;
             cur.since = now;
             cur.reason = reason;
             cur.unhealthy_since = None;
         };
-        // Transitions of this region in the sliding hour; `None` when one more move
-        // towards traffic fits, else when it will fit again.
-        let hold_until = |history: &[HistoryEntry]| -> Option<Timestamp> {
-            // Moves before the region first carried traffic (start-up: bots starting,
-            // lines not probed yet) are not flapping and do not use the budget.
-            let mine: Vec<&HistoryEntry> = history.iter().filter(|h| h.region == name).collect();
-            let served_from = mine
-                .iter()
-                .position(|h| h.to == RegionState::Active && h.reason == FIRST_ACTIVE)
-                .map_or(0, |i| i + 1);
-            let recent: Vec<Timestamp> = mine[served_from..]
-                .iter()
-                .filter(|h| h.time.0 > now - hour)
-                .map(|h| h.time.0)
-                .collect();
-            if recent.len() + 2 <= budget {
+        // `None` when one more move towards traffic fits in the budget (after it, one
+        // more move must still fit), else when it will fit again.
+        let hold_until = |transitions: &[Timestamp]| -> Option<Timestamp> {
+            if transitions.len() + 2 <= budget {
                 None
             } else {
                 // The oldest entries must leave the window until two slots are free.
-                let must_expire = recent.len() + 2 - budget;
-                recent.get(must_expire - 1).map(|t| *t + hour)
+                let must_expire = transitions.len() + 2 - budget;
+                transitions.get(must_expire - 1).map(|t| *t + hour)
             }
         };
 
@@ -284,7 +278,7 @@ pub(super) fn next_states(
                 },
                 RegionState::Failed => {
                     if health == Health::Healthy {
-                        match hold_until(history) {
+                        match hold_until(&cur.transitions) {
                             None => {
                                 go(
                                     &mut cur,
@@ -309,7 +303,7 @@ pub(super) fn next_states(
                         go(&mut cur, history, RegionState::Failed, why.clone())
                     }
                     Health::Unknown => {}
-                    Health::Healthy if !has_served(history) => {
+                    Health::Healthy if !cur.has_served => {
                         // Never carried traffic: nothing to protect against flapping back
                         // into, so no recovery wait and no failback approval.
                         go(
@@ -334,7 +328,7 @@ pub(super) fn next_states(
                         if now < ready_at {
                             wakeups.at(ready_at);
                         } else if approved {
-                            match hold_until(history) {
+                            match hold_until(&cur.transitions) {
                                 None => {
                                     let reason = match f.failback {
                                         FailbackMode::Automatic => {

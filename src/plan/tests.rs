@@ -122,9 +122,18 @@ fn carrier_outage_moves_the_route_to_the_mobile_tier() {
             ("sip:127.0.20.21:5060".into(), 40)
         ]
     );
-    // The regions themselves stay Active: mobile keeps one healthy trunk in each.
+    // The regions themselves stay Active: mobile keeps one healthy trunk in each. The
+    // only event is the tier change, naming the route, the tiers and the trunks.
     assert!(after.regions.iter().all(|r| r.state == RegionState::Active));
-    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(
+        events,
+        vec![PlanEvent::TierChanged {
+            route: "inbound".into(),
+            from: "fixed".into(),
+            to: "mobile".into(),
+            cause: "trunk 'fixed-ber' down, trunk 'fixed-cgn' down".into(),
+        }]
+    );
     let reasons: Vec<_> = inbound.excluded.iter().map(|x| x.reason.as_str()).collect();
     assert!(
         reasons.contains(&"trunk 'fixed-cgn' endpoint Down"),
@@ -463,24 +472,7 @@ fn the_plan_survives_a_restart_through_the_status() {
     let down = world.clone().bots_ready("bots-cgn", 0, 4);
     let (p0, _) = plan(&spec, &world.observed(), None, t(0));
     let (p1, _) = plan(&spec, &down.observed(), Some(&p0), t(10));
-    let status = crate::crd::FallbackPolicyStatus {
-        regions: p1
-            .regions
-            .iter()
-            .map(|r| crate::crd::RegionStatus {
-                name: r.name.clone(),
-                state: r.state,
-                since: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                    r.since,
-                )),
-                reason: Some(r.reason.clone()),
-                effective_weight: r.effective_weight,
-            })
-            .collect(),
-        history: p1.history.clone(),
-        demand: p1.demand.clone(),
-        ..Default::default()
-    };
+    let status = status_of(&p1);
     let restored = Plan::from_status(&status).unwrap();
     // Healthy again right after the restart: Recovering, not straight back to Active.
     let (p2, _) = plan(&spec, &world.observed(), Some(&restored), t(20));
@@ -638,4 +630,252 @@ fn start_up_moves_do_not_use_the_flapping_budget() {
     let (b, _) = plan(&spec, &world.observed(), Some(&a), t(start + 1));
     let (c, _) = plan(&spec, &world.observed(), Some(&b), t(start + 61));
     assert_eq!(region(&c, "cologne").state, RegionState::Active);
+}
+
+/// The status a controller writes for `plan` (the history bounded as in the API).
+fn status_of(plan: &Plan) -> crate::crd::FallbackPolicyStatus {
+    crate::crd::FallbackPolicyStatus {
+        regions: plan.region_statuses(),
+        routes: plan.route_statuses(),
+        history: plan.status_history(),
+        demand: plan.demand.clone(),
+        ..Default::default()
+    }
+}
+
+/// A restart: the next plan starts from what the status holds, nothing in memory.
+fn restart(plan: &Plan) -> Plan {
+    let status: crate::crd::FallbackPolicyStatus =
+        serde_json::from_value(serde_json::to_value(status_of(plan)).unwrap()).unwrap();
+    Plan::from_status(&status).unwrap()
+}
+
+/// A deterministic pseudo-random sequence (xorshift), so the flapping is the same on
+/// every run.
+struct Flaps(u64);
+impl Flaps {
+    fn next(&mut self, lo: i64, hi: i64) -> i64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        lo + (self.0 % (hi - lo) as u64) as i64
+    }
+}
+
+/// Five hours of a flapping fixed line in cologne on a virtual clock (10 s ticks),
+/// with restarts from the status every 23 minutes, in `failback` mode. Returns every
+/// cologne transition (time, from, to).
+fn five_hours_of_flapping(
+    spec: &crate::crd::FallbackPolicySpec,
+    world: &World,
+    approve_at: Option<i64>,
+) -> Vec<(i64, RegionState, RegionState)> {
+    let mut flaps = Flaps(0x5eed_1a7e);
+    let mut healthy = true;
+    let mut next_flip = flaps.next(60, 900);
+    let mut prev: Option<Plan> = None;
+    let mut moves = Vec::new();
+    let mut now = 0;
+    while now <= 5 * 3600 {
+        if now >= next_flip {
+            healthy = !healthy;
+            next_flip = now
+                + if healthy {
+                    flaps.next(30, 900)
+                } else {
+                    flaps.next(30, 600)
+                };
+        }
+        let state = if healthy {
+            EndpointState::Up
+        } else {
+            EndpointState::Down
+        };
+        let mut w = world
+            .clone()
+            .trunk_state("fixed-cgn", state)
+            .trunk_state("mobile-cgn", state)
+            .bots_ready("bots-cgn", if healthy { 4 } else { 0 }, 4);
+        // From `approve_at` on, someone approves again and again (a fresh time each tick).
+        if approve_at.is_some_and(|at| now >= at) {
+            w = w.failback_approved(t(now));
+        }
+        if now % (23 * 60) == 0
+            && let Some(p) = &prev
+        {
+            prev = Some(restart(p));
+        }
+        let (p, events) = plan(spec, &w.observed(), prev.as_ref(), t(now));
+        for e in events {
+            if let PlanEvent::Transition {
+                region, from, to, ..
+            } = e
+                && region == "cologne"
+            {
+                moves.push((now, from, to));
+            }
+        }
+        prev = Some(p);
+        now += 10;
+    }
+    moves
+}
+
+#[test]
+fn five_hours_of_flapping_never_fail_back_without_approval() {
+    let spec = policy()
+        .region("cologne", 60)
+        .region("berlin", 40)
+        .expected_calls(100)
+        .fail_after(20)
+        .recover_after(60)
+        .manual_failback()
+        .max_transitions_per_hour(6)
+        .route("inbound", 1, |r| {
+            r.tier("fixed", [trunk("fixed-cgn"), trunk("fixed-ber")])
+                .tier("mobile", [trunk("mobile-cgn"), trunk("mobile-ber")])
+        })
+        .route("bots", 2, |r| {
+            r.tier("bots", [bots("bots-cgn"), bots("bots-ber")])
+        })
+        .build();
+    let (_, world) = two_regions();
+    let moves = five_hours_of_flapping(&spec, &world, None);
+    let failed = moves
+        .iter()
+        .position(|m| m.2 == RegionState::Failed)
+        .expect("the flapping fails cologne");
+    // Many moves between Failed and Recovering (the history's 20 entries are long
+    // gone), never one back to traffic.
+    assert!(moves.len() > 20, "the flapping is long enough: {moves:?}");
+    let to_active: Vec<_> = moves[failed..]
+        .iter()
+        .filter(|m| m.2 == RegionState::Active)
+        .collect();
+    assert!(
+        to_active.is_empty(),
+        "Active without approval: {to_active:?}"
+    );
+
+    // An approval after the last failure brings it back, after recoverAfterSeconds.
+    let approved = five_hours_of_flapping(&spec, &world, Some(4 * 3600));
+    let back: Vec<_> = approved
+        .iter()
+        .filter(|m| m.2 == RegionState::Active && m.0 > 60)
+        .collect();
+    assert!(
+        back.iter().all(|m| m.0 >= 4 * 3600),
+        "failback before the approval: {back:?}"
+    );
+    assert!(
+        !back.is_empty(),
+        "an approved, healthy region returns: {approved:?}"
+    );
+}
+
+#[test]
+fn the_flapping_budget_holds_over_restarts_from_the_status() {
+    let budget = 4;
+    let spec = policy()
+        .region("cologne", 60)
+        .region("berlin", 40)
+        .expected_calls(100)
+        .fail_after(20)
+        .recover_after(30)
+        .max_transitions_per_hour(budget)
+        .route("inbound", 1, |r| {
+            r.tier("fixed", [trunk("fixed-cgn"), trunk("fixed-ber")])
+                .tier("mobile", [trunk("mobile-cgn"), trunk("mobile-ber")])
+        })
+        .route("bots", 2, |r| {
+            r.tier("bots", [bots("bots-cgn"), bots("bots-ber")])
+        })
+        .build();
+    let (_, world) = two_regions();
+    let moves = five_hours_of_flapping(&spec, &world, None);
+    assert!(moves.len() > 2 * budget as usize, "it flaps: {moves:?}");
+    // Moves towards traffic are held so that, in any sliding hour, at most `budget`
+    // moves happen counting from the first failure, restarts or not.
+    let first = moves
+        .iter()
+        .position(|m| m.2 == RegionState::Failed)
+        .unwrap();
+    let counted = &moves[first..];
+    for (i, m) in counted.iter().enumerate() {
+        let within = counted[i..].iter().take_while(|n| n.0 < m.0 + 3600).count();
+        assert!(
+            within <= budget as usize,
+            "{within} moves in the hour from {}s: {counted:?}",
+            m.0
+        );
+    }
+    // And the restarts kept the region's durable state.
+    let status = status_of(&{
+        let (p, _) = plan(&spec, &world.observed(), None, t(0));
+        p
+    });
+    assert!(status.regions.iter().all(|r| r.has_served));
+}
+
+#[test]
+fn every_tier_change_is_an_event_naming_route_tiers_and_trunk() {
+    let (spec, world) = two_regions();
+    let (p0, _) = plan(&spec, &world.observed(), None, t(0));
+    let fixed_down = world
+        .clone()
+        .trunk_state("fixed-cgn", EndpointState::Down)
+        .trunk_state("fixed-ber", EndpointState::Down);
+    let (p1, events) = plan(&spec, &fixed_down.observed(), Some(&p0), t(10));
+    assert_eq!(route(&p1, "inbound").active_tier.as_deref(), Some("mobile"));
+    let changes: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            PlanEvent::TierChanged {
+                route,
+                from,
+                to,
+                cause,
+            } => Some((route.as_str(), from.as_str(), to.as_str(), cause.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(changes.len(), 1, "{events:?}");
+    let (r, from, to, cause) = changes[0];
+    assert_eq!((r, from, to), ("inbound", "fixed", "mobile"));
+    assert!(cause.contains("trunk 'fixed-cgn' down"), "{cause}");
+    assert!(cause.contains("trunk 'fixed-ber' down"), "{cause}");
+
+    // Back: an event naming the trunk that recovered; nothing on a restart.
+    let (p2, events) = plan(&spec, &world.observed(), Some(&restart(&p1)), t(20));
+    assert_eq!(route(&p2, "inbound").active_tier.as_deref(), Some("fixed"));
+    assert!(
+        events.iter().any(|e| matches!(e,
+        PlanEvent::TierChanged { from, to, cause, .. }
+            if from == "mobile" && to == "fixed" && cause.contains("trunk 'fixed-cgn' up"))),
+        "{events:?}"
+    );
+    let (_, events) = plan(&spec, &world.observed(), Some(&restart(&p2)), t(30));
+    assert!(events.is_empty(), "a restart reports nothing: {events:?}");
+}
+
+#[test]
+fn a_restart_neither_reannounces_fail_open_nor_fails_back() {
+    let (spec, world) = two_regions();
+    let dead = world
+        .clone()
+        .trunk_state("fixed-cgn", EndpointState::Down)
+        .trunk_state("fixed-ber", EndpointState::Down)
+        .trunk_state("mobile-cgn", EndpointState::Down)
+        .trunk_state("mobile-ber", EndpointState::Down);
+    let (p0, _) = plan(&spec, &world.observed(), None, t(0));
+    let (p1, events) = plan(&spec, &dead.observed(), Some(&p0), t(10));
+    assert!(p1.fail_open());
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, PlanEvent::FailOpenStarted { .. }))
+    );
+    let (p2, events) = plan(&spec, &dead.observed(), Some(&restart(&p1)), t(20));
+    assert!(p2.fail_open());
+    assert!(events.is_empty(), "{events:?}");
 }

@@ -43,6 +43,8 @@ struct Tracked {
     /// When the owner was last told about an RTT change.
     rtt_notified: Option<tokio::time::Instant>,
     rtt_notified_value: Option<u32>,
+    /// At least one probe result arrived in this process (not just a seeded state).
+    probed: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -145,6 +147,7 @@ impl Inner {
                 health,
                 rtt_notified: None,
                 rtt_notified_value: None,
+                probed: false,
             }),
             stop: self.shutdown.child_token(),
         });
@@ -197,6 +200,48 @@ impl Inner {
             .collect()
     }
 
+    /// Start `uri` of `owner` from a published state (Up or Down) instead of Unknown,
+    /// when nothing was probed for it yet in this process. Thresholds then count from
+    /// that state, so a restart or takeover does not publish Unknown first.
+    pub(super) fn seed(
+        &self,
+        owner_key: &str,
+        uri: &str,
+        state: EndpointState,
+        since: Option<jiff::Timestamp>,
+    ) {
+        if state == EndpointState::Unknown {
+            return;
+        }
+        let owners = lock(&self.owners);
+        let Some(endpoint) = owners.get(owner_key).and_then(|o| o.endpoints.get(uri)) else {
+            return;
+        };
+        let mut tracked = lock(&endpoint.health);
+        if tracked.probed || tracked.health.state != EndpointState::Unknown {
+            return;
+        }
+        tracked.health.state = state;
+        tracked.health.last_transition = since;
+        self.metrics
+            .endpoints
+            .get_or_create(&state_label(EndpointState::Unknown))
+            .dec();
+        self.metrics
+            .endpoints
+            .get_or_create(&state_label(state))
+            .inc();
+    }
+
+    /// True when every target of `owner` has had at least one probe result in this
+    /// process (false for an unknown owner).
+    pub(super) fn fully_probed(&self, owner_key: &str) -> bool {
+        let owners = lock(&self.owners);
+        owners
+            .get(owner_key)
+            .is_some_and(|o| o.endpoints.values().all(|e| lock(&e.health).probed))
+    }
+
     pub(super) fn shutdown(&self) {
         self.shutdown.cancel();
         let mut owners = lock(&self.owners);
@@ -232,6 +277,8 @@ impl Inner {
                 .inc();
         }
         let mut tracked = lock(&endpoint.health);
+        let first = !tracked.probed;
+        tracked.probed = true;
         let transition = tracked
             .health
             .apply(outcome, &endpoint.spec, jiff::Timestamp::now());
@@ -252,7 +299,9 @@ impl Inner {
                 && tracked
                     .rtt_notified
                     .is_none_or(|at| now.duration_since(at) >= RTT_REFRESH);
-        if transition.is_some() || rtt_due {
+        // The first result also counts: an owner withholding writes until a full probe
+        // round (see `fully_probed`) must hear when the round completes.
+        if transition.is_some() || rtt_due || first {
             tracked.rtt_notified = Some(now);
             tracked.rtt_notified_value = tracked.health.rtt_millis;
             true

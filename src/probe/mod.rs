@@ -88,6 +88,23 @@ impl ProbeHub {
         self.inner.subscribe()
     }
 
+    /// Start `uri` of `owner` from its last published state instead of Unknown (no-op
+    /// once it has been probed, for Unknown, or for a URI the owner does not have).
+    pub fn seed(
+        &self,
+        owner: &str,
+        uri: &str,
+        state: EndpointState,
+        since: Option<jiff::Timestamp>,
+    ) {
+        self.inner.seed(owner, uri, state, since);
+    }
+
+    /// True when every target of `owner` has been probed at least once by this process.
+    pub fn fully_probed(&self, owner: &str) -> bool {
+        self.inner.fully_probed(owner)
+    }
+
     /// Stop every probe task. The hub accepts no targets afterwards.
     pub fn shutdown(&self) {
         self.inner.shutdown();

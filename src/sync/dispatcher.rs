@@ -161,6 +161,21 @@ pub fn parse(text: &str) -> Result<DispatcherList, ParseError> {
     Ok(DispatcherList::new(destinations))
 }
 
+/// Each destination's line (fields joined by one blank), for telling whether a
+/// destination's entry changed between two lists. Assumes a list [`parse`] accepted.
+pub fn lines_by_destination(text: &str) -> std::collections::HashMap<Destination, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            let set_id = fields.first()?.parse().ok()?;
+            let uri = fields.get(1)?.to_string();
+            Some((Destination { set_id, uri }, fields.join(" ")))
+        })
+        .collect()
+}
+
 /// `sip:` or `sips:`, then an optional `user@`, then a non-empty host.
 fn valid_sip_uri(uri: &str) -> bool {
     let rest = uri

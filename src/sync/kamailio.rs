@@ -82,8 +82,16 @@ impl KamailioRpc {
 
     /// Call `method` without parameters and return its `result`.
     pub async fn call(&self, method: &'static str) -> Result<Value, RpcError> {
+        self.call_with(method, Value::Null).await
+    }
+
+    /// Call `method` with positional `params` (none when `Null`).
+    pub async fn call_with(&self, method: &'static str, params: Value) -> Result<Value, RpcError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let request = json!({ "jsonrpc": "2.0", "method": method, "id": id });
+        let mut request = json!({ "jsonrpc": "2.0", "method": method, "id": id });
+        if !params.is_null() {
+            request["params"] = params;
+        }
         let response = self
             .http
             .post(&self.url)
@@ -132,6 +140,69 @@ impl KamailioRpc {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+impl KamailioRpc {
+    /// Destinations Kamailio holds out of service now (its FLAGS start with `I`
+    /// inactive or `D` disabled, e.g. marked by the failure route or by its own
+    /// probing), with their FLAGS.
+    pub async fn down_marks(&self) -> Result<Vec<(dispatcher::Destination, String)>, RpcError> {
+        let result = match self.call("dispatcher.list").await {
+            Ok(r) => r,
+            Err(RpcError::Rpc { message, .. }) if message == "No Destination Sets" => {
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for record in result["RECORDS"].as_array().into_iter().flatten() {
+            let Some(set_id) = record["SET"]["ID"]
+                .as_u64()
+                .and_then(|i| u32::try_from(i).ok())
+            else {
+                continue;
+            };
+            for target in record["SET"]["TARGETS"].as_array().into_iter().flatten() {
+                let (Some(uri), Some(flags)) = (
+                    target["DEST"]["URI"].as_str(),
+                    target["DEST"]["FLAGS"].as_str(),
+                ) else {
+                    continue;
+                };
+                if flags.starts_with('I') || flags.starts_with('D') {
+                    out.push((
+                        dispatcher::Destination {
+                            set_id,
+                            uri: uri.to_string(),
+                        },
+                        flags.to_string(),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `dispatcher.set_state`: put a destination back into the state `flags` (as
+    /// `dispatcher.list` shows it, e.g. `IP`: inactive, probing).
+    pub async fn set_state(
+        &self,
+        destination: &dispatcher::Destination,
+        flags: &str,
+    ) -> Result<(), RpcError> {
+        let state: String = flags
+            .chars()
+            .take(2)
+            .filter(|c| *c != 'X')
+            .collect::<String>()
+            .to_lowercase();
+        self.call_with(
+            "dispatcher.set_state",
+            json!([state, destination.set_id, destination.uri]),
+        )
+        .await
+        .map(|_| ())
     }
 }
 

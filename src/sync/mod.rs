@@ -44,6 +44,9 @@ pub const APPLIED_HASH_ANNOTATION: &str = "lifeline.dev/applied-hash";
 pub const APPLIED_AT_ANNOTATION: &str = "lifeline.dev/applied-at";
 /// Annotation: why the latest content is not applied (absent when it is).
 pub const SYNC_ERROR_ANNOTATION: &str = "lifeline.dev/sync-error";
+/// Reloads of one content whose result Kamailio does not confirm before sip-sync stops
+/// reloading it (and sets `lifeline_sync_unconfirmed` to 1).
+pub const MAX_UNCONFIRMED: u32 = 3;
 /// Annotation the operator writes: hash of the data it rendered.
 pub const CONTENT_HASH_ANNOTATION: &str = "lifeline.dev/content-hash";
 
@@ -213,14 +216,53 @@ impl Applier {
                 self.confirmed = Some(hash);
                 return Ok(Outcome::AlreadyLoaded);
             }
-        } else {
+        }
+        // What Kamailio took out of service on its own (failure route, its probing),
+        // and the lines those destinations had: a reload resets every state, which
+        // would put a dead destination back into service.
+        let previous_text = self.io(match std::fs::read_to_string(&self.file) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            other => other,
+        })?;
+        let marks = self.rpc.down_marks().await.unwrap_or_default();
+        if on_disk.as_deref() != Some(hash.as_str()) {
             self.io(file::write_atomic(&self.file, content))?;
             self.written = true;
         }
         self.rpc.reload_dispatcher().await?;
         self.confirm(&expected).await?;
         self.confirmed = Some(hash);
+        self.restore_marks(&previous_text, content, marks).await;
         Ok(Outcome::Reloaded)
+    }
+
+    /// Put back the down-marks of destinations whose line did not change: their state
+    /// did not really change, only other destinations did. A destination whose line
+    /// changed (new weight, priority, flags) starts from the state the list gives it.
+    async fn restore_marks(
+        &self,
+        previous: &str,
+        next: &str,
+        marks: Vec<(dispatcher::Destination, String)>,
+    ) {
+        if marks.is_empty() {
+            return;
+        }
+        let before = dispatcher::lines_by_destination(previous);
+        let after = dispatcher::lines_by_destination(next);
+        for (dest, flags) in marks {
+            let unchanged =
+                matches!((before.get(&dest), after.get(&dest)), (Some(a), Some(b)) if a == b);
+            if !unchanged {
+                continue;
+            }
+            match self.rpc.set_state(&dest, &flags).await {
+                Ok(()) => tracing::info!(set = dest.set_id, uri = %dest.uri, %flags,
+                    "kept Kamailio's down-mark across the reload"),
+                Err(e) => tracing::warn!(set = dest.set_id, uri = %dest.uri, error = %e,
+                    "could not restore a down-mark after the reload"),
+            }
+        }
     }
 
     async fn confirm(&self, expected: &DispatcherList) -> Result<(), Error> {
@@ -349,6 +391,28 @@ pub async fn run_with_client(
         rpc = %args.rpc_url,
         "sip-sync started"
     );
+    // A valid routing already on disk (a restarted edge) lets Kamailio start at once,
+    // even when the API server cannot be reached: /startupz must not wait for a watch.
+    let mut applier = Applier::new(rpc, args.file.clone());
+    match std::fs::read_to_string(&args.file) {
+        Ok(text) => match dispatcher::parse(&text) {
+            Ok(list) => {
+                applier.written = true;
+                health.written.store(true, Ordering::Relaxed);
+                tracing::info!(
+                    file = %args.file.display(),
+                    destinations = list.destinations().len(),
+                    "valid routing found on disk: Kamailio can start with it"
+                );
+            }
+            Err(e) => tracing::warn!(file = %args.file.display(), error = %e,
+                "the routing file on disk is not valid; waiting for the ConfigMap"),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(file = %args.file.display(), error = %e, "cannot read the routing file")
+        }
+    }
     let (tx, rx) = watch::channel::<Option<Desired>>(None);
     let watch_task = tokio::spawn(watch_configmap(
         api.clone(),
@@ -357,7 +421,6 @@ pub async fn run_with_client(
         tx,
         shutdown.clone(),
     ));
-    let applier = Applier::new(rpc, args.file.clone());
     apply_loop(applier, api, args, metrics, health, rx, shutdown).await;
     let _ = watch_task.await;
     Ok(())
@@ -427,6 +490,11 @@ async fn apply_loop(
     // What the annotations say now, so that every apply body carries them along.
     let mut applied: Option<(String, String)> = None;
     let mut reported_error: Option<(String, &'static str)> = None;
+    // Reloads that Kamailio answered with other destinations than the file, for the
+    // current content. Kamailio drops lines it cannot use (an unresolvable host, say)
+    // without an error; reloading again cannot help, so after MAX_UNCONFIRMED attempts
+    // sip-sync stops and reports it until the content changes.
+    let mut unconfirmed: (String, u32) = (String::new(), 0);
     loop {
         let desired = rx.borrow_and_update().clone();
         let mut retry_in = None;
@@ -449,6 +517,7 @@ async fn apply_loop(
                 Ok(Outcome::Unchanged) => {}
                 Ok(outcome) => {
                     backoff.reset();
+                    metrics.sync_unconfirmed.set(0);
                     let elapsed = desired.seen.elapsed();
                     metrics.sync_applied.inc();
                     metrics.sync_duration.observe(elapsed.as_secs_f64());
@@ -470,7 +539,19 @@ async fn apply_loop(
                         .sync_failures
                         .get_or_create(&ReasonLabels { reason: category })
                         .inc();
-                    let permanent = e.is_permanent();
+                    let mut permanent = e.is_permanent();
+                    if matches!(e, Error::Mismatch(_)) {
+                        if unconfirmed.0 != hash {
+                            unconfirmed = (hash.clone(), 0);
+                        }
+                        unconfirmed.1 += 1;
+                        if unconfirmed.1 >= MAX_UNCONFIRMED {
+                            permanent = true;
+                            metrics.sync_unconfirmed.set(1);
+                            tracing::error!(hash = %hash, reloads = unconfirmed.1, error = %e,
+                                "Kamailio keeps dropping destinations of this routing; stopped reloading until the ConfigMap changes");
+                        }
+                    }
                     if permanent {
                         tracing::warn!(hash = %hash, reason = category, error = %e, "routing rejected; keeping the current routing");
                     } else {
