@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lifeline::crd::{EndpointState, ProbeSpec};
-use lifeline::probe::{ProbeHub, ProbeTarget};
+use lifeline::probe::policy::Rule;
+use lifeline::probe::{ProbeConfig, ProbeHub, ProbeTarget};
 use lifeline::telemetry::Metrics;
 
 const ENDPOINTS: usize = 10_000;
@@ -82,7 +83,13 @@ async fn run(window: u64) {
     let kamailio = tokio::task::spawn_blocking(kamailio_time_to_inactive);
 
     let metrics = Arc::new(Metrics::new());
-    let hub = ProbeHub::new(metrics.clone());
+    // The default destination list, with this bench's loopback range as the exception
+    // (so the policy check is part of what is measured).
+    let mut config = ProbeConfig::default();
+    config
+        .policy
+        .allow([Rule::parse("127.0.11.0/24").expect("rule")]);
+    let hub = ProbeHub::new(metrics.clone(), config);
     let spec = ProbeSpec {
         period_seconds: 1,
         ..ProbeSpec::default()
@@ -95,6 +102,7 @@ async fn run(window: u64) {
                 ProbeTarget {
                     uri: format!("sip:ep{n}@{}:5060", RESPONDERS[n % RESPONDERS.len()]),
                     spec: spec.clone(),
+                    tls: None,
                 }
             })
             .collect();
@@ -207,6 +215,7 @@ fn detect_down(
             vec![ProbeTarget {
                 uri: format!("sip:{SILENT}"),
                 spec,
+                tls: None,
             }],
         );
         loop {

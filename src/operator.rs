@@ -52,6 +52,59 @@ pub struct OperatorArgs {
     /// Identity in the Lease (defaults to the pod name, then host name and pid).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Probing: destination list, DNS and per-namespace quotas.
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+}
+
+/// Where the prober may send, how it resolves names, and how much each namespace may
+/// ask for. Kept apart from the process settings above so that it reads as one unit.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ProbeArgs {
+    /// Destinations never probed, as CIDR[:PORT[-PORT]] (comma-separated or repeated),
+    /// on top of the built-in list (loopback, link-local incl. 169.254.169.254,
+    /// multicast) and the API server, node and Service addresses found at start.
+    #[arg(long = "probe-deny", env = "LIFELINE_PROBE_DENY", value_delimiter = ',')]
+    pub deny: Vec<String>,
+    /// Exceptions to every deny rule, as CIDR[:PORT[-PORT]].
+    #[arg(long = "probe-allow", env = "LIFELINE_PROBE_ALLOW", value_delimiter = ',')]
+    pub allow: Vec<String>,
+    /// Name servers for resolving endpoint hosts (ip:port); default /etc/resolv.conf.
+    #[arg(long = "probe-dns-server", env = "LIFELINE_PROBE_DNS_SERVERS", value_delimiter = ',')]
+    pub dns_servers: Vec<SocketAddr>,
+    /// Seconds the last good DNS answer keeps being used after its TTL while DNS fails;
+    /// after that the endpoint becomes Unknown (never Down).
+    #[arg(long = "probe-dns-grace-seconds", env = "LIFELINE_PROBE_DNS_GRACE_SECONDS", default_value_t = 300)]
+    pub dns_grace_seconds: u64,
+    /// Endpoints probed per namespace at most (Trunks beyond it get `QuotaExceeded`).
+    #[arg(long = "probe-max-endpoints-per-namespace", env = "LIFELINE_PROBE_MAX_ENDPOINTS_PER_NAMESPACE")]
+    pub max_endpoints_per_namespace: Option<usize>,
+    /// Probes per second per namespace at most (an endpoint costs 1/periodSeconds).
+    #[arg(long = "probe-max-rate-per-namespace", env = "LIFELINE_PROBE_MAX_RATE_PER_NAMESPACE")]
+    pub max_rate_per_namespace: Option<f64>,
+    /// Do not deny the API server, node and Service addresses found at start
+    /// (they are denied by default).
+    #[arg(long = "probe-no-cluster-deny", env = "LIFELINE_PROBE_NO_CLUSTER_DENY")]
+    pub no_cluster_deny: bool,
+}
+
+impl ProbeArgs {
+    /// The prober configuration, without the addresses found in the cluster.
+    pub fn config(&self) -> Result<crate::probe::ProbeConfig, crate::probe::policy::RuleError> {
+        use crate::probe::{DestinationPolicy, DnsConfig, ProbeConfig, Quotas};
+        Ok(ProbeConfig {
+            policy: DestinationPolicy::with_rules(&self.allow, &self.deny)?,
+            dns: DnsConfig {
+                servers: self.dns_servers.clone(),
+                stale_grace: Duration::from_secs(self.dns_grace_seconds),
+                ..DnsConfig::system()
+            },
+            quotas: Quotas {
+                max_endpoints_per_namespace: self.max_endpoints_per_namespace,
+                max_probes_per_second_per_namespace: self.max_rate_per_namespace,
+            },
+        })
+    }
 }
 
 /// Errors of the operator process.
@@ -66,6 +119,9 @@ pub enum Error {
     /// Leader election failed in a way that cannot be retried.
     #[error("leader election: {0}")]
     Lease(#[from] kube_lease_manager::LeaseManagerError),
+    /// A `--probe-allow`/`--probe-deny` rule is invalid.
+    #[error("{0}")]
+    ProbeRule(#[from] crate::probe::policy::RuleError),
     /// The HTTP server could not bind or serve.
     #[error("http server on {addr}: {source}")]
     Http {
@@ -224,6 +280,8 @@ pub async fn run_with_client(
     args: OperatorArgs,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    // Bad rules are a configuration error: fail before serving anything.
+    let mut probes = args.probe.config()?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let http = tokio::spawn(serve_http(
@@ -236,6 +294,10 @@ pub async fn run_with_client(
     if !wait_for_api(&client, args.namespace.as_deref(), &shutdown).await {
         return finish_http(http).await;
     }
+    if !args.probe.no_cluster_deny {
+        probes.policy.deny(crate::probe::cluster::deny_rules(&client).await);
+    }
+    log_probe_policy(&probes);
     health.ready.store(true, Ordering::Relaxed);
     info!(
         namespace = args.namespace.as_deref().unwrap_or("<all>"),
@@ -244,7 +306,12 @@ pub async fn run_with_client(
 
     if args.no_leader_election {
         metrics.leader.set(1);
-        let ctx = Context::new(client, metrics.clone(), args.namespace.clone());
+        let ctx = Context::with_probe_config(
+            client,
+            metrics.clone(),
+            args.namespace.clone(),
+            probes.clone(),
+        );
         controller::run_all(ctx.clone(), shutdown.clone()).await;
         ctx.probes.shutdown();
         return finish_http(http).await;
@@ -280,7 +347,7 @@ pub async fn run_with_client(
         }
     };
     info!(%identity, lease = %args.lease_name, namespace = %lease_ns, "waiting to become leader");
-    lead_while_holding(&manager, client, &args, metrics.clone(), &shutdown).await;
+    lead_while_holding(&manager, client, &args, &probes, metrics.clone(), &shutdown).await;
     if let Err(e) = manager.release().await {
         warn!(error = %e, "could not release the leader Lease; the standby takes over when it expires");
     } else {
@@ -296,6 +363,7 @@ async fn lead_while_holding(
     manager: &LeaseManager,
     client: Client,
     args: &OperatorArgs,
+    probes: &crate::probe::ProbeConfig,
     metrics: Arc<Metrics>,
     shutdown: &CancellationToken,
 ) {
@@ -317,7 +385,12 @@ async fn lead_while_holding(
         info!("acquired the leader Lease; starting controllers and probes");
         metrics.leader.set(1);
         let term = shutdown.child_token();
-        let ctx = Context::new(client.clone(), metrics.clone(), args.namespace.clone());
+        let ctx = Context::with_probe_config(
+            client.clone(),
+            metrics.clone(),
+            args.namespace.clone(),
+            probes.clone(),
+        );
         let controllers = controller::run_all(ctx.clone(), term.clone());
         tokio::pin!(controllers);
         // Leading: keep renewing while the controllers run.
@@ -341,6 +414,12 @@ async fn lead_while_holding(
             return;
         }
     }
+}
+
+fn log_probe_policy(probes: &crate::probe::ProbeConfig) {
+    let deny: Vec<String> = probes.policy.deny_rules().map(|r| r.to_string()).collect();
+    let allow: Vec<String> = probes.policy.allow_rules().map(|r| r.to_string()).collect();
+    info!(?deny, ?allow, "probe destination list");
 }
 
 /// The field manager of one replica's Lease writes (at most 128 characters).

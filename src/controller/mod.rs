@@ -11,7 +11,7 @@ use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio_util::sync::CancellationToken;
 
-use crate::probe::ProbeHub;
+use crate::probe::{ProbeConfig, ProbeHub};
 use crate::telemetry::Metrics;
 
 /// Shared state of every reconciler.
@@ -29,15 +29,33 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context for the operator (or for a test that runs the controllers itself).
+    /// A context for a test that runs the controllers itself: probes may reach
+    /// loopback (where tests run their SIP peers), everything else follows the
+    /// built-in deny list. The operator process uses [`Context::with_probe_config`].
     pub fn new(client: Client, metrics: Arc<Metrics>, namespace: Option<String>) -> Arc<Self> {
+        let mut probes = ProbeConfig::default();
+        probes.policy.allow(
+            ["127.0.0.0/8", "::1/128"]
+                .into_iter()
+                .filter_map(|r| crate::probe::policy::Rule::parse(r).ok()),
+        );
+        Self::with_probe_config(client, metrics, namespace, probes)
+    }
+
+    /// A context whose prober follows `probes` (destination list, DNS, quotas).
+    pub fn with_probe_config(
+        client: Client,
+        metrics: Arc<Metrics>,
+        namespace: Option<String>,
+        probes: ProbeConfig,
+    ) -> Arc<Self> {
         let reporter = Reporter {
             controller: "lifeline".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
-            probes: ProbeHub::new(metrics.clone()),
+            probes: ProbeHub::new(metrics.clone(), probes),
             client,
             metrics,
             namespace,
