@@ -1,5 +1,5 @@
 //! TLS probing against a real TLS SIP peer: Kamailio with its tls module (Debian
-//! `kamailio-tls-modules`) on 127.0.74.x, certificates made by openssl in the test —
+//! `kamailio-tls-modules`) on 127.0.74.x and 127.0.77.x, certificates made by openssl in the test —
 //! a good one, an expired one and one for the wrong name, all signed by a test CA.
 //!
 //! - Hub level: `sips:` and `;transport=tls` endpoints are Up with the CA bundle;
@@ -29,10 +29,26 @@ use probe_support::{Peer, fixtures, wait_bound};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-const GOOD: &str = "127.0.74.1";
-const EXPIRED: &str = "127.0.74.2";
-const WRONG: &str = "127.0.74.3";
 const NAME: &str = "sip.tls.test";
+
+/// The three TLS sockets of one test (each test has its own /24, so tests can run
+/// side by side): `.1` good certificate, `.2` expired, `.3` wrong name.
+#[derive(Clone)]
+struct Ips {
+    good: String,
+    expired: String,
+    wrong: String,
+}
+
+impl Ips {
+    fn new(net: &str) -> Self {
+        Self {
+            good: format!("{net}.1"),
+            expired: format!("{net}.2"),
+            wrong: format!("{net}.3"),
+        }
+    }
+}
 
 /// A directory removed on drop.
 struct TempDir(PathBuf);
@@ -59,7 +75,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 /// CA, then three server certificates: `good` (DNS sip.tls.test + IP 127.0.74.1),
 /// `expired` (same names, notAfter a day before notBefore), `wrong` (other.test and
 /// 127.0.74.99 only).
-fn make_certs(dir: &Path) {
+fn make_certs(dir: &Path, ips: &Ips) {
     openssl(
         dir,
         &[
@@ -68,8 +84,8 @@ fn make_certs(dir: &Path) {
         ],
     );
     for (name, sans, days) in [
-        ("good", format!("DNS:{NAME},IP:{GOOD}"), "2"),
-        ("expired", format!("DNS:{NAME},IP:{EXPIRED}"), "-1"),
+        ("good", format!("DNS:{NAME},IP:{}", ips.good), "2"),
+        ("expired", format!("DNS:{NAME},IP:{}", ips.expired), "-1"),
         ("wrong", "DNS:other.test,IP:127.0.74.99".to_string(), "2"),
     ] {
         let (key, csr, crt, ext) = (
@@ -97,10 +113,10 @@ fn make_certs(dir: &Path) {
 }
 
 /// Kamailio serving each certificate on its own TLS socket.
-fn kamailio_tls(dir: &Path) -> Peer {
+fn kamailio_tls(dir: &Path, ips: &Ips) -> Peer {
     let d = dir.display();
     let mut tls_cfg = String::new();
-    for (ip, name) in [(GOOD, "good"), (EXPIRED, "expired"), (WRONG, "wrong")] {
+    for (ip, name) in [(&ips.good, "good"), (&ips.expired, "expired"), (&ips.wrong, "wrong")] {
         tls_cfg.push_str(&format!(
             "[server:{ip}:5061]\nmethod = TLSv1.2+\ncertificate = {d}/{name}.crt\nprivate_key = {d}/{name}.key\nverify_certificate = no\nrequire_certificate = no\n\n"
         ));
@@ -124,24 +140,24 @@ fn kamailio_tls(dir: &Path) -> Peer {
         "-A".into(),
         format!("TLS_CFG=\"{d}/tls.cfg\""),
     ];
-    for ip in [GOOD, EXPIRED, WRONG] {
+    for ip in [&ips.good, &ips.expired, &ips.wrong] {
         args.push("-l".into());
         args.push(format!("tls:{ip}:5061"));
     }
     let mut p = Peer::spawn("kamailio", Command::new("/usr/sbin/kamailio").args(&args));
-    for ip in [GOOD, EXPIRED, WRONG] {
+    for ip in [&ips.good, &ips.expired, &ips.wrong] {
         wait_bound(ip, 5061, false, &mut p);
     }
     p
 }
 
-fn setup(tag: &str) -> (TempDir, Peer, Arc<str>) {
+fn setup(tag: &str, ips: &Ips) -> (TempDir, Peer, Arc<str>) {
     let dir = std::env::temp_dir().join(format!("lifeline-probe-tls-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let dir = TempDir(dir);
-    make_certs(&dir.0);
-    let kam = kamailio_tls(&dir.0);
+    make_certs(&dir.0, ips);
+    let kam = kamailio_tls(&dir.0, ips);
     let ca: Arc<str> = Arc::from(std::fs::read_to_string(dir.0.join("ca.crt")).unwrap());
     (dir, kam, ca)
 }
@@ -172,7 +188,9 @@ async fn settled(hub: &ProbeHub, owner: &str) -> EndpointHealth {
 
 #[tokio::test]
 async fn tls_endpoints_are_verified_against_the_ca_bundle_and_their_names() {
-    let (_dir, _kamailio, ca) = setup("hub");
+    let ips = Ips::new("127.0.74");
+    let (good, expired, wrong) = (&ips.good, &ips.expired, &ips.wrong);
+    let (_dir, _kamailio, ca) = setup("hub", &ips);
     let mut config = ProbeConfig::default();
     config.policy.allow([Rule::parse("127.0.74.0/24").unwrap()]);
     let hub = ProbeHub::new(Arc::new(Metrics::new()), config);
@@ -188,13 +206,13 @@ async fn tls_endpoints_are_verified_against_the_ca_bundle_and_their_names() {
         })
     };
     let cases: Vec<(&str, ProbeTarget)> = vec![
-        ("sips-ip", target(&format!("sips:{GOOD}"), bundle.clone())),
-        ("transport-tls", target(&format!("sip:{GOOD}:5061;transport=tls"), bundle.clone())),
-        ("server-name", target(&format!("sips:{GOOD}:5061"), named(NAME))),
-        ("expired", target(&format!("sips:{EXPIRED}:5061"), named(NAME))),
-        ("wrong-name", target(&format!("sips:{WRONG}:5061"), bundle.clone())),
-        ("wrong-server-name", target(&format!("sips:{GOOD}:5061"), named("other.test"))),
-        ("system-roots", target(&format!("sips:{GOOD}:5061"), None)),
+        ("sips-ip", target(&format!("sips:{good}"), bundle.clone())),
+        ("transport-tls", target(&format!("sip:{good}:5061;transport=tls"), bundle.clone())),
+        ("server-name", target(&format!("sips:{good}:5061"), named(NAME))),
+        ("expired", target(&format!("sips:{expired}:5061"), named(NAME))),
+        ("wrong-name", target(&format!("sips:{wrong}:5061"), bundle.clone())),
+        ("wrong-server-name", target(&format!("sips:{good}:5061"), named("other.test"))),
+        ("system-roots", target(&format!("sips:{good}:5061"), None)),
     ];
     for (owner, t) in &cases {
         hub.set_targets(owner, vec![t.clone()]);
@@ -235,9 +253,10 @@ async fn trunk_ca_bundle_from_a_configmap() {
     };
     common::install_crds(&client).await;
     let ns = common::TestNamespace::create(client.clone(), "probe-tls", &[]).await;
-    let (_dir, _kamailio, ca) = setup("trunk");
+    let ips = Ips::new("127.0.77");
+    let (_dir, _kamailio, ca) = setup("trunk", &ips);
     let mut config = ProbeConfig::default();
-    config.policy.allow([Rule::parse("127.0.74.0/24").unwrap()]);
+    config.policy.allow([Rule::parse("127.0.77.0/24").unwrap()]);
     let ctx = lifeline::controller::Context::with_probe_config(
         client.clone(),
         Arc::new(Metrics::new()),
@@ -263,7 +282,7 @@ async fn trunk_ca_bundle_from_a_configmap() {
             "metadata": { "name": name },
             "spec": {
                 "region": "cologne",
-                "endpoints": [{ "uri": format!("sips:{GOOD}:5061") }],
+                "endpoints": [{ "uri": format!("sips:{}:5061", ips.good) }],
                 "probe": { "periodSeconds": 1, "timeoutMillis": 800,
                            "failureThreshold": 1, "successThreshold": 1 },
                 "tls": { "caBundle": { "kind": "ConfigMap", "name": cm_name },

@@ -106,19 +106,34 @@ fn build(roots: rustls::RootCertStore) -> Result<Arc<ClientConfig>, String> {
 }
 
 /// The name to verify for `host` (an IP address is verified against IP SANs and sent
-/// without SNI).
-pub fn server_name(host: &str, settings: Option<&TlsSettings>) -> Result<ServerName<'static>, String> {
+/// without SNI), and the same name as text for messages.
+pub fn server_name(
+    host: &str,
+    settings: Option<&TlsSettings>,
+) -> Result<(ServerName<'static>, String), String> {
     let name = settings
         .and_then(|s| s.server_name.clone())
         .unwrap_or_else(|| host.to_string());
     ServerName::try_from(name.clone())
+        .map(|n| (n, name.clone()))
         .map_err(|_| format!("{name:?} is not a valid TLS server name; fix spec.tls.serverName"))
 }
 
 /// A readable cause for a failed handshake, naming the certificate problem.
 pub fn describe_handshake_error(e: &std::io::Error) -> String {
     match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-        Some(rustls::Error::InvalidCertificate(c)) => format!("certificate rejected: {c}"),
+        Some(rustls::Error::InvalidCertificate(c)) => {
+            use rustls::CertificateError as C;
+            let why = match c {
+                C::Expired | C::ExpiredContext { .. } => format!("the certificate has expired ({c})"),
+                C::NotValidYet | C::NotValidYetContext { .. } => {
+                    format!("the certificate is not valid yet ({c})")
+                }
+                C::UnknownIssuer => "the certificate is signed by an unknown CA (not in spec.tls.caBundle, or not in the system roots without one)".to_string(),
+                _ => c.to_string(),
+            };
+            format!("certificate rejected: {why}")
+        }
         Some(other) => other.to_string(),
         None => e.to_string(),
     }
@@ -144,7 +159,7 @@ mod tests {
         assert_eq!(c.config(Some(&s)).unwrap_err(), "ConfigMap carrier-ca not found");
         assert!(server_name("sip.example.net", None).is_ok());
         assert!(matches!(
-            server_name("127.0.0.1", None).unwrap(),
+            server_name("127.0.0.1", None).unwrap().0,
             ServerName::IpAddress(_)
         ));
         let s = TlsSettings {

@@ -455,7 +455,10 @@ fn dispatch(shared: &UdpShared, datagram: &[u8], from: SocketAddr) {
 async fn probe_tcp(
     uri: &str,
     dest: SocketAddr,
-    tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        (rustls::pki_types::ServerName<'static>, String),
+    )>,
     deadline: Instant,
     timeout: Duration,
 ) -> Outcome {
@@ -470,8 +473,7 @@ async fn probe_tcp(
             .map_err(|e| io_failure("connecting", &e))?;
         match tls {
             None => exchange(tcp, uri, Transport::Tcp, local).await,
-            Some((config, name)) => {
-                let shown = format!("{name:?}");
+            Some((config, (name, shown))) => {
                 let stream = tokio_rustls::TlsConnector::from(config)
                     .connect(name, tcp)
                     .await
@@ -479,8 +481,7 @@ async fn probe_tcp(
                         failed(
                             FailureKind::Tls,
                             format!(
-                                "TLS handshake with {dest} (verifying {}): {}",
-                                shown.trim_start_matches("DnsName(").trim_end_matches(')'),
+                                "TLS handshake with {dest} (verifying {shown:?}): {}",
                                 tls::describe_handshake_error(&e)
                             ),
                         )
