@@ -201,7 +201,14 @@ impl DestinationPolicy {
         if self.allow.iter().any(|r| r.matches(dest)) {
             return Ok(());
         }
-        match self.deny.iter().find(|r| r.matches(dest)) {
+        // The most specific matching rule names the reason best (an operator's
+        // 10.96.0.0/12 rather than a built-in catch-all).
+        match self
+            .deny
+            .iter()
+            .filter(|r| r.matches(dest))
+            .max_by_key(|r| r.net.prefix_len())
+        {
             Some(rule) => Err(Denied {
                 dest,
                 rule: rule.to_string(),
@@ -293,6 +300,9 @@ mod tests {
         q.deny([Rule::host("203.0.113.99".parse().unwrap())]);
         let e = q.check(dest("203.0.113.99:5060")).unwrap_err();
         assert_eq!(e.rule, "203.0.113.99/32");
+        q.deny([Rule::parse("127.0.75.0/25").unwrap()]);
+        let e = q.check(dest("127.0.75.1:5060")).unwrap_err();
+        assert_eq!(e.rule, "127.0.75.0/25", "the most specific rule is named");
         assert!(DestinationPolicy::allow_all().check(dest("127.0.0.1:1")).is_ok());
     }
 
