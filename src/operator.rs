@@ -64,23 +64,45 @@ pub struct ProbeArgs {
     /// Destinations never probed, as CIDR[:PORT[-PORT]] (comma-separated or repeated),
     /// on top of the built-in list (loopback, link-local incl. 169.254.169.254,
     /// multicast) and the API server, node and Service addresses found at start.
-    #[arg(long = "probe-deny", env = "LIFELINE_PROBE_DENY", value_delimiter = ',')]
+    #[arg(
+        long = "probe-deny",
+        env = "LIFELINE_PROBE_DENY",
+        value_delimiter = ','
+    )]
     pub deny: Vec<String>,
     /// Exceptions to every deny rule, as CIDR[:PORT[-PORT]].
-    #[arg(long = "probe-allow", env = "LIFELINE_PROBE_ALLOW", value_delimiter = ',')]
+    #[arg(
+        long = "probe-allow",
+        env = "LIFELINE_PROBE_ALLOW",
+        value_delimiter = ','
+    )]
     pub allow: Vec<String>,
     /// Name servers for resolving endpoint hosts (ip:port); default /etc/resolv.conf.
-    #[arg(long = "probe-dns-server", env = "LIFELINE_PROBE_DNS_SERVERS", value_delimiter = ',')]
+    #[arg(
+        long = "probe-dns-server",
+        env = "LIFELINE_PROBE_DNS_SERVERS",
+        value_delimiter = ','
+    )]
     pub dns_servers: Vec<SocketAddr>,
     /// Seconds the last good DNS answer keeps being used after its TTL while DNS fails;
     /// after that the endpoint becomes Unknown (never Down).
-    #[arg(long = "probe-dns-grace-seconds", env = "LIFELINE_PROBE_DNS_GRACE_SECONDS", default_value_t = 300)]
+    #[arg(
+        long = "probe-dns-grace-seconds",
+        env = "LIFELINE_PROBE_DNS_GRACE_SECONDS",
+        default_value_t = 300
+    )]
     pub dns_grace_seconds: u64,
     /// Endpoints probed per namespace at most (Trunks beyond it get `QuotaExceeded`).
-    #[arg(long = "probe-max-endpoints-per-namespace", env = "LIFELINE_PROBE_MAX_ENDPOINTS_PER_NAMESPACE")]
+    #[arg(
+        long = "probe-max-endpoints-per-namespace",
+        env = "LIFELINE_PROBE_MAX_ENDPOINTS_PER_NAMESPACE"
+    )]
     pub max_endpoints_per_namespace: Option<usize>,
     /// Probes per second per namespace at most (an endpoint costs 1/periodSeconds).
-    #[arg(long = "probe-max-rate-per-namespace", env = "LIFELINE_PROBE_MAX_RATE_PER_NAMESPACE")]
+    #[arg(
+        long = "probe-max-rate-per-namespace",
+        env = "LIFELINE_PROBE_MAX_RATE_PER_NAMESPACE"
+    )]
     pub max_rate_per_namespace: Option<f64>,
     /// Do not deny the API server, node and Service addresses found at start
     /// (they are denied by default).
@@ -295,7 +317,9 @@ pub async fn run_with_client(
         return finish_http(http).await;
     }
     if !args.probe.no_cluster_deny {
-        probes.policy.deny(crate::probe::cluster::deny_rules(&client).await);
+        probes
+            .policy
+            .deny(crate::probe::cluster::deny_rules(&client).await);
     }
     log_probe_policy(&probes);
     health.ready.store(true, Ordering::Relaxed);

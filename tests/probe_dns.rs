@@ -103,7 +103,8 @@ async fn naptr_srv_a_chain_probes_every_target_in_failover_order() {
     );
     hub.set_targets("dns/naptr", vec![target("sip:carrier.test")]);
     let h = wait_health(&hub, "dns/naptr", "all three SRV targets probed", |h| {
-        h.targets.len() == 3 && h.targets.iter().all(|t| t.error.is_some() || t.alive)
+        h.targets.len() == 3
+            && h.targets.iter().all(|t| t.error.is_some() || t.alive)
             && h.targets[2].error.is_some()
     })
     .await;
@@ -127,15 +128,16 @@ async fn naptr_srv_a_chain_probes_every_target_in_failover_order() {
         "{h:?}"
     );
     assert_eq!(h.state, EndpointState::Up);
-    assert_eq!(h.last_status_code, Some(200), "the answering target is reported");
+    assert_eq!(
+        h.last_status_code,
+        Some(200),
+        "the answering target is reported"
+    );
     assert!(h.stale_dns.is_none());
 
     // `;transport=tcp` skips NAPTR: _sip._tcp SRV → sbc-t, where nothing listens → Down
     // (a real verdict: the carrier's TCP side is not there).
-    hub.set_targets(
-        "dns/tcp",
-        vec![target("sip:carrier.test;transport=tcp")],
-    );
+    hub.set_targets("dns/tcp", vec![target("sip:carrier.test;transport=tcp")]);
     let h = wait_health(&hub, "dns/tcp", "the TCP SRV target probed", |h| {
         h.state == EndpointState::Down
     })
@@ -151,7 +153,10 @@ async fn naptr_srv_a_chain_probes_every_target_in_failover_order() {
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let h2 = hub.health("dns/none").remove(0);
-    assert_eq!((h.state, h2.state), (EndpointState::Unknown, EndpointState::Unknown));
+    assert_eq!(
+        (h.state, h2.state),
+        (EndpointState::Unknown, EndpointState::Unknown)
+    );
     assert!(
         h2.last_error.as_deref().unwrap().contains("nothing.test"),
         "{h2:?}"
@@ -190,13 +195,23 @@ async fn outage_past_ttl_and_grace_makes_unknown_never_down() {
     let mut states = Vec::new();
     let unknown_at = loop {
         let h = hub.health("dns/grace").remove(0);
-        assert_ne!(h.state, EndpointState::Down, "a DNS outage made the endpoint Down: {h:?}");
+        assert_ne!(
+            h.state,
+            EndpointState::Down,
+            "a DNS outage made the endpoint Down: {h:?}"
+        );
         states.push((stopped.elapsed(), h.state));
         if h.state == EndpointState::Unknown {
-            assert!(h.last_error.as_deref().unwrap().contains("grace.test"), "{h:?}");
+            assert!(
+                h.last_error.as_deref().unwrap().contains("grace.test"),
+                "{h:?}"
+            );
             break stopped.elapsed();
         }
-        assert!(stopped.elapsed() < Duration::from_secs(20), "never Unknown: {states:?}");
+        assert!(
+            stopped.elapsed() < Duration::from_secs(20),
+            "never Unknown: {states:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     // TTL (1 s) + grace (4 s), give or take a probe period.
@@ -204,7 +219,10 @@ async fn outage_past_ttl_and_grace_makes_unknown_never_down() {
         unknown_at >= grace,
         "Unknown after {unknown_at:?}, before TTL + grace"
     );
-    assert!(unknown_at <= grace + Duration::from_secs(4), "Unknown only after {unknown_at:?}");
+    assert!(
+        unknown_at <= grace + Duration::from_secs(4),
+        "Unknown only after {unknown_at:?}"
+    );
     hub.shutdown();
 }
 
@@ -278,13 +296,17 @@ async fn dns_outage_moves_nothing_and_changed_srv_target_is_followed() {
             .and_then(|s| s.regions.first())
             .map(|r| (r.state.to_string(), r.since.clone()))
     };
-    let before = common::eventually(Duration::from_secs(20), "region Active, trunk Up", || async {
-        let t = ns.api::<Trunk>().get("carrier").await.ok()?;
-        let up = t.status?.endpoints.first()?.state == EndpointState::Up;
-        let p = ns.api::<FallbackPolicy>().get("main").await.ok()?;
-        let (state, _) = region_state(&p)?;
-        (up && state == "Active").then_some(p)
-    })
+    let before = common::eventually(
+        Duration::from_secs(20),
+        "region Active, trunk Up",
+        || async {
+            let t = ns.api::<Trunk>().get("carrier").await.ok()?;
+            let up = t.status?.endpoints.first()?.state == EndpointState::Up;
+            let p = ns.api::<FallbackPolicy>().get("main").await.ok()?;
+            let (state, _) = region_state(&p)?;
+            (up && state == "Active").then_some(p)
+        },
+    )
     .await;
     let history_before = before.status.as_ref().unwrap().history.len();
     assert_eq!(
@@ -307,7 +329,10 @@ async fn dns_outage_moves_nothing_and_changed_srv_target_is_followed() {
         saw_stale |= h.stale_dns.is_some();
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(saw_stale, "the DNS outage was never noticed (stale answer in use)");
+    assert!(
+        saw_stale,
+        "the DNS outage was never noticed (stale answer in use)"
+    );
     let t = ns.api::<Trunk>().get("carrier").await.unwrap();
     assert_eq!(t.status.unwrap().endpoints[0].state, EndpointState::Up);
     let after = ns.api::<FallbackPolicy>().get("main").await.unwrap();
@@ -330,19 +355,21 @@ async fn dns_outage_moves_nothing_and_changed_srv_target_is_followed() {
     ];
     let _dns2 = dnsmasq(ip, port, ttl, &records_v2);
     let back = Instant::now();
-    let h = common::eventually(
-        Duration::from_secs(u64::from(ttl) + 8),
-        "the changed SRV target probed",
-        || async {
-            ctx.probes
-                .health(&owner)
-                .into_iter()
-                .next()
-                .filter(|h| h.targets.len() == 1 && h.targets[0].target == "udp:127.0.72.12:5070")
-        },
-    )
-    .await;
-    eprintln!("new SRV target followed {:?} after DNS came back", back.elapsed());
+    let h =
+        common::eventually(
+            Duration::from_secs(u64::from(ttl) + 8),
+            "the changed SRV target probed",
+            || async {
+                ctx.probes.health(&owner).into_iter().next().filter(|h| {
+                    h.targets.len() == 1 && h.targets[0].target == "udp:127.0.72.12:5070"
+                })
+            },
+        )
+        .await;
+    eprintln!(
+        "new SRV target followed {:?} after DNS came back",
+        back.elapsed()
+    );
     assert_eq!(h.state, EndpointState::Up);
     assert!(h.stale_dns.is_none());
     stop.cancel();

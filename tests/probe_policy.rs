@@ -80,44 +80,73 @@ async fn denied_destination_is_refused_with_a_condition_and_gets_no_packet() {
     )
     .await
     .unwrap();
-    api.create(&PostParams::default(), &trunk("fine", &["sip:127.0.75.129:5060"]))
-        .await
-        .unwrap();
+    api.create(
+        &PostParams::default(),
+        &trunk("fine", &["sip:127.0.75.129:5060"]),
+    )
+    .await
+    .unwrap();
 
     let status = common::eventually(Duration::from_secs(15), "Forbidden condition", || async {
         let s = api.get("sneaky").await.ok()?.status?;
         let both = s.endpoints.len() == 2
-            && s.endpoints
-                .iter()
-                .all(|e| e.last_error.as_deref().is_some_and(|m| m.contains("forbidden")));
+            && s.endpoints.iter().all(|e| {
+                e.last_error
+                    .as_deref()
+                    .is_some_and(|m| m.contains("forbidden"))
+            });
         find_condition(&s.conditions, TRUNK_FORBIDDEN)?;
         both.then_some(s)
     })
     .await;
     let c = find_condition(&status.conditions, TRUNK_FORBIDDEN).unwrap();
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "DestinationDenied"));
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "DestinationDenied")
+    );
     assert!(
         c.message.contains("127.0.75.0/25") && c.message.contains("forbidden"),
         "{}",
         c.message
     );
-    assert!(c.message.contains("(and 1 more endpoints)"), "{}", c.message);
+    assert!(
+        c.message.contains("(and 1 more endpoints)"),
+        "{}",
+        c.message
+    );
     for e in &status.endpoints {
         assert_eq!(e.state, EndpointState::Unknown, "{e:?}");
-        assert!(e.last_error.as_deref().unwrap().contains("forbidden"), "{e:?}");
+        assert!(
+            e.last_error.as_deref().unwrap().contains("forbidden"),
+            "{e:?}"
+        );
     }
-    common::eventually(Duration::from_secs(15), "the allowed exception Up", || async {
-        let s = api.get("fine").await.ok()?.status?;
-        (s.endpoints.first()?.state == EndpointState::Up).then_some(())
-    })
+    common::eventually(
+        Duration::from_secs(15),
+        "the allowed exception Up",
+        || async {
+            let s = api.get("fine").await.ok()?.status?;
+            (s.endpoints.first()?.state == EndpointState::Up).then_some(())
+        },
+    )
     .await;
     // Several more probe periods: still nothing may have arrived, still not Down.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let s = api.get("sneaky").await.unwrap().status.unwrap();
-    assert!(s.endpoints.iter().all(|e| e.state == EndpointState::Unknown));
+    assert!(
+        s.endpoints
+            .iter()
+            .all(|e| e.state == EndpointState::Unknown)
+    );
     let mut buf = [0u8; 2048];
-    assert!(udp.recv_from(&mut buf).is_err(), "a datagram reached the denied listener");
-    assert!(tcp.accept().is_err(), "a connection reached the denied listener");
+    assert!(
+        udp.recv_from(&mut buf).is_err(),
+        "a datagram reached the denied listener"
+    );
+    assert!(
+        tcp.accept().is_err(),
+        "a connection reached the denied listener"
+    );
     stop.cancel();
 }
 
@@ -146,7 +175,10 @@ async fn namespace_endpoint_quota_refuses_then_readmits() {
     let api = ns.api::<Trunk>();
     api.create(
         &PostParams::default(),
-        &trunk("first", &["sip:127.0.75.140:5060", "sip:a@127.0.75.140:5060"]),
+        &trunk(
+            "first",
+            &["sip:127.0.75.140:5060", "sip:a@127.0.75.140:5060"],
+        ),
     )
     .await
     .unwrap();
@@ -155,9 +187,12 @@ async fn namespace_endpoint_quota_refuses_then_readmits() {
         (s.healthy_endpoints == 2).then_some(())
     })
     .await;
-    api.create(&PostParams::default(), &trunk("second", &["sip:b@127.0.75.140:5060"]))
-        .await
-        .unwrap();
+    api.create(
+        &PostParams::default(),
+        &trunk("second", &["sip:b@127.0.75.140:5060"]),
+    )
+    .await
+    .unwrap();
     let s = common::eventually(Duration::from_secs(15), "QuotaExceeded", || async {
         let s = api.get("second").await.ok()?.status?;
         find_condition(&s.conditions, TRUNK_QUOTA_EXCEEDED)?;
@@ -165,7 +200,10 @@ async fn namespace_endpoint_quota_refuses_then_readmits() {
     })
     .await;
     let c = find_condition(&s.conditions, TRUNK_QUOTA_EXCEEDED).unwrap();
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "NamespaceQuota"));
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "NamespaceQuota")
+    );
     assert!(c.message.contains("quota of 2"), "{}", c.message);
     assert_eq!(s.endpoints[0].state, EndpointState::Unknown);
     // The first trunk is untouched by the second one's refusal.
@@ -173,13 +211,20 @@ async fn namespace_endpoint_quota_refuses_then_readmits() {
     assert_eq!(first.healthy_endpoints, 2);
 
     api.delete("first", &DeleteParams::default()).await.unwrap();
-    let s = common::eventually(Duration::from_secs(20), "second admitted and Up", || async {
-        let s = api.get("second").await.ok()?.status?;
-        (s.endpoints.first()?.state == EndpointState::Up).then_some(s)
-    })
+    let s = common::eventually(
+        Duration::from_secs(20),
+        "second admitted and Up",
+        || async {
+            let s = api.get("second").await.ok()?.status?;
+            (s.endpoints.first()?.state == EndpointState::Up).then_some(s)
+        },
+    )
     .await;
     let c = find_condition(&s.conditions, TRUNK_QUOTA_EXCEEDED).unwrap();
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "WithinQuota"));
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "WithinQuota")
+    );
     stop.cancel();
 }
 
@@ -247,6 +292,9 @@ async fn a_tenant_with_10k_endpoints_does_not_delay_another() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("small tenant: worst RTT {worst_rtt} ms; big tenant t0: {big_failures}/100 failing");
-    assert!(big_failures > 90, "the big tenant was not actually probed ({big_failures}/100)");
+    assert!(
+        big_failures > 90,
+        "the big tenant was not actually probed ({big_failures}/100)"
+    );
     hub.shutdown();
 }

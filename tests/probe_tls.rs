@@ -79,8 +79,21 @@ fn make_certs(dir: &Path, ips: &Ips) {
     openssl(
         dir,
         &[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=lifeline test CA", "-days", "2",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-subj",
+            "/CN=lifeline test CA",
+            "-days",
+            "2",
         ],
     );
     for (name, sans, days) in [
@@ -98,15 +111,38 @@ fn make_certs(dir: &Path, ips: &Ips) {
         openssl(
             dir,
             &[
-                "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-keyout", &key, "-out", &csr, "-subj", &format!("/CN={name}"),
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={name}"),
             ],
         );
         openssl(
             dir,
             &[
-                "x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", &crt, "-days", days, "-extfile", &ext,
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                days,
+                "-extfile",
+                &ext,
             ],
         );
     }
@@ -116,7 +152,11 @@ fn make_certs(dir: &Path, ips: &Ips) {
 fn kamailio_tls(dir: &Path, ips: &Ips) -> Peer {
     let d = dir.display();
     let mut tls_cfg = String::new();
-    for (ip, name) in [(&ips.good, "good"), (&ips.expired, "expired"), (&ips.wrong, "wrong")] {
+    for (ip, name) in [
+        (&ips.good, "good"),
+        (&ips.expired, "expired"),
+        (&ips.wrong, "wrong"),
+    ] {
         tls_cfg.push_str(&format!(
             "[server:{ip}:5061]\nmethod = TLSv1.2+\ncertificate = {d}/{name}.crt\nprivate_key = {d}/{name}.key\nverify_certificate = no\nrequire_certificate = no\n\n"
         ));
@@ -207,11 +247,26 @@ async fn tls_endpoints_are_verified_against_the_ca_bundle_and_their_names() {
     };
     let cases: Vec<(&str, ProbeTarget)> = vec![
         ("sips-ip", target(&format!("sips:{good}"), bundle.clone())),
-        ("transport-tls", target(&format!("sip:{good}:5061;transport=tls"), bundle.clone())),
-        ("server-name", target(&format!("sips:{good}:5061"), named(NAME))),
-        ("expired", target(&format!("sips:{expired}:5061"), named(NAME))),
-        ("wrong-name", target(&format!("sips:{wrong}:5061"), bundle.clone())),
-        ("wrong-server-name", target(&format!("sips:{good}:5061"), named("other.test"))),
+        (
+            "transport-tls",
+            target(&format!("sip:{good}:5061;transport=tls"), bundle.clone()),
+        ),
+        (
+            "server-name",
+            target(&format!("sips:{good}:5061"), named(NAME)),
+        ),
+        (
+            "expired",
+            target(&format!("sips:{expired}:5061"), named(NAME)),
+        ),
+        (
+            "wrong-name",
+            target(&format!("sips:{wrong}:5061"), bundle.clone()),
+        ),
+        (
+            "wrong-server-name",
+            target(&format!("sips:{good}:5061"), named("other.test")),
+        ),
         ("system-roots", target(&format!("sips:{good}:5061"), None)),
     ];
     for (owner, t) in &cases {
@@ -229,15 +284,24 @@ async fn tls_endpoints_are_verified_against_the_ca_bundle_and_their_names() {
             }
             "expired" => {
                 assert_eq!(h.state, EndpointState::Down, "{owner}: {h:?}");
-                assert!(err.contains("TLS handshake") && err.to_lowercase().contains("expired"), "{owner}: {err}");
+                assert!(
+                    err.contains("TLS handshake") && err.to_lowercase().contains("expired"),
+                    "{owner}: {err}"
+                );
             }
             "wrong-name" | "wrong-server-name" => {
                 assert_eq!(h.state, EndpointState::Down, "{owner}: {h:?}");
-                assert!(err.contains("TLS handshake") && err.contains("not valid for"), "{owner}: {err}");
+                assert!(
+                    err.contains("TLS handshake") && err.contains("not valid for"),
+                    "{owner}: {err}"
+                );
             }
             "system-roots" => {
                 assert_eq!(h.state, EndpointState::Down, "{owner}: {h:?}");
-                assert!(err.contains("TLS handshake") && err.to_lowercase().contains("unknown"), "{owner}: {err}");
+                assert!(
+                    err.contains("TLS handshake") && err.to_lowercase().contains("unknown"),
+                    "{owner}: {err}"
+                );
             }
             _ => unreachable!(),
         }
@@ -300,11 +364,15 @@ async fn trunk_ca_bundle_from_a_configmap() {
         (t.status?.endpoints.first()?.state == EndpointState::Up).then_some(())
     })
     .await;
-    let e = common::eventually(Duration::from_secs(20), "missing CA bundle explained", || async {
-        let t = ns.api::<Trunk>().get("no-bundle").await.ok()?;
-        let e = t.status?.endpoints.first()?.clone();
-        (e.state == EndpointState::Down).then_some(e)
-    })
+    let e = common::eventually(
+        Duration::from_secs(20),
+        "missing CA bundle explained",
+        || async {
+            let t = ns.api::<Trunk>().get("no-bundle").await.ok()?;
+            let e = t.status?.endpoints.first()?.clone();
+            (e.state == EndpointState::Down).then_some(e)
+        },
+    )
     .await;
     let err = e.last_error.unwrap_or_default();
     assert!(

@@ -335,12 +335,10 @@ async fn tls_settings(
     if let Some(r) = &tls.ca_bundle {
         use k8s_openapi::api::core::v1::{ConfigMap, Secret};
         let pem = match r.kind {
-            CaBundleKind::ConfigMap => {
-                Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
-                    .get_opt(&r.name)
-                    .await?
-                    .map(|cm| cm.data.and_then(|mut d| d.remove(&r.key)))
-            }
+            CaBundleKind::ConfigMap => Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
+                .get_opt(&r.name)
+                .await?
+                .map(|cm| cm.data.and_then(|mut d| d.remove(&r.key))),
             CaBundleKind::Secret => {
                 match Api::<Secret>::namespaced(ctx.client.clone(), ns)
                     .get_opt(&r.name)
@@ -753,31 +751,63 @@ mod tests {
     fn forbidden_and_quota_conditions() {
         let tr = trunk(&["sip:a", "sip:b"], false);
         let mut denied = health("sip:a", EndpointState::Unknown, None, 0);
-        denied.last_error = Some("destination 127.0.0.1:5060 is forbidden by the operator's deny rule 127.0.0.0/8".into());
+        denied.last_error = Some(
+            "destination 127.0.0.1:5060 is forbidden by the operator's deny rule 127.0.0.0/8"
+                .into(),
+        );
         denied.last_failure = Some(FailureKind::Forbidden);
         let up = health("sip:b", EndpointState::Up, Some(3), 0);
-        let s1 = next_status(&tr, &[denied.clone(), up.clone()], &TrunkStatus::default(), true, t(1)).unwrap();
+        let s1 = next_status(
+            &tr,
+            &[denied.clone(), up.clone()],
+            &TrunkStatus::default(),
+            true,
+            t(1),
+        )
+        .unwrap();
         let c = find_condition(&s1.conditions, TRUNK_FORBIDDEN).unwrap();
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", reasons::DESTINATION_DENIED));
-        assert!(c.message.starts_with("sip:a: destination 127.0.0.1:5060 is forbidden"), "{}", c.message);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", reasons::DESTINATION_DENIED)
+        );
+        assert!(
+            c.message
+                .starts_with("sip:a: destination 127.0.0.1:5060 is forbidden"),
+            "{}",
+            c.message
+        );
         assert_eq!(s1.endpoints[0].state, EndpointState::Unknown);
         assert!(find_condition(&s1.conditions, TRUNK_QUOTA_EXCEEDED).is_none());
         // Unchanged: no write.
-        assert_eq!(next_status(&tr, &[denied, up.clone()], &s1, false, t(2)), None);
+        assert_eq!(
+            next_status(&tr, &[denied, up.clone()], &s1, false, t(2)),
+            None
+        );
         let fine = health("sip:a", EndpointState::Up, Some(3), 0);
         let s2 = next_status(&tr, &[fine, up.clone()], &s1, false, t(3)).unwrap();
         let c = find_condition(&s2.conditions, TRUNK_FORBIDDEN).unwrap();
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", reasons::DESTINATIONS_ALLOWED));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reasons::DESTINATIONS_ALLOWED)
+        );
 
         let mut over = health("sip:a", EndpointState::Unknown, None, 0);
-        over.last_error = Some("namespace t would probe 9 endpoints, over the operator's quota of 8".into());
+        over.last_error =
+            Some("namespace t would probe 9 endpoints, over the operator's quota of 8".into());
         over.last_failure = Some(FailureKind::Quota);
         let mut over_b = over.clone();
         over_b.uri = "sip:b".into();
         let s3 = next_status(&tr, &[over, over_b], &TrunkStatus::default(), true, t(4)).unwrap();
         let c = find_condition(&s3.conditions, TRUNK_QUOTA_EXCEEDED).unwrap();
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", reasons::NAMESPACE_QUOTA));
-        assert!(c.message.contains("(and 1 more endpoints)"), "{}", c.message);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", reasons::NAMESPACE_QUOTA)
+        );
+        assert!(
+            c.message.contains("(and 1 more endpoints)"),
+            "{}",
+            c.message
+        );
     }
 
     #[test]

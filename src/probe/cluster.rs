@@ -16,7 +16,9 @@ use super::policy::Rule;
 /// Deny rules for the API server, the nodes and the Service ranges.
 pub async fn deny_rules(client: &Client) -> Vec<Rule> {
     let mut rules = Vec::new();
-    let mut hosts: Vec<String> = std::env::var("KUBERNETES_SERVICE_HOST").into_iter().collect();
+    let mut hosts: Vec<String> = std::env::var("KUBERNETES_SERVICE_HOST")
+        .into_iter()
+        .collect();
     if let Ok(config) = kube::Config::infer().await
         && let Some(host) = config.cluster_url.host()
     {
@@ -28,7 +30,10 @@ pub async fn deny_rules(client: &Client) -> Vec<Rule> {
             .filter_map(|h| h.parse::<IpAddr>().ok())
             .map(Rule::host),
     );
-    match Api::<Node>::all(client.clone()).list(&ListParams::default()).await {
+    match Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+    {
         Ok(nodes) => rules.extend(
             nodes
                 .items
@@ -38,9 +43,14 @@ pub async fn deny_rules(client: &Client) -> Vec<Rule> {
                 .filter_map(|a| a.address.parse::<IpAddr>().ok())
                 .map(Rule::host),
         ),
-        Err(e) => tracing::warn!(error = %e, "cannot list Nodes: node addresses are not denied to probes; add them to --probe-deny"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list Nodes: node addresses are not denied to probes; add them to --probe-deny")
+        }
     }
-    match Api::<ServiceCIDR>::all(client.clone()).list(&ListParams::default()).await {
+    match Api::<ServiceCIDR>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+    {
         Ok(list) => rules.extend(
             list.items
                 .iter()
@@ -48,7 +58,9 @@ pub async fn deny_rules(client: &Client) -> Vec<Rule> {
                 .flatten()
                 .filter_map(|c| Rule::parse(c).ok()),
         ),
-        Err(e) => tracing::warn!(error = %e, "cannot list ServiceCIDRs: the Service range is not denied to probes; add it to --probe-deny"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list ServiceCIDRs: the Service range is not denied to probes; add it to --probe-deny")
+        }
     }
     rules.sort_by_key(|r| r.to_string());
     rules.dedup();

@@ -511,7 +511,6 @@ fn strip_prefix_bytes_ci<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
         .then(|| &s[prefix.len()..])
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -633,11 +632,19 @@ mod tests {
     /// longer body is cut to the declared length (accepted).
     #[test]
     fn content_length_rules_on_datagrams() {
-        let head = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=z9hG4bKabc\r\nCall-ID: cid@lifeline\r\n";
+        let head =
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=z9hG4bKabc\r\nCall-ID: cid@lifeline\r\n";
         let with = |cl: &str, body: &str| format!("{head}Content-Length: {cl}\r\n\r\n{body}");
         assert!(parse_response(with("4", "abcd").as_bytes()).is_ok());
         assert!(parse_response(with("2", "abcd").as_bytes()).is_ok());
-        for (cl, body) in [("5", "abcd"), ("x", ""), ("-1", ""), ("1e3", ""), ("", ""), ("99999999999999999999999", "")] {
+        for (cl, body) in [
+            ("5", "abcd"),
+            ("x", ""),
+            ("-1", ""),
+            ("1e3", ""),
+            ("", ""),
+            ("99999999999999999999999", ""),
+        ] {
             assert!(
                 parse_response(with(cl, body).as_bytes()).is_err(),
                 "Content-Length {cl:?} with {} body bytes must be discarded",
@@ -647,7 +654,10 @@ mod tests {
             if cl == "5" {
                 assert_eq!(framed, Ok(None), "a stream waits for the rest of the body");
             } else {
-                assert!(framed.is_err(), "Content-Length {cl:?} on a stream: {framed:?}");
+                assert!(
+                    framed.is_err(),
+                    "Content-Length {cl:?} on a stream: {framed:?}"
+                );
             }
         }
         let twice = format!("{head}Content-Length: 0\r\nl: 3\r\n\r\nabc");

@@ -294,7 +294,11 @@ mod tests {
         let s = spec(1, 1);
         let mut h = HealthState::default();
         h.apply(&ok(), &s, now());
-        for kind in [FailureKind::Resolve, FailureKind::Forbidden, FailureKind::Quota] {
+        for kind in [
+            FailureKind::Resolve,
+            FailureKind::Forbidden,
+            FailureKind::Quota,
+        ] {
             let f = Outcome::Failed {
                 kind,
                 detail: format!("{kind:?}"),

@@ -211,7 +211,9 @@ impl Inner {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (key, targets) in waiting {
-            let fits = self.over_quota(&lock(&self.owners), &key, &targets).is_none();
+            let fits = self
+                .over_quota(&lock(&self.owners), &key, &targets)
+                .is_none();
             if fits && lock(&self.refused).contains_key(&key) {
                 tracing::info!(owner = %key, "probe quota available again; probing");
                 if let Admission::Admitted = self.set_targets(&key, targets) {
@@ -321,8 +323,7 @@ impl Inner {
 
     /// Record one probe round; true when the owner should hear about it.
     fn record(&self, endpoint: &Endpoint, report: &ProbeReport) -> bool {
-        let outcome =
-            &report.outcome(|code| super::health::is_alive(code, &endpoint.spec));
+        let outcome = &report.outcome(|code| super::health::is_alive(code, &endpoint.spec));
         self.metrics.probes_sent.inc();
         if let Outcome::Failed { kind, .. } = outcome {
             self.metrics

@@ -119,9 +119,7 @@ impl fmt::Display for Rule {
 /// `127.0.0.0/8` must not be dodged by writing the address the other way.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
 }
@@ -303,7 +301,11 @@ mod tests {
         q.deny([Rule::parse("127.0.75.0/25").unwrap()]);
         let e = q.check(dest("127.0.75.1:5060")).unwrap_err();
         assert_eq!(e.rule, "127.0.75.0/25", "the most specific rule is named");
-        assert!(DestinationPolicy::allow_all().check(dest("127.0.0.1:1")).is_ok());
+        assert!(
+            DestinationPolicy::allow_all()
+                .check(dest("127.0.0.1:1"))
+                .is_ok()
+        );
     }
 
     #[test]
@@ -318,7 +320,10 @@ mod tests {
             "10.0.0.0/8:a",
         ] {
             let e = Rule::parse(bad).unwrap_err();
-            assert!(e.to_string().contains(bad) && e.to_string().contains("CIDR"), "{e}");
+            assert!(
+                e.to_string().contains(bad) && e.to_string().contains("CIDR"),
+                "{e}"
+            );
         }
         // Host bits are cleared, so 10.1.2.3/8 means 10.0.0.0/8.
         assert_eq!(

@@ -60,7 +60,12 @@ pub struct Target {
 
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.transport.via_token().to_ascii_lowercase(), self.addr)
+        write!(
+            f,
+            "{}:{}",
+            self.transport.via_token().to_ascii_lowercase(),
+            self.addr
+        )
     }
 }
 
@@ -299,10 +304,11 @@ impl Resolver {
                     break;
                 }
                 // A target that does not resolve is skipped; the others still count.
-                match addresses(dns, &target, port, *transport, priority, weight, &mut ttl).await
-                {
+                match addresses(dns, &target, port, *transport, priority, weight, &mut ttl).await {
                     Ok(found) => targets.extend(found),
-                    Err(e) => tracing::debug!(srv = %name, error = %e, "SRV target without address"),
+                    Err(e) => {
+                        tracing::debug!(srv = %name, error = %e, "SRV target without address")
+                    }
                 }
             }
             targets.truncate(MAX_TARGETS);
@@ -347,7 +353,9 @@ fn build_client(config: &DnsConfig) -> Result<TokioResolver, String> {
     opts.timeout = Duration::from_secs(2);
     opts.attempts = 1;
     opts.cache_size = 1024;
-    builder.build().map_err(|e| format!("building the DNS client: {e}"))
+    builder
+        .build()
+        .map_err(|e| format!("building the DNS client: {e}"))
 }
 
 /// The smallest TTL seen along a resolution path.
@@ -446,7 +454,9 @@ async fn srv(
     // RFC 2782: a single record with target "." means "no such service here".
     records.retain(|r| !r.3.is_empty());
     if records.is_empty() {
-        return Err(format!("resolving SRV {name}: the service is not offered (target \".\")"));
+        return Err(format!(
+            "resolving SRV {name}: the service is not offered (target \".\")"
+        ));
     }
     records.sort_by(|a, b| {
         a.0.cmp(&b.0)
@@ -538,7 +548,11 @@ mod tests {
             cap: 1000,
         };
         for i in 0..100_000 {
-            cache.insert(key(i), entry(4, Duration::from_secs(10 + i as u64), now), now);
+            cache.insert(
+                key(i),
+                entry(4, Duration::from_secs(10 + i as u64), now),
+                now,
+            );
             assert!(cache.entries.len() <= 1000);
         }
         assert!(cache.entries.contains_key(&key(99_999)));

@@ -51,20 +51,20 @@ impl TlsConfigs {
             return Err(e.clone());
         }
         match settings.and_then(|s| s.ca_pem.as_deref()) {
-            None => self
-                .system
-                .get_or_init(|| {
-                    let found = rustls_native_certs::load_native_certs();
-                    let mut roots = rustls::RootCertStore::empty();
-                    let (added, _) = roots.add_parsable_certificates(found.certs);
-                    if added == 0 {
-                        return Err(
-                            "no system CA certificates found; set spec.tls.caBundle".to_string()
-                        );
-                    }
-                    build(roots)
-                })
-                .clone(),
+            None => {
+                self.system
+                    .get_or_init(|| {
+                        let found = rustls_native_certs::load_native_certs();
+                        let mut roots = rustls::RootCertStore::empty();
+                        let (added, _) = roots.add_parsable_certificates(found.certs);
+                        if added == 0 {
+                            return Err("no system CA certificates found; set spec.tls.caBundle"
+                                .to_string());
+                        }
+                        build(roots)
+                    })
+                    .clone()
+            }
             Some(pem) => {
                 let digest: [u8; 32] = Sha256::digest(pem.as_bytes()).into();
                 if let Some(c) = lock(&self.by_bundle).get(&digest) {
@@ -72,7 +72,8 @@ impl TlsConfigs {
                 }
                 let mut roots = rustls::RootCertStore::empty();
                 for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                    let cert = cert.map_err(|e| format!("spec.tls.caBundle: unreadable PEM: {e}"))?;
+                    let cert =
+                        cert.map_err(|e| format!("spec.tls.caBundle: unreadable PEM: {e}"))?;
                     roots
                         .add(cert)
                         .map_err(|e| format!("spec.tls.caBundle: unusable certificate: {e}"))?;
@@ -121,7 +122,10 @@ pub fn server_name(
 
 /// A readable cause for a failed handshake, naming the certificate problem.
 pub fn describe_handshake_error(e: &std::io::Error) -> String {
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
         Some(rustls::Error::InvalidCertificate(c)) => {
             use rustls::CertificateError as C;
             let why = match c {
@@ -156,7 +160,10 @@ mod tests {
             ca_error: Some("ConfigMap carrier-ca not found".into()),
             ..Default::default()
         };
-        assert_eq!(c.config(Some(&s)).unwrap_err(), "ConfigMap carrier-ca not found");
+        assert_eq!(
+            c.config(Some(&s)).unwrap_err(),
+            "ConfigMap carrier-ca not found"
+        );
         assert!(server_name("sip.example.net", None).is_ok());
         assert!(matches!(
             server_name("127.0.0.1", None).unwrap().0,
@@ -166,6 +173,10 @@ mod tests {
             server_name: Some("bad name!".into()),
             ..Default::default()
         };
-        assert!(server_name("x", Some(&s)).unwrap_err().contains("serverName"));
+        assert!(
+            server_name("x", Some(&s))
+                .unwrap_err()
+                .contains("serverName")
+        );
     }
 }

@@ -468,9 +468,7 @@ async fn probe_tcp(
         let tcp = TcpStream::connect(dest)
             .await
             .map_err(|e| io_failure("connecting", &e))?;
-        let local = tcp
-            .local_addr()
-            .map_err(|e| io_failure("connecting", &e))?;
+        let local = tcp.local_addr().map_err(|e| io_failure("connecting", &e))?;
         match tls {
             None => exchange(tcp, uri, Transport::Tcp, local).await,
             Some((config, (name, shown))) => {
@@ -496,7 +494,10 @@ async fn probe_tcp(
             rtt_millis: millis(started.elapsed()),
         },
         Ok(Err(outcome)) => outcome,
-        Err(_) => timed_out(timeout, &format!("waiting for a final response over {over}")),
+        Err(_) => timed_out(
+            timeout,
+            &format!("waiting for a final response over {over}"),
+        ),
     }
 }
 
@@ -610,7 +611,12 @@ mod tests {
 
     async fn run(reply: impl Fn(&str) -> Vec<Vec<u8>> + Send + 'static) -> Outcome {
         let addr = udp_peer(reply).await;
-        probe(&prober(), &format!("sip:{addr}"), Duration::from_millis(300)).await
+        probe(
+            &prober(),
+            &format!("sip:{addr}"),
+            Duration::from_millis(300),
+        )
+        .await
     }
 
     #[tokio::test]
@@ -727,7 +733,11 @@ mod tests {
     /// Content-Length is not a number, is not an answer.
     #[tokio::test]
     async fn udp_answers_that_break_content_length_rules_are_discarded() {
-        for bad in ["Content-Length: 40", "Content-Length: forty", "Content-Length: 0\r\nl: 9"] {
+        for bad in [
+            "Content-Length: 40",
+            "Content-Length: forty",
+            "Content-Length: 0\r\nl: 9",
+        ] {
             let out = run(move |req| {
                 vec![
                     String::from_utf8(answer(req, "200 OK"))
@@ -774,7 +784,10 @@ mod tests {
             Duration::from_millis(1000),
         )
         .await;
-        assert!(matches!(out, Outcome::Answered { code: 200, .. }), "{out:?}");
+        assert!(
+            matches!(out, Outcome::Answered { code: 200, .. }),
+            "{out:?}"
+        );
     }
 
     /// A deny rule is enforced before the first packet: the listener sees nothing.
@@ -788,7 +801,10 @@ mod tests {
         let mut policy = DestinationPolicy::allow_all();
         policy.deny([super::super::policy::Rule::parse("127.0.10.251/32").unwrap()]);
         let prober = Prober::new(CancellationToken::new(), policy, DnsConfig::system());
-        for uri in [format!("sip:{addr}"), format!("sip:{tcp_addr};transport=tcp")] {
+        for uri in [
+            format!("sip:{addr}"),
+            format!("sip:{tcp_addr};transport=tcp"),
+        ] {
             let report = prober.probe(&uri, None, Duration::from_millis(200)).await;
             let out = report.outcome(|_| true);
             let Outcome::Failed {
@@ -801,9 +817,13 @@ mod tests {
             assert!(detail.contains("127.0.10.251/32"), "{detail}");
         }
         let mut buf = [0u8; 1];
-        let nothing = tokio::time::timeout(Duration::from_millis(100), sock.recv_from(&mut buf)).await;
+        let nothing =
+            tokio::time::timeout(Duration::from_millis(100), sock.recv_from(&mut buf)).await;
         assert!(nothing.is_err(), "a datagram reached the denied listener");
-        assert!(tcp.accept().is_err(), "a connection reached the denied listener");
+        assert!(
+            tcp.accept().is_err(),
+            "a connection reached the denied listener"
+        );
     }
 
     /// The Via source-address cache stays bounded however many destinations there are
