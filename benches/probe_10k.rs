@@ -242,7 +242,12 @@ struct TlsFigures {
 }
 
 /// Kamailio with TLS on `TLS_PEER:5061`, then 1,000 `sips:` endpoints on `hub`.
-async fn tls_phase(hub: &ProbeHub, metrics: &Metrics, window: u64) -> Result<TlsFigures, String> {
+async fn tls_phase(
+    hub: &ProbeHub,
+    metrics: &Metrics,
+    window: u64,
+    udp_rate: f64,
+) -> Result<TlsFigures, String> {
     use lifeline::probe::TlsSettings;
     use std::os::unix::process::CommandExt;
     let dir = std::env::temp_dir().join(format!("lifeline-probe-10k-tls-{}", std::process::id()));

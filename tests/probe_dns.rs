@@ -27,11 +27,13 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 fn config(dns: &str, port: u16, allow: &str, grace: Duration) -> ProbeConfig {
-    let mut c = ProbeConfig::default();
-    c.dns = DnsConfig {
-        servers: vec![format!("{dns}:{port}").parse().unwrap()],
-        stale_grace: grace,
-        ..DnsConfig::system()
+    let mut c = ProbeConfig {
+        dns: DnsConfig {
+            servers: vec![format!("{dns}:{port}").parse().unwrap()],
+            stale_grace: grace,
+            ..DnsConfig::system()
+        },
+        ..ProbeConfig::default()
     };
     c.policy.allow([Rule::parse(allow).unwrap()]);
     c

@@ -212,7 +212,7 @@ impl Prober {
             let t = &targets[i];
             async move {
                 let outcome = self
-                    .probe_target(uri, &parsed, t, tls, deadline, timeout)
+                    .probe_target(uri, parsed, t, tls, deadline, timeout)
                     .await;
                 (i, outcome)
             }
