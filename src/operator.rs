@@ -30,7 +30,8 @@ use crate::telemetry::Metrics;
 /// Arguments of `lifeline operator`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct OperatorArgs {
-    /// Namespace to watch; all namespaces when omitted.
+    /// Namespace to watch, or several comma-separated (`a,b`); all namespaces when
+    /// omitted.
     #[arg(long, env = "LIFELINE_NAMESPACE")]
     pub namespace: Option<String>,
     /// Address of the `/metrics`, `/healthz` and `/readyz` server.
@@ -108,6 +109,50 @@ pub struct ProbeArgs {
     /// (they are denied by default).
     #[arg(long = "probe-no-cluster-deny", env = "LIFELINE_PROBE_NO_CLUSTER_DENY")]
     pub no_cluster_deny: bool,
+}
+
+impl OperatorArgs {
+    /// The watched namespaces: `[None]` for all, else one entry per listed namespace.
+    pub fn namespaces(&self) -> Vec<Option<String>> {
+        let listed: Vec<Option<String>> = self
+            .namespace
+            .iter()
+            .flat_map(|n| n.split(','))
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| Some(n.to_string()))
+            .collect();
+        if listed.is_empty() {
+            vec![None]
+        } else {
+            listed
+        }
+    }
+
+    /// One controller context per watched namespace, all sharing one prober (so the
+    /// quotas and the probe thread are shared too).
+    fn contexts(
+        &self,
+        client: &Client,
+        metrics: &Arc<Metrics>,
+        probes: &crate::probe::ProbeConfig,
+    ) -> Vec<Arc<Context>> {
+        let hub = crate::probe::ProbeHub::new(metrics.clone(), probes.clone());
+        self.namespaces()
+            .into_iter()
+            .map(|ns| Context::with_probe_hub(client.clone(), metrics.clone(), ns, hub.clone()))
+            .collect()
+    }
+}
+
+/// Run every controller for every context until `token` is cancelled.
+async fn run_contexts(contexts: &[Arc<Context>], token: &CancellationToken) {
+    futures::future::join_all(
+        contexts
+            .iter()
+            .map(|ctx| controller::run_all(ctx.clone(), token.clone())),
+    )
+    .await;
 }
 
 impl ProbeArgs {
@@ -313,8 +358,10 @@ pub async fn run_with_client(
         shutdown.clone(),
     ));
 
-    if !wait_for_api(&client, args.namespace.as_deref(), &shutdown).await {
-        return finish_http(http).await;
+    for ns in args.namespaces() {
+        if !wait_for_api(&client, ns.as_deref(), &shutdown).await {
+            return finish_http(http).await;
+        }
     }
     if !args.probe.no_cluster_deny {
         probes
@@ -330,14 +377,9 @@ pub async fn run_with_client(
 
     if args.no_leader_election {
         metrics.leader.set(1);
-        let ctx = Context::with_probe_config(
-            client,
-            metrics.clone(),
-            args.namespace.clone(),
-            probes.clone(),
-        );
-        controller::run_all(ctx.clone(), shutdown.clone()).await;
-        ctx.probes.shutdown();
+        let contexts = args.contexts(&client, &metrics, &probes);
+        run_contexts(&contexts, &shutdown).await;
+        contexts[0].probes.shutdown();
         return finish_http(http).await;
     }
 
@@ -345,7 +387,7 @@ pub async fn run_with_client(
     let lease_ns = args
         .leader_election_namespace
         .clone()
-        .or_else(|| args.namespace.clone())
+        .or_else(|| args.namespaces().into_iter().next().flatten())
         .unwrap_or_else(|| "default".into());
     let manager = loop {
         let built = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
@@ -409,13 +451,8 @@ async fn lead_while_holding(
         info!("acquired the leader Lease; starting controllers and probes");
         metrics.leader.set(1);
         let term = shutdown.child_token();
-        let ctx = Context::with_probe_config(
-            client.clone(),
-            metrics.clone(),
-            args.namespace.clone(),
-            probes.clone(),
-        );
-        let controllers = controller::run_all(ctx.clone(), term.clone());
+        let contexts = args.contexts(&client, &metrics, probes);
+        let controllers = run_contexts(&contexts, &term);
         tokio::pin!(controllers);
         // Leading: keep renewing while the controllers run.
         loop {
@@ -432,7 +469,7 @@ async fn lead_while_holding(
                 },
             }
         }
-        ctx.probes.shutdown();
+        contexts[0].probes.shutdown();
         metrics.leader.set(0);
         if shutdown.is_cancelled() {
             return;
@@ -517,6 +554,37 @@ mod tests {
     fn every_replica_writes_the_lease_as_its_own_field_manager() {
         assert_ne!(lease_field_manager("pod-a"), lease_field_manager("pod-b"));
         assert!(lease_field_manager(&"x".repeat(300)).len() <= 128);
+    }
+
+    #[test]
+    fn namespace_lists_split_on_commas() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: OperatorArgs,
+        }
+        let parse = |a: &[&str]| Cli::parse_from([&["x"], a].concat()).args;
+        assert_eq!(parse(&[]).namespaces(), vec![None]);
+        assert_eq!(
+            parse(&["--namespace", "a, b,,c"]).namespaces(),
+            vec![Some("a".into()), Some("b".into()), Some("c".into())]
+        );
+        let p = parse(&[
+            "--probe-deny",
+            "10.96.0.0/12,192.0.2.0/24:5060",
+            "--probe-allow",
+            "10.96.5.0/24",
+        ]);
+        let c = p.probe.config().unwrap();
+        assert!(c.policy.check("10.96.0.1:5060".parse().unwrap()).is_err());
+        assert!(c.policy.check("10.96.5.1:5060".parse().unwrap()).is_ok());
+        assert!(c.policy.check("127.0.0.1:5060".parse().unwrap()).is_err());
+        let bad = parse(&["--probe-deny", "10.0.0.1"])
+            .probe
+            .config()
+            .unwrap_err();
+        assert!(bad.to_string().contains("10.0.0.1"), "{bad}");
     }
 
     #[test]

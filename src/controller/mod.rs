@@ -49,13 +49,24 @@ impl Context {
         namespace: Option<String>,
         probes: ProbeConfig,
     ) -> Arc<Self> {
+        let hub = ProbeHub::new(metrics.clone(), probes);
+        Self::with_probe_hub(client, metrics, namespace, hub)
+    }
+
+    /// A context sharing `probes` with other contexts (one per watched namespace).
+    pub fn with_probe_hub(
+        client: Client,
+        metrics: Arc<Metrics>,
+        namespace: Option<String>,
+        probes: ProbeHub,
+    ) -> Arc<Self> {
         let reporter = Reporter {
             controller: "lifeline".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
-            probes: ProbeHub::new(metrics.clone(), probes),
+            probes,
             client,
             metrics,
             namespace,

@@ -105,6 +105,12 @@ resource by resource and verb by verb: no wildcards, no Secrets.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if .Values.probe.readSecretsForCaBundles }}
+# Trunk spec.tls.caBundle may name a Secret (off by default: use a ConfigMap).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+{{- end }}
 {{- end }}
 
 {{/*
@@ -115,3 +121,26 @@ Cluster-scoped reads: readiness waits until the CRDs are established.
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list", "watch"]
 {{- end }}
+
+{{/* The watched namespaces, comma-separated (watchNamespaces plus the older
+     single watchNamespace); empty: every namespace. */}}
+{{- define "lifeline.namespaces" -}}
+{{- $ns := .Values.watchNamespaces | default list -}}
+{{- if .Values.watchNamespace -}}
+{{- $ns = append $ns .Values.watchNamespace -}}
+{{- end -}}
+{{- $ns | uniq | join "," -}}
+{{- end -}}
+
+{{/* Read-only cluster rules for the prober's default deny list: node addresses
+     and the Service ranges are found at start and never probed. */}}
+{{- define "lifeline.probeClusterRules" -}}
+{{- if .Values.probe.denyClusterAddresses }}
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["list"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["servicecidrs"]
+  verbs: ["list"]
+{{- end }}
+{{- end -}}
