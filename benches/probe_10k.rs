@@ -9,8 +9,14 @@
 //!    every other setting at Kamailio's defaults): the time each takes to mark it
 //!    Down/inactive, and the ratio.
 //!
-//! Run: `cargo bench --bench probe_10k` (release build; needs /usr/sbin/kamailio and
-//! /usr/sbin/kamcmd; binds 127.0.11.0/24). `PROBE_10K_SECONDS` changes the 20 s window.
+//! 3. Then 1,000 TLS endpoints at a 5 s period (a realistic carrier setting) are added
+//!    next to the 10,000 UDP ones, probed against Kamailio's tls module with a
+//!    certificate made by openssl and verified against its CA: CPU and memory are
+//!    measured again in the same run, and the TLS share printed as the difference.
+//!
+//! Run: `cargo bench --bench probe_10k` (release build; needs /usr/sbin/kamailio,
+//! /usr/sbin/kamcmd, kamailio-tls-modules and openssl; binds 127.0.11.0/24).
+//! `PROBE_10K_SECONDS` changes the 20 s windows.
 
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
@@ -20,13 +26,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lifeline::crd::{EndpointState, ProbeSpec};
-use lifeline::probe::{ProbeHub, ProbeTarget};
+use lifeline::probe::policy::Rule;
+use lifeline::probe::{ProbeConfig, ProbeHub, ProbeTarget};
 use lifeline::telemetry::Metrics;
 
 const ENDPOINTS: usize = 10_000;
 const RESPONDERS: [&str; 4] = ["127.0.11.1", "127.0.11.2", "127.0.11.3", "127.0.11.4"];
 const SILENT: &str = "127.0.11.200:5060";
 const KAMAILIO_LISTEN: &str = "127.0.11.250:5060";
+const TLS_ENDPOINTS: usize = 1_000;
+const TLS_PEER: &str = "127.0.11.5";
 
 fn main() {
     if std::env::var_os("PROBE_10K_RESPONDER").is_some() {
@@ -82,7 +91,13 @@ async fn run(window: u64) {
     let kamailio = tokio::task::spawn_blocking(kamailio_time_to_inactive);
 
     let metrics = Arc::new(Metrics::new());
-    let hub = ProbeHub::new(metrics.clone());
+    // The default destination list, with this bench's loopback range as the exception
+    // (so the policy check is part of what is measured).
+    let mut config = ProbeConfig::default();
+    config
+        .policy
+        .allow([Rule::parse("127.0.11.0/24").expect("rule")]);
+    let hub = ProbeHub::new(metrics.clone(), config);
     let spec = ProbeSpec {
         period_seconds: 1,
         ..ProbeSpec::default()
@@ -95,6 +110,7 @@ async fn run(window: u64) {
                 ProbeTarget {
                     uri: format!("sip:ep{n}@{}:5060", RESPONDERS[n % RESPONDERS.len()]),
                     spec: spec.clone(),
+                    tls: None,
                 }
             })
             .collect();
@@ -162,6 +178,30 @@ async fn run(window: u64) {
         "responders (separate process, not counted above): median {:.1} %, mean {child_mean:.1} %",
         median(&mut theirs)
     );
+    // Phase 2: the same hub plus 1,000 TLS endpoints at 5 s.
+    match tls_phase(&hub, &metrics, window, probes).await {
+        Ok(t) => {
+            println!(
+                "== + {TLS_ENDPOINTS} TLS endpoints (sips:, CA-verified, 5 s period) next to the {ENDPOINTS} UDP ones, {window} s window =="
+            );
+            println!(
+                "prober CPU: median {:.1} % of one core (UDP alone: median {:.1} %), mean {:.1} %; TLS share {:.1} % of a core",
+                t.cpu_median,
+                median(&mut own.clone()),
+                t.cpu_mean,
+                t.cpu_mean - mean
+            );
+            println!(
+                "prober RSS: {:.1} MiB (UDP alone: {rss:.1} MiB); TLS endpoints Up: {}/{TLS_ENDPOINTS}; TLS handshakes: {:.0}/s",
+                t.rss, t.up, t.rate
+            );
+            println!(
+                "cost per TLS probe vs per UDP probe: {:.1}x",
+                ((t.cpu_mean - mean) / t.rate.max(1.0)) / (mean / probes.max(1.0))
+            );
+        }
+        Err(e) => println!("TLS phase: not measured: {e}"),
+    }
     drop(responders);
 
     let (lifeline_default, what_default) = silent_default.await.expect("detector");
@@ -193,6 +233,178 @@ async fn run(window: u64) {
     hub.shutdown();
 }
 
+struct TlsFigures {
+    cpu_median: f64,
+    cpu_mean: f64,
+    rss: f64,
+    up: usize,
+    rate: f64,
+}
+
+/// Kamailio with TLS on `TLS_PEER:5061`, then 1,000 `sips:` endpoints on `hub`.
+async fn tls_phase(
+    hub: &ProbeHub,
+    metrics: &Metrics,
+    window: u64,
+    udp_rate: f64,
+) -> Result<TlsFigures, String> {
+    use lifeline::probe::TlsSettings;
+    use std::os::unix::process::CommandExt;
+    let dir = std::env::temp_dir().join(format!("lifeline-probe-10k-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let _cleanup = DirGuard(dir.clone());
+    let openssl = |args: &[&str]| -> Result<(), String> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .map_err(|e| format!("openssl: {e}"))?;
+        out.status
+            .success()
+            .then_some(())
+            .ok_or_else(|| format!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr)))
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/CN=bench CA",
+        "-days",
+        "2",
+    ])?;
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "peer.key",
+        "-out",
+        "peer.csr",
+        "-subj",
+        "/CN=peer",
+    ])?;
+    std::fs::write(dir.join("ext"), format!("subjectAltName=IP:{TLS_PEER}\n"))
+        .map_err(|e| e.to_string())?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "peer.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "peer.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ])?;
+    let d = dir.display();
+    std::fs::write(
+        dir.join("tls.cfg"),
+        format!("[server:default]\nmethod = TLSv1.2+\ncertificate = {d}/peer.crt\nprivate_key = {d}/peer.key\n\n[client:default]\nverify_certificate = no\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    let cfg = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/kamailio/tls_options_200.cfg");
+    let child = Command::new("/usr/sbin/kamailio")
+        .arg("-f")
+        .arg(&cfg)
+        .args(["-DD", "-E", "-n", "1", "-Y"])
+        .arg(&dir)
+        .arg("-w")
+        .arg(&dir)
+        .args(["-l", &format!("tls:{TLS_PEER}:5061")])
+        .args(["-A", &format!("TLS_CFG=\"{d}/tls.cfg\"")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("start kamailio: {e}"))?;
+    let kamailio = ChildGuard(child);
+    let started = Instant::now();
+    while std::net::TcpStream::connect((TLS_PEER, 5061)).is_err() {
+        if started.elapsed() > Duration::from_secs(10) {
+            return Err("kamailio TLS did not listen within 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ca: Arc<str> =
+        Arc::from(std::fs::read_to_string(dir.join("ca.crt")).map_err(|e| e.to_string())?);
+    let spec = ProbeSpec {
+        period_seconds: 5,
+        ..ProbeSpec::default()
+    };
+    for o in 0..TLS_ENDPOINTS / 100 {
+        let targets = (0..100)
+            .map(|i| ProbeTarget {
+                uri: format!("sips:tls{}@{TLS_PEER}:5061", o * 100 + i),
+                spec: spec.clone(),
+                tls: Some(TlsSettings {
+                    ca_pem: Some(ca.clone()),
+                    ..TlsSettings::default()
+                }),
+            })
+            .collect();
+        hub.set_targets(&format!("tls/{o}"), targets);
+    }
+    // One full period for every schedule to reach its phase.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let sent0 = metrics.probes_sent.get();
+    let (mut prev, start, t0) = (cpu_seconds("self"), cpu_seconds("self"), Instant::now());
+    let mut samples = Vec::new();
+    for _ in 0..window {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = cpu_seconds("self");
+        samples.push((now - prev) * 100.0);
+        prev = now;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let all = (metrics.probes_sent.get() - sent0) as f64 / elapsed;
+    let up = (0..TLS_ENDPOINTS / 100)
+        .flat_map(|o| hub.health(&format!("tls/{o}")))
+        .filter(|h| h.state == EndpointState::Up)
+        .count();
+    let figures = TlsFigures {
+        cpu_median: median(&mut samples),
+        cpu_mean: (prev - start) / elapsed * 100.0,
+        rss: rss_mib(),
+        up,
+        // The UDP endpoints keep their rate from the first window; the rest is TLS.
+        rate: all - udp_rate,
+    };
+    for o in 0..TLS_ENDPOINTS / 100 {
+        hub.remove(&format!("tls/{o}"));
+    }
+    drop(kamailio);
+    Ok(figures)
+}
+
+/// Removes a directory on drop.
+struct DirGuard(PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Probe the silent carrier under `owner` and report how long until it is Down.
 fn detect_down(
     hub: ProbeHub,
@@ -207,6 +419,7 @@ fn detect_down(
             vec![ProbeTarget {
                 uri: format!("sip:{SILENT}"),
                 spec,
+                tls: None,
             }],
         );
         loop {

@@ -270,6 +270,8 @@ class Demo:
         self.procs.start("operator", [
             str(LIFELINE), "operator", "--namespace", NAMESPACE, "--metrics-addr", METRICS_ADDR,
             "--no-leader-election",
+            # The demo's carriers live on loopback, which the prober refuses by default.
+            "--probe-allow", "127.0.50.0/24",
         ], env=env)
 
         log("==> kubectl apply -f examples/carrier-outage/")

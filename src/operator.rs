@@ -32,7 +32,8 @@ use crate::telemetry::Metrics;
 /// Arguments of `lifeline operator`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct OperatorArgs {
-    /// Namespace to watch; all namespaces when omitted.
+    /// Namespace to watch, or several comma-separated (`a,b`); all namespaces when
+    /// omitted.
     #[arg(long, env = "LIFELINE_NAMESPACE")]
     pub namespace: Option<String>,
     /// Address of the `/metrics`, `/healthz` and `/readyz` server.
@@ -62,6 +63,136 @@ pub struct OperatorArgs {
     /// set per Trunk and FallbackPolicy); see docs/metrics.md.
     #[arg(long, env = "LIFELINE_NO_OBJECT_METRICS")]
     pub no_object_metrics: bool,
+    /// Probing: destination list, DNS and per-namespace quotas.
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+}
+
+/// Where the prober may send, how it resolves names, and how much each namespace may
+/// ask for. Kept apart from the process settings above so that it reads as one unit.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ProbeArgs {
+    /// Destinations never probed, as CIDR[:PORT[-PORT]] (comma-separated or repeated),
+    /// on top of the built-in list (loopback, link-local incl. 169.254.169.254,
+    /// multicast) and the API server, node and Service addresses found at start.
+    #[arg(
+        long = "probe-deny",
+        env = "LIFELINE_PROBE_DENY",
+        value_delimiter = ','
+    )]
+    pub deny: Vec<String>,
+    /// Exceptions to every deny rule, as CIDR[:PORT[-PORT]].
+    #[arg(
+        long = "probe-allow",
+        env = "LIFELINE_PROBE_ALLOW",
+        value_delimiter = ','
+    )]
+    pub allow: Vec<String>,
+    /// Name servers for resolving endpoint hosts (ip:port); default /etc/resolv.conf.
+    #[arg(
+        long = "probe-dns-server",
+        env = "LIFELINE_PROBE_DNS_SERVERS",
+        value_delimiter = ','
+    )]
+    pub dns_servers: Vec<SocketAddr>,
+    /// Seconds the last good DNS answer keeps being used after its TTL while DNS fails;
+    /// after that the endpoint becomes Unknown (never Down).
+    #[arg(
+        long = "probe-dns-grace-seconds",
+        env = "LIFELINE_PROBE_DNS_GRACE_SECONDS",
+        default_value_t = 300
+    )]
+    pub dns_grace_seconds: u64,
+    /// Endpoints probed per namespace at most (Trunks beyond it get `QuotaExceeded`).
+    #[arg(
+        long = "probe-max-endpoints-per-namespace",
+        env = "LIFELINE_PROBE_MAX_ENDPOINTS_PER_NAMESPACE"
+    )]
+    pub max_endpoints_per_namespace: Option<usize>,
+    /// Probes per second per namespace at most (an endpoint costs 1/periodSeconds).
+    #[arg(
+        long = "probe-max-rate-per-namespace",
+        env = "LIFELINE_PROBE_MAX_RATE_PER_NAMESPACE"
+    )]
+    pub max_rate_per_namespace: Option<f64>,
+    /// Do not deny the API server, node and Service addresses found at start
+    /// (they are denied by default).
+    #[arg(long = "probe-no-cluster-deny", env = "LIFELINE_PROBE_NO_CLUSTER_DENY")]
+    pub no_cluster_deny: bool,
+}
+
+impl OperatorArgs {
+    /// The watched namespaces: `[None]` for all, else one entry per listed namespace.
+    pub fn namespaces(&self) -> Vec<Option<String>> {
+        let listed: Vec<Option<String>> = self
+            .namespace
+            .iter()
+            .flat_map(|n| n.split(','))
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| Some(n.to_string()))
+            .collect();
+        if listed.is_empty() {
+            vec![None]
+        } else {
+            listed
+        }
+    }
+
+    /// One controller context per watched namespace, all sharing one prober (so the
+    /// quotas and the probe thread are shared too). With `leading`, their writes follow
+    /// the leader election; without, they always write.
+    fn contexts(
+        &self,
+        client: &Client,
+        metrics: &Arc<Metrics>,
+        probes: &crate::probe::ProbeConfig,
+        leading: Option<&tokio::sync::watch::Receiver<bool>>,
+    ) -> Vec<Arc<Context>> {
+        let hub = crate::probe::ProbeHub::new(metrics.clone(), probes.clone());
+        self.namespaces()
+            .into_iter()
+            .map(|ns| match leading {
+                Some(l) => Context::with_leadership(
+                    client.clone(),
+                    metrics.clone(),
+                    ns,
+                    hub.clone(),
+                    l.clone(),
+                ),
+                None => Context::with_probe_hub(client.clone(), metrics.clone(), ns, hub.clone()),
+            })
+            .collect()
+    }
+}
+
+/// Run every controller for every context until `token` is cancelled.
+async fn run_contexts(contexts: &[Arc<Context>], token: &CancellationToken) {
+    futures::future::join_all(
+        contexts
+            .iter()
+            .map(|ctx| controller::run_all(ctx.clone(), token.clone())),
+    )
+    .await;
+}
+
+impl ProbeArgs {
+    /// The prober configuration, without the addresses found in the cluster.
+    pub fn config(&self) -> Result<crate::probe::ProbeConfig, crate::probe::policy::RuleError> {
+        use crate::probe::{DestinationPolicy, DnsConfig, ProbeConfig, Quotas};
+        Ok(ProbeConfig {
+            policy: DestinationPolicy::with_rules(&self.allow, &self.deny)?,
+            dns: DnsConfig {
+                servers: self.dns_servers.clone(),
+                stale_grace: Duration::from_secs(self.dns_grace_seconds),
+                ..DnsConfig::system()
+            },
+            quotas: Quotas {
+                max_endpoints_per_namespace: self.max_endpoints_per_namespace,
+                max_probes_per_second_per_namespace: self.max_rate_per_namespace,
+            },
+        })
+    }
 }
 
 /// Errors of the operator process.
@@ -73,6 +204,9 @@ pub enum Error {
     /// No usable Kubernetes configuration.
     #[error("kubernetes configuration: {0}")]
     Config(#[from] kube::config::InferConfigError),
+    /// A `--probe-allow`/`--probe-deny` rule is invalid.
+    #[error("{0}")]
+    ProbeRule(#[from] crate::probe::policy::RuleError),
     /// The HTTP server could not bind or serve.
     #[error("http server on {addr}: {source}")]
     Http {
@@ -231,13 +365,18 @@ pub async fn run_with_client(
     args: OperatorArgs,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    // Bad rules are a configuration error: fail before serving anything.
+    let mut probes = args.probe.config()?;
     let mut metrics = Metrics::new();
     // Per-object gauges, read from their own watch caches at scrape time (every replica).
-    if !args.no_object_metrics {
+    // One namespace: that one; several: one cluster-wide watch would need cluster-wide
+    // read access, so the gauges are off (see docs/metrics.md).
+    let namespaces = args.namespaces();
+    if !args.no_object_metrics && namespaces.len() == 1 {
         crate::telemetry::objects::register(
             &mut metrics.registry,
             client.clone(),
-            args.namespace.as_deref(),
+            namespaces[0].as_deref(),
             shutdown.clone(),
         );
     }
@@ -250,9 +389,17 @@ pub async fn run_with_client(
         shutdown.clone(),
     ));
 
-    if !wait_for_api(&client, args.namespace.as_deref(), &shutdown).await {
-        return finish_http(http).await;
+    for ns in &namespaces {
+        if !wait_for_api(&client, ns.as_deref(), &shutdown).await {
+            return finish_http(http).await;
+        }
     }
+    if !args.probe.no_cluster_deny {
+        probes
+            .policy
+            .deny(crate::probe::cluster::deny_rules(&client).await);
+    }
+    log_probe_policy(&probes);
     health.ready.store(true, Ordering::Relaxed);
     info!(
         namespace = args.namespace.as_deref().unwrap_or("<all>"),
@@ -261,9 +408,9 @@ pub async fn run_with_client(
 
     if args.no_leader_election {
         metrics.leader.set(1);
-        let ctx = Context::new(client, metrics.clone(), args.namespace.clone());
-        controller::run_all(ctx.clone(), shutdown.clone()).await;
-        ctx.probes.shutdown();
+        let contexts = args.contexts(&client, &metrics, &probes, None);
+        run_contexts(&contexts, &shutdown).await;
+        contexts[0].probes.shutdown();
         return finish_http(http).await;
     }
 
@@ -271,7 +418,7 @@ pub async fn run_with_client(
     let lease_ns = args
         .leader_election_namespace
         .clone()
-        .or_else(|| args.namespace.clone())
+        .or_else(|| namespaces.first().cloned().flatten())
         .unwrap_or_else(|| "default".into());
     let mut config = lease::LeaseConfig::from_duration(
         args.lease_name.clone(),
@@ -289,19 +436,22 @@ pub async fn run_with_client(
     let (leading_tx, leading) = tokio::sync::watch::channel(false);
     let elector = lease::Elector::new(Api::namespaced(client.clone(), &lease_ns), config);
     let election = tokio::spawn(elector.run(leading_tx, shutdown.clone()));
-    let ctx = Context::with_leadership(
-        client,
-        metrics.clone(),
-        args.namespace.clone(),
-        leading.clone(),
-    );
+    let contexts = args.contexts(&client, &metrics, &probes, Some(&leading));
+    let warm = contexts.iter().map(|ctx| {
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        async move {
+            tokio::join!(
+                controller::trunk::run(ctx.clone(), shutdown.clone()),
+                controller::policy::run(ctx.clone(), shutdown.clone()),
+                controller::api_watchdog(ctx.clone(), shutdown.clone()),
+            );
+        }
+    });
     tokio::join!(
-        controller::trunk::run(ctx.clone(), shutdown.clone()),
-        controller::policy::run(ctx.clone(), shutdown.clone()),
-        controller::api_watchdog(ctx.clone(), shutdown.clone()),
-        bot_pools_while_leading(ctx.clone(), leading, metrics.clone(), shutdown.clone()),
+        futures::future::join_all(warm),
+        writers_while_leading(contexts.clone(), leading, metrics.clone(), shutdown.clone()),
     );
-    ctx.probes.shutdown();
+    contexts[0].probes.shutdown();
     if let Err(e) = election.await {
         error!(error = %e, "leader election task failed");
     }
@@ -310,10 +460,11 @@ pub async fn run_with_client(
 }
 
 /// Warm standby: the Trunk and policy controllers run on every replica (they probe and
-/// plan, and write only while leading, see [`Context::while_leading`]). The BotPool
-/// controller only writes, so it runs only while leading. Also keeps the `leader` gauge.
-async fn bot_pools_while_leading(
-    ctx: Arc<Context>,
+/// plan, and write only while leading, see [`Context::while_leading`]). The BotPool,
+/// Notifier and FailoverDrill controllers only write (or send), so they run only while
+/// leading. Also keeps the `leader` gauge.
+async fn writers_while_leading(
+    contexts: Vec<Arc<Context>>,
     mut leading: tokio::sync::watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -323,10 +474,20 @@ async fn bot_pools_while_leading(
             _ = shutdown.cancelled() => return,
             r = leading.wait_for(|l| *l) => if r.is_err() { return },
         }
-        info!("leading: writing status, routing and bot pools");
+        info!("leading: writing status, routing, bot pools, drills and notifications");
         metrics.leader.set(1);
         let term = shutdown.child_token();
-        let pools = tokio::spawn(controller::botpool::run(ctx.clone(), term.clone()));
+        let writers = contexts.iter().map(|ctx| {
+            let (ctx, term) = (ctx.clone(), term.clone());
+            async move {
+                tokio::join!(
+                    controller::botpool::run(ctx.clone(), term.clone()),
+                    controller::notifier::run(ctx.clone(), term.clone()),
+                    controller::drill::run(ctx.clone(), term.clone()),
+                );
+            }
+        });
+        let pools = tokio::spawn(futures::future::join_all(writers));
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = leading.wait_for(|l| !*l) => {
@@ -340,6 +501,12 @@ async fn bot_pools_while_leading(
             return;
         }
     }
+}
+
+fn log_probe_policy(probes: &crate::probe::ProbeConfig) {
+    let deny: Vec<String> = probes.policy.deny_rules().map(|r| r.to_string()).collect();
+    let allow: Vec<String> = probes.policy.allow_rules().map(|r| r.to_string()).collect();
+    info!(?deny, ?allow, "probe destination list");
 }
 
 fn default_identity() -> String {
@@ -385,4 +552,40 @@ pub fn shutdown_signal() -> CancellationToken {
         t.cancel();
     });
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_lists_split_on_commas() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: OperatorArgs,
+        }
+        let parse = |a: &[&str]| Cli::parse_from([&["x"], a].concat()).args;
+        assert_eq!(parse(&[]).namespaces(), vec![None]);
+        assert_eq!(
+            parse(&["--namespace", "a, b,,c"]).namespaces(),
+            vec![Some("a".into()), Some("b".into()), Some("c".into())]
+        );
+        let p = parse(&[
+            "--probe-deny",
+            "10.96.0.0/12,192.0.2.0/24:5060",
+            "--probe-allow",
+            "10.96.5.0/24",
+        ]);
+        let c = p.probe.config().unwrap();
+        assert!(c.policy.check("10.96.0.1:5060".parse().unwrap()).is_err());
+        assert!(c.policy.check("10.96.5.1:5060".parse().unwrap()).is_ok());
+        assert!(c.policy.check("127.0.0.1:5060".parse().unwrap()).is_err());
+        let bad = parse(&["--probe-deny", "10.0.0.1"])
+            .probe
+            .config()
+            .unwrap_err();
+        assert!(bad.to_string().contains("10.0.0.1"), "{bad}");
+    }
 }

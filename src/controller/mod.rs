@@ -14,7 +14,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::probe::ProbeHub;
+use crate::probe::{ProbeConfig, ProbeHub};
 use crate::telemetry::Metrics;
 
 /// Shared state of every reconciler.
@@ -39,10 +39,40 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context for the operator (or for a test that runs the controllers itself).
+    /// A context for a test that runs the controllers itself: probes may reach
+    /// loopback (where tests run their SIP peers), everything else follows the
+    /// built-in deny list. The operator process uses [`Context::with_probe_config`].
     pub fn new(client: Client, metrics: Arc<Metrics>, namespace: Option<String>) -> Arc<Self> {
+        let mut probes = ProbeConfig::default();
+        probes.policy.allow(
+            ["127.0.0.0/8", "::1/128"]
+                .into_iter()
+                .filter_map(|r| crate::probe::policy::Rule::parse(r).ok()),
+        );
+        Self::with_probe_config(client, metrics, namespace, probes)
+    }
+
+    /// A context whose prober follows `probes` (destination list, DNS, quotas).
+    pub fn with_probe_config(
+        client: Client,
+        metrics: Arc<Metrics>,
+        namespace: Option<String>,
+        probes: ProbeConfig,
+    ) -> Arc<Self> {
+        let hub = ProbeHub::new(metrics.clone(), probes);
+        Self::with_probe_hub(client, metrics, namespace, hub)
+    }
+
+    /// A context sharing `probes` with other contexts (one per watched namespace),
+    /// always leading (no leader election).
+    pub fn with_probe_hub(
+        client: Client,
+        metrics: Arc<Metrics>,
+        namespace: Option<String>,
+        probes: ProbeHub,
+    ) -> Arc<Self> {
         // Always leading: the sender is dropped, the value stays `true`.
-        Self::with_leadership(client, metrics, namespace, watch::channel(true).1)
+        Self::with_leadership(client, metrics, namespace, probes, watch::channel(true).1)
     }
 
     /// A context whose writes follow `leading` (a replica under leader election).
@@ -50,6 +80,7 @@ impl Context {
         client: Client,
         metrics: Arc<Metrics>,
         namespace: Option<String>,
+        probes: ProbeHub,
         leading: watch::Receiver<bool>,
     ) -> Arc<Self> {
         let reporter = Reporter {
@@ -58,7 +89,7 @@ impl Context {
         };
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
-            probes: ProbeHub::new(metrics.clone()),
+            probes,
             client,
             metrics,
             namespace,

@@ -441,6 +441,7 @@ fn probe_static_targets(
             .map(|uri| ProbeTarget {
                 uri: uri.clone(),
                 spec: ProbeSpec::default(),
+                tls: None,
             })
             .collect(),
     );

@@ -23,10 +23,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::Context;
 use crate::crd::{
-    EndpointState, EndpointStatus, TRUNK_HEALTHY, Trunk, TrunkStatus, condition, merge_condition,
+    CaBundleKind, EndpointState, EndpointStatus, TRUNK_FORBIDDEN, TRUNK_HEALTHY,
+    TRUNK_QUOTA_EXCEEDED, Trunk, TrunkStatus, condition, find_condition, merge_condition,
 };
 use crate::probe::health::rtt_moved;
-use crate::probe::{EndpointHealth, ProbeTarget, RTT_REFRESH};
+use crate::probe::{EndpointHealth, FailureKind, ProbeTarget, RTT_REFRESH, TlsSettings};
 use crate::telemetry::ErrorLabels;
 
 /// `Healthy` reasons.
@@ -45,7 +46,19 @@ pub mod reasons {
     pub const ENDPOINT_UP: &str = "EndpointUp";
     /// Event reason: an endpoint became Down.
     pub const ENDPOINT_DOWN: &str = "EndpointDown";
+    /// `Forbidden` reason: a destination matches the operator's deny list.
+    pub const DESTINATION_DENIED: &str = "DestinationDenied";
+    /// `Forbidden` reason once every destination is allowed again.
+    pub const DESTINATIONS_ALLOWED: &str = "DestinationsAllowed";
+    /// `QuotaExceeded` reason: the namespace's probe quota is used up.
+    pub const NAMESPACE_QUOTA: &str = "NamespaceQuota";
+    /// `QuotaExceeded` reason once the trunk fits again.
+    pub const WITHIN_QUOTA: &str = "WithinQuota";
 }
+
+/// How often a Trunk with a CA bundle re-reads it (ConfigMaps and Secrets are not
+/// watched: watching every Secret in the cluster would cost far more than this).
+const CA_BUNDLE_REFRESH: Duration = Duration::from_secs(300);
 
 /// What can go wrong in a reconcile.
 #[derive(Debug, thiserror::Error)]
@@ -236,6 +249,7 @@ async fn reconcile_inner(
     if trunk.spec.disabled {
         ctx.probes.remove(&key);
     } else {
+        let tls = tls_settings(trunk, ctx, ns).await?;
         let targets = trunk
             .spec
             .endpoints
@@ -243,6 +257,7 @@ async fn reconcile_inner(
             .map(|e| ProbeTarget {
                 uri: e.uri.clone(),
                 spec: trunk.spec.probe.clone(),
+                tls: tls.clone(),
             })
             .collect();
         ctx.probes.set_targets(&key, targets);
@@ -259,6 +274,16 @@ async fn reconcile_inner(
             }
         }
     }
+    let requeue = if trunk
+        .spec
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.ca_bundle.is_some())
+    {
+        Action::requeue(CA_BUNDLE_REFRESH)
+    } else {
+        Action::await_change()
+    };
     lock(&tctx.known).insert(id.clone());
     if !ctx.is_leading() {
         // Warm standby: probe, do not write.
@@ -281,7 +306,7 @@ async fn reconcile_inner(
         .get(&id)
         .is_none_or(|at| now.duration_since(*at).unsigned_abs() >= RTT_REFRESH);
     let Some(new) = next_status(trunk, &health, &old, rtt_due, now) else {
-        return Ok(Action::await_change());
+        return Ok(requeue);
     };
     let api: Api<Trunk> = Api::namespaced(ctx.client.clone(), ns);
     let patch = json!({ "status": new });
@@ -315,7 +340,95 @@ async fn reconcile_inner(
             tracing::warn!(error = %e, "publishing an endpoint event failed");
         }
     }
-    Ok(Action::await_change())
+    for (type_, reason) in [
+        (TRUNK_FORBIDDEN, reasons::DESTINATION_DENIED),
+        (TRUNK_QUOTA_EXCEEDED, reasons::NAMESPACE_QUOTA),
+    ] {
+        let raised = |s: &TrunkStatus| {
+            find_condition(&s.conditions, type_).is_some_and(|c| c.status == "True")
+        };
+        if raised(&new) && !raised(&old) {
+            let note = find_condition(&new.conditions, type_).map(|c| c.message.clone());
+            let event = Event {
+                type_: EventType::Warning,
+                reason: reason.into(),
+                note: note.map(|n| truncate(&n, 1000)),
+                action: "Probe".into(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+                tracing::warn!(error = %e, "publishing a {type_} event failed");
+            }
+        }
+    }
+    Ok(requeue)
+}
+
+/// The TLS settings of a Trunk's endpoints, with its CA bundle read from the API. A
+/// missing object or key is not an API failure: every TLS probe then fails with a
+/// message that says what to create.
+async fn tls_settings(
+    trunk: &Trunk,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Option<TlsSettings>, Error> {
+    let Some(tls) = &trunk.spec.tls else {
+        return Ok(None);
+    };
+    let mut settings = TlsSettings {
+        server_name: tls.server_name.clone(),
+        ..TlsSettings::default()
+    };
+    if let Some(r) = &tls.ca_bundle {
+        use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+        let pem = match r.kind {
+            CaBundleKind::ConfigMap => Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
+                .get_opt(&r.name)
+                .await?
+                .map(|cm| cm.data.and_then(|mut d| d.remove(&r.key))),
+            CaBundleKind::Secret => {
+                match Api::<Secret>::namespaced(ctx.client.clone(), ns)
+                    .get_opt(&r.name)
+                    .await
+                {
+                    Ok(found) => found.map(|s| {
+                        s.data
+                            .and_then(|mut d| d.remove(&r.key))
+                            .and_then(|b| String::from_utf8(b.0).ok())
+                    }),
+                    // Not an outage: a permission the chart grants only on request.
+                    Err(kube::Error::Api(status)) if status.is_forbidden() => {
+                        settings.ca_error = Some(format!(
+                            "spec.tls.caBundle: the operator may not read Secret {ns}/{}; put the CA certificates in a ConfigMap (they are public), or install the chart with probe.tls.readSecrets=true",
+                            r.name
+                        ));
+                        return Ok(Some(settings));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        let kind = match r.kind {
+            CaBundleKind::ConfigMap => "ConfigMap",
+            CaBundleKind::Secret => "Secret",
+        };
+        match pem {
+            None => {
+                settings.ca_error = Some(format!(
+                    "spec.tls.caBundle: {kind} {ns}/{} not found; create it with the carrier's CA certificates under key {:?}",
+                    r.name, r.key
+                ))
+            }
+            Some(None) => {
+                settings.ca_error = Some(format!(
+                    "spec.tls.caBundle: {kind} {ns}/{} has no key {:?} (or it is not text); put the PEM CA certificates there",
+                    r.name, r.key
+                ))
+            }
+            Some(Some(pem)) => settings.ca_pem = Some(Arc::from(pem)),
+        }
+    }
+    Ok(Some(settings))
 }
 
 fn error_policy(trunk: Arc<Trunk>, error: &Error, tctx: Arc<TrunkCtx>) -> Action {
@@ -398,11 +511,13 @@ pub fn next_status(
                     last_transition_time: h.last_transition.map(Time),
                     last_error: h.last_error.clone(),
                 };
-                match old
-                    .endpoints
-                    .iter()
-                    .find(|o| o.uri == h.uri && o.state == h.state)
-                {
+                // An Unknown endpoint's reason (forbidden, no DNS answer, no quota) is
+                // news even without a state change.
+                match old.endpoints.iter().find(|o| {
+                    o.uri == h.uri
+                        && o.state == h.state
+                        && (h.state != EndpointState::Unknown || o.last_error == h.last_error)
+                }) {
                     Some(prev) => EndpointStatus {
                         rtt_millis: if rtt_due && rtt_moved(prev.rtt_millis, h.rtt_millis) {
                             h.rtt_millis
@@ -465,6 +580,52 @@ pub fn next_status(
         condition(TRUNK_HEALTHY, healthy, reason, message, generation),
         now,
     );
+    if !trunk.spec.disabled {
+        for (type_, kind, raised, cleared, cleared_msg) in [
+            (
+                TRUNK_FORBIDDEN,
+                FailureKind::Forbidden,
+                reasons::DESTINATION_DENIED,
+                reasons::DESTINATIONS_ALLOWED,
+                "every endpoint resolves to destinations the operator may probe",
+            ),
+            (
+                TRUNK_QUOTA_EXCEEDED,
+                FailureKind::Quota,
+                reasons::NAMESPACE_QUOTA,
+                reasons::WITHIN_QUOTA,
+                "the namespace's probe quota has room for this trunk",
+            ),
+        ] {
+            let hit: Vec<&EndpointHealth> = health
+                .iter()
+                .filter(|h| h.last_failure == Some(kind))
+                .collect();
+            if let Some(first) = hit.first() {
+                let mut msg = format!(
+                    "{}: {}",
+                    first.uri,
+                    first.last_error.as_deref().unwrap_or_default()
+                );
+                if hit.len() > 1 {
+                    msg.push_str(&format!(" (and {} more endpoints)", hit.len() - 1));
+                }
+                merge_condition(
+                    &mut conditions,
+                    condition(type_, true, raised, msg, generation),
+                    now,
+                );
+            } else if find_condition(&conditions, type_).is_some() {
+                // Only a condition that was ever raised is kept (as False): Trunks that
+                // never hit a limit carry no extra conditions and cost no writes.
+                merge_condition(
+                    &mut conditions,
+                    condition(type_, false, cleared, cleared_msg, generation),
+                    now,
+                );
+            }
+        }
+    }
     let new = TrunkStatus {
         observed_generation: generation,
         conditions,
@@ -529,6 +690,7 @@ mod tests {
                 capacity: None,
                 probe: ProbeSpec::default(),
                 disabled,
+                tls: None,
             },
         );
         t.metadata.generation = Some(3);
@@ -544,6 +706,9 @@ mod tests {
             consecutive_failures: failures,
             last_transition: Some(jiff::Timestamp::from_second(100).unwrap()),
             last_error: (failures > 0).then(|| "no answer within 500 ms".into()),
+            last_failure: (failures > 0).then_some(FailureKind::Timeout),
+            targets: Vec::new(),
+            stale_dns: None,
         }
     }
 
@@ -630,6 +795,71 @@ mod tests {
         );
         assert_eq!(s.endpoints[0].state, EndpointState::Unknown);
         assert_eq!(next_status(&off, &[], &s, true, t(3)), None);
+    }
+
+    /// A denied destination raises `Forbidden` (the endpoint stays Unknown, not Down),
+    /// and clearing it turns the condition False instead of leaving it stale.
+    #[test]
+    fn forbidden_and_quota_conditions() {
+        let tr = trunk(&["sip:a", "sip:b"], false);
+        let mut denied = health("sip:a", EndpointState::Unknown, None, 0);
+        denied.last_error = Some(
+            "destination 127.0.0.1:5060 is forbidden by the operator's deny rule 127.0.0.0/8"
+                .into(),
+        );
+        denied.last_failure = Some(FailureKind::Forbidden);
+        let up = health("sip:b", EndpointState::Up, Some(3), 0);
+        let s1 = next_status(
+            &tr,
+            &[denied.clone(), up.clone()],
+            &TrunkStatus::default(),
+            true,
+            t(1),
+        )
+        .unwrap();
+        let c = find_condition(&s1.conditions, TRUNK_FORBIDDEN).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", reasons::DESTINATION_DENIED)
+        );
+        assert!(
+            c.message
+                .starts_with("sip:a: destination 127.0.0.1:5060 is forbidden"),
+            "{}",
+            c.message
+        );
+        assert_eq!(s1.endpoints[0].state, EndpointState::Unknown);
+        assert!(find_condition(&s1.conditions, TRUNK_QUOTA_EXCEEDED).is_none());
+        // Unchanged: no write.
+        assert_eq!(
+            next_status(&tr, &[denied, up.clone()], &s1, false, t(2)),
+            None
+        );
+        let fine = health("sip:a", EndpointState::Up, Some(3), 0);
+        let s2 = next_status(&tr, &[fine, up.clone()], &s1, false, t(3)).unwrap();
+        let c = find_condition(&s2.conditions, TRUNK_FORBIDDEN).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reasons::DESTINATIONS_ALLOWED)
+        );
+
+        let mut over = health("sip:a", EndpointState::Unknown, None, 0);
+        over.last_error =
+            Some("namespace t would probe 9 endpoints, over the operator's quota of 8".into());
+        over.last_failure = Some(FailureKind::Quota);
+        let mut over_b = over.clone();
+        over_b.uri = "sip:b".into();
+        let s3 = next_status(&tr, &[over, over_b], &TrunkStatus::default(), true, t(4)).unwrap();
+        let c = find_condition(&s3.conditions, TRUNK_QUOTA_EXCEEDED).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", reasons::NAMESPACE_QUOTA)
+        );
+        assert!(
+            c.message.contains("(and 1 more endpoints)"),
+            "{}",
+            c.message
+        );
     }
 
     #[test]

@@ -5,6 +5,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// Trunk: at least one endpoint answers probes.
 pub const TRUNK_HEALTHY: &str = "Healthy";
+/// Trunk condition: some endpoint is only reachable at destinations the operator's
+/// allow/deny list forbids (it is not probed).
+pub const TRUNK_FORBIDDEN: &str = "Forbidden";
+/// Trunk condition: the namespace's probe quota leaves no room for this trunk.
+pub const TRUNK_QUOTA_EXCEEDED: &str = "QuotaExceeded";
 /// BotPool: enough ready replicas to be useful.
 pub const BOTPOOL_AVAILABLE: &str = "Available";
 /// BotPool: `replicas.max` cannot cover the demand.

@@ -71,6 +71,57 @@ pub struct TrunkSpec {
     /// Maintenance switch: a disabled trunk gets no traffic and is not probed.
     #[serde(default)]
     pub disabled: bool,
+
+    /// TLS settings for `sips:` and `;transport=tls` endpoints: which CA signs the
+    /// carrier's certificate and which name it must carry. Without them the system
+    /// roots and the endpoint's host name are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TrunkTls>,
+}
+
+/// How lifeline verifies a carrier's TLS certificate.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TrunkTls {
+    /// PEM CA certificates (a ConfigMap or Secret in the Trunk's namespace) that sign
+    /// the carrier's certificate. When set, only these CAs are trusted for this trunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<CaBundleRef>,
+    /// Name to verify in the carrier's certificate and to send as SNI, when it differs
+    /// from the endpoint URI's host (e.g. the carrier gave you IP addresses but its
+    /// certificate names `sbc.carrier.example`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9]([-.A-Za-z0-9]*[A-Za-z0-9])?$')").message("spec.tls.serverName must be a DNS name such as 'sbc.carrier.example' (letters, digits, '-' and '.')"))]
+    #[schemars(length(min = 1, max = 253))]
+    pub server_name: Option<String>,
+}
+
+/// A key of a ConfigMap or Secret in the Trunk's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CaBundleRef {
+    /// `ConfigMap` or `Secret`.
+    pub kind: CaBundleKind,
+    /// Name of the object, in the Trunk's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key holding the PEM certificates.
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Kind of object holding a CA bundle.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaBundleKind {
+    /// A ConfigMap (CA certificates are public).
+    ConfigMap,
+    /// A Secret.
+    Secret,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".to_string()
 }
 
 /// The medium a trunk runs on.
@@ -197,7 +248,9 @@ pub struct TrunkStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Healthy`: at least one endpoint is Up.
+    /// `Healthy`: at least one endpoint is Up. `Forbidden`: an endpoint resolves only
+    /// to destinations the operator may not probe. `QuotaExceeded`: the namespace's
+    /// probe quota leaves no room for this trunk.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

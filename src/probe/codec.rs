@@ -79,6 +79,12 @@ pub struct SipUri {
     pub port: u16,
     /// Transport from the scheme and `;transport=`.
     pub transport: Transport,
+    /// Whether the URI names a port (RFC 3263 then skips NAPTR and SRV).
+    pub port_given: bool,
+    /// Whether the URI has `;transport=` (RFC 3263 then skips NAPTR).
+    pub transport_given: bool,
+    /// `sips:` (TLS required on every hop).
+    pub secure: bool,
 }
 
 /// Read a `sip:`/`sips:` URI: scheme, optional user part, host (name, IPv4 or
@@ -110,9 +116,11 @@ pub fn parse_uri(uri: &str) -> Result<SipUri, CodecError> {
     } else {
         Transport::Udp
     };
+    let mut transport_given = false;
     for param in parts {
         let (name, value) = param.split_once('=').unwrap_or((param, ""));
         if name.eq_ignore_ascii_case("transport") {
+            transport_given = true;
             transport = match value.to_ascii_lowercase().as_str() {
                 "udp" if !secure => Transport::Udp,
                 "tcp" if !secure => Transport::Tcp,
@@ -145,6 +153,7 @@ pub fn parse_uri(uri: &str) -> Result<SipUri, CodecError> {
     if !valid_host {
         return Err(bad("missing or invalid host"));
     }
+    let port_given = port.is_some();
     let port = match port {
         None if transport == Transport::Tls => 5061,
         None => 5060,
@@ -157,6 +166,9 @@ pub fn parse_uri(uri: &str) -> Result<SipUri, CodecError> {
         host: host.to_string(),
         port,
         transport,
+        port_given,
+        transport_given,
+        secure,
     })
 }
 
@@ -266,7 +278,11 @@ impl Response {
 }
 
 /// Read a SIP response from `msg` (one datagram, or one framed stream message). The
-/// body, if any, is not read.
+/// body is not read, but its length is checked as RFC 3261 §18.3 requires: an
+/// unparseable (or repeated, disagreeing) `Content-Length` makes the message malformed,
+/// and a body shorter than `Content-Length` means the message was cut and must be
+/// discarded. Extra bytes after the declared body are ignored (§18.3: on UDP the
+/// `Content-Length` wins). Lines may end in CRLF or a bare LF (§7.5 robustness).
 pub fn parse_response(msg: &[u8]) -> Result<Response, CodecError> {
     if msg.len() > MAX_MESSAGE {
         return Err(CodecError::Oversized);
@@ -277,10 +293,8 @@ pub fn parse_response(msg: &[u8]) -> Result<Response, CodecError> {
         .position(|&b| b != b'\r' && b != b'\n')
         .ok_or(CodecError::Malformed("empty message"))?;
     let msg = &msg[start..];
-    let head_end = find(msg, b"\r\n\r\n")
-        .map(|i| i + 2)
-        .or_else(|| find(msg, b"\n\n").map(|i| i + 1))
-        .ok_or(CodecError::Malformed("no blank line after the headers"))?;
+    let head_end =
+        header_end(msg).ok_or(CodecError::Malformed("no blank line after the headers"))?;
     let head = &msg[..head_end];
     let mut lines = unfold_lines(head);
     let status_line = lines
@@ -293,6 +307,7 @@ pub fn parse_response(msg: &[u8]) -> Result<Response, CodecError> {
         call_id: None,
         cseq_method: None,
     };
+    let mut content_length = None;
     for line in lines {
         let Some(colon) = line.iter().position(|&b| b == b':') else {
             return Err(CodecError::Malformed("header line without ':'"));
@@ -318,7 +333,16 @@ pub fn parse_response(msg: &[u8]) -> Result<Response, CodecError> {
                 (Some(_), Some(m)) => resp.cseq_method = Some(m.to_string()),
                 _ => return Err(CodecError::Malformed("invalid CSeq")),
             }
+        } else if is_header(name, b"content-length", b"l") {
+            content_length = Some(merge_length(content_length, value)?);
         }
+    }
+    if let Some(declared) = content_length
+        && msg.len() - head_end < declared
+    {
+        return Err(CodecError::Malformed(
+            "body shorter than Content-Length (message cut in transit)",
+        ));
     }
     // An empty branch means the top Via had none: report it as missing.
     if resp.branch.as_deref() == Some("") {
@@ -328,13 +352,15 @@ pub fn parse_response(msg: &[u8]) -> Result<Response, CodecError> {
 }
 
 /// How many bytes the first message in a stream buffer takes, once it is complete:
-/// `Ok(None)` means "read more". Used to frame TCP.
+/// `Ok(None)` means "read more". Used to frame TCP and TLS. Header lines may end in
+/// CRLF or a bare LF (RFC 3261 §7.5 asks for that robustness); `Content-Length` is
+/// mandatory on streams (§18.3) and must be a number.
 pub fn stream_message_len(buf: &[u8]) -> Result<Option<usize>, CodecError> {
     let lead = buf
         .iter()
         .position(|&b| b != b'\r' && b != b'\n')
         .unwrap_or(buf.len());
-    let Some(head_end) = find(&buf[lead..], b"\r\n\r\n").map(|i| lead + i + 4) else {
+    let Some(head_end) = header_end(&buf[lead..]).map(|i| lead + i) else {
         return if buf.len() > MAX_MESSAGE {
             Err(CodecError::Oversized)
         } else {
@@ -346,10 +372,7 @@ pub fn stream_message_len(buf: &[u8]) -> Result<Option<usize>, CodecError> {
         if let Some(colon) = line.iter().position(|&b| b == b':')
             && is_header(trim(&line[..colon]), b"content-length", b"l")
         {
-            let n = utf8(trim(&line[colon + 1..]))?
-                .parse::<usize>()
-                .map_err(|_| CodecError::Malformed("invalid Content-Length"))?;
-            length = Some(n);
+            length = Some(merge_length(length, trim(&line[colon + 1..]))?);
         }
     }
     // RFC 3261 §18.3: on streams Content-Length is mandatory.
@@ -359,6 +382,38 @@ pub fn stream_message_len(buf: &[u8]) -> Result<Option<usize>, CodecError> {
         return Err(CodecError::Oversized);
     }
     Ok((buf.len() >= total).then_some(total))
+}
+
+/// Index just past the empty line that ends the header block (CRLF or bare LF line
+/// ends, mixed freely), if the block is complete.
+fn header_end(msg: &[u8]) -> Option<usize> {
+    let mut line_start = 0;
+    for (i, &b) in msg.iter().enumerate() {
+        if b != b'\n' {
+            continue;
+        }
+        let line = &msg[line_start..i];
+        if line.is_empty() || line == b"\r" {
+            // The start line itself is never empty (leading CRLFs are skipped first).
+            return (line_start > 0).then_some(i + 1);
+        }
+        line_start = i + 1;
+    }
+    None
+}
+
+/// A `Content-Length` value: decimal digits only. A second header must agree.
+fn merge_length(seen: Option<usize>, value: &[u8]) -> Result<usize, CodecError> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return Err(CodecError::Malformed("Content-Length is not a number"));
+    }
+    let n = utf8(value)?
+        .parse::<usize>()
+        .map_err(|_| CodecError::Malformed("Content-Length out of range"))?;
+    match seen {
+        Some(m) if m != n => Err(CodecError::Malformed("conflicting Content-Length headers")),
+        _ => Ok(n),
+    }
 }
 
 fn parse_status_line(line: &[u8]) -> Result<u16, CodecError> {
@@ -454,10 +509,6 @@ fn strip_prefix_bytes_ci<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
     let head = s.get(..prefix.len())?;
     head.eq_ignore_ascii_case(prefix)
         .then(|| &s[prefix.len()..])
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -563,6 +614,57 @@ mod tests {
         assert!(stream_message_len(b"SIP/2.0 200 OK\r\n\r\n").is_err());
     }
 
+    /// RFC 3261 §7.5: a peer that ends lines with a bare LF is framed like one that
+    /// uses CRLF, also when the two are mixed.
+    #[test]
+    fn frames_bare_lf_streams() {
+        let m = b"SIP/2.0 200 OK\nVia: SIP/2.0/TCP a;branch=z9hG4bKabc\ni: cid@lifeline\nContent-Length: 2\n\nokSIP";
+        assert_eq!(stream_message_len(&m[..40]), Ok(None));
+        assert_eq!(stream_message_len(m), Ok(Some(m.len() - 3)));
+        let r = parse_response(&m[..m.len() - 3]).unwrap();
+        assert!(r.answers(&ids()));
+        let mixed = b"SIP/2.0 200 OK\r\nl: 0\n\r\n";
+        assert_eq!(stream_message_len(mixed), Ok(Some(mixed.len())));
+    }
+
+    /// RFC 3261 §18.3: a datagram whose body is shorter than its Content-Length was
+    /// cut and is discarded; a Content-Length that is not a number is malformed; a
+    /// longer body is cut to the declared length (accepted).
+    #[test]
+    fn content_length_rules_on_datagrams() {
+        let head =
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=z9hG4bKabc\r\nCall-ID: cid@lifeline\r\n";
+        let with = |cl: &str, body: &str| format!("{head}Content-Length: {cl}\r\n\r\n{body}");
+        assert!(parse_response(with("4", "abcd").as_bytes()).is_ok());
+        assert!(parse_response(with("2", "abcd").as_bytes()).is_ok());
+        for (cl, body) in [
+            ("5", "abcd"),
+            ("x", ""),
+            ("-1", ""),
+            ("1e3", ""),
+            ("", ""),
+            ("99999999999999999999999", ""),
+        ] {
+            assert!(
+                parse_response(with(cl, body).as_bytes()).is_err(),
+                "Content-Length {cl:?} with {} body bytes must be discarded",
+                body.len()
+            );
+            let framed = stream_message_len(with(cl, body).as_bytes());
+            if cl == "5" {
+                assert_eq!(framed, Ok(None), "a stream waits for the rest of the body");
+            } else {
+                assert!(
+                    framed.is_err(),
+                    "Content-Length {cl:?} on a stream: {framed:?}"
+                );
+            }
+        }
+        let twice = format!("{head}Content-Length: 0\r\nl: 3\r\n\r\nabc");
+        assert!(parse_response(twice.as_bytes()).is_err());
+        assert!(stream_message_len(twice.as_bytes()).is_err());
+    }
+
     /// `tests/fixtures/sip/torture/`: `ok-<code>-*` parse with that code, `err-*` are
     /// rejected, none panics.
     #[test]
@@ -616,6 +718,26 @@ mod tests {
             let _ = parse_response(bytes);
             let _ = parse_response(&bytes[..cut.index(bytes.len() + 1)]);
             let _ = stream_message_len(&bytes[..cut.index(bytes.len() + 1)]);
+        }
+
+        /// §18.3 and §7.5 together: a message cut anywhere inside its body is never
+        /// accepted (a stream waits for more), and bare-LF line ends frame and parse
+        /// exactly like CRLF.
+        #[test]
+        fn cut_bodies_are_discarded_and_bare_lf_frames_like_crlf(
+            body in "[ -~]{1,60}", cut in 1usize..60, lf in any::<bool>(),
+        ) {
+            let cut = cut.min(body.len());
+            let crlf = format!(
+                "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=z9hG4bKabc\r\nCall-ID: cid@lifeline\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let msg = if lf { crlf.replace("\r\n", "\n") } else { crlf };
+            prop_assert!(parse_response(msg.as_bytes()).unwrap().answers(&ids()));
+            prop_assert_eq!(stream_message_len(msg.as_bytes()), Ok(Some(msg.len())));
+            let short = &msg.as_bytes()[..msg.len() - cut];
+            prop_assert!(parse_response(short).is_err());
+            prop_assert_eq!(stream_message_len(short), Ok(None));
         }
 
         #[test]

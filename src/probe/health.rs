@@ -15,10 +15,16 @@ pub enum FailureKind {
     Io,
     /// An unreadable answer (garbage, truncated, oversized).
     Parse,
-    /// The host name did not resolve.
+    /// The host name did not resolve, and no earlier answer is usable any more.
     Resolve,
     /// The URI cannot be probed (invalid, or an unsupported transport).
     Unsupported,
+    /// The TLS handshake failed (certificate expired, wrong name, unknown CA, ...).
+    Tls,
+    /// The operator's destination list forbids every target.
+    Forbidden,
+    /// The namespace's probe quota is used up: this endpoint is not probed.
+    Quota,
 }
 
 impl FailureKind {
@@ -32,7 +38,19 @@ impl FailureKind {
             FailureKind::Parse => "parse",
             FailureKind::Resolve => "resolve",
             FailureKind::Unsupported => "unsupported",
+            FailureKind::Tls => "tls",
+            FailureKind::Forbidden => "forbidden",
+            FailureKind::Quota => "quota",
         }
+    }
+
+    /// True for failures that say nothing about the carrier: the prober could not
+    /// (or may not) ask it. They make an endpoint `Unknown`, never `Down`.
+    pub fn is_no_verdict(self) -> bool {
+        matches!(
+            self,
+            FailureKind::Resolve | FailureKind::Forbidden | FailureKind::Quota
+        )
     }
 }
 
@@ -103,6 +121,8 @@ pub struct HealthState {
     pub last_error: Option<String>,
     /// When `state` last changed.
     pub last_transition: Option<jiff::Timestamp>,
+    /// Kind of the last failure, cleared by an alive answer.
+    pub last_failure: Option<FailureKind>,
 }
 
 impl HealthState {
@@ -112,12 +132,34 @@ impl HealthState {
     /// alive answers in a row bring a Down endpoint Up. An endpoint that has never been
     /// judged (Unknown) is Up after its first alive answer: the threshold is there to
     /// debounce recoveries, not to delay the first verdict.
+    ///
+    /// A failure that says nothing about the carrier ([`FailureKind::is_no_verdict`]:
+    /// no usable DNS answer, a forbidden destination, no quota) makes the endpoint
+    /// Unknown at once and resets both counters: the next verdict starts afresh.
     pub fn apply(
         &mut self,
         outcome: &Outcome,
         spec: &ProbeSpec,
         now: jiff::Timestamp,
     ) -> Option<Transition> {
+        if let Outcome::Failed { kind, detail } = outcome
+            && kind.is_no_verdict()
+        {
+            self.consecutive_failures = 0;
+            self.consecutive_successes = 0;
+            self.last_error = Some(detail.clone());
+            self.last_failure = Some(*kind);
+            if self.state == EndpointState::Unknown {
+                return None;
+            }
+            let from = std::mem::replace(&mut self.state, EndpointState::Unknown);
+            self.last_transition = Some(now);
+            return Some(Transition {
+                from,
+                to: EndpointState::Unknown,
+                cause: detail.clone(),
+            });
+        }
         let (alive, cause) = match outcome {
             Outcome::Answered { code, rtt_millis } => {
                 self.last_status_code = Some(*code);
@@ -128,8 +170,14 @@ impl HealthState {
                     (false, format!("answered {code}"))
                 }
             }
-            Outcome::Failed { detail, .. } => (false, detail.clone()),
+            Outcome::Failed { detail, kind } => {
+                self.last_failure = Some(*kind);
+                (false, detail.clone())
+            }
         };
+        if let Outcome::Answered { code, .. } = outcome {
+            self.last_failure = (!is_alive(*code, spec)).then_some(FailureKind::Status);
+        }
         let next = if alive {
             self.consecutive_failures = 0;
             self.consecutive_successes = self.consecutive_successes.saturating_add(1);
@@ -237,6 +285,33 @@ mod tests {
         assert!(rtt_moved(Some(2), Some(40)));
         assert!(rtt_moved(None, Some(1)) && rtt_moved(Some(1), None));
         assert!(!rtt_moved(None, None));
+    }
+
+    /// A DNS outage, a forbidden destination or a used-up quota is not a carrier
+    /// outage: the endpoint becomes Unknown (never Down), and judging restarts after.
+    #[test]
+    fn no_verdict_failures_make_unknown_never_down() {
+        let s = spec(1, 1);
+        let mut h = HealthState::default();
+        h.apply(&ok(), &s, now());
+        for kind in [
+            FailureKind::Resolve,
+            FailureKind::Forbidden,
+            FailureKind::Quota,
+        ] {
+            let f = Outcome::Failed {
+                kind,
+                detail: format!("{kind:?}"),
+            };
+            for _ in 0..5 {
+                h.apply(&f, &s, now());
+                assert_eq!(h.state, EndpointState::Unknown, "{kind:?}");
+            }
+            assert_eq!(h.last_failure, Some(kind));
+            assert_eq!(h.consecutive_failures, 0);
+            assert_eq!(h.apply(&ok(), &s, now()).unwrap().to, EndpointState::Up);
+            assert_eq!(h.last_failure, None);
+        }
     }
 
     proptest! {

@@ -7,9 +7,9 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::health::{HealthState, Outcome};
-use super::transport::Prober;
-use super::{EndpointHealth, ProbeTarget};
+use super::health::{FailureKind, HealthState, Outcome};
+use super::transport::{ProbeReport, Prober};
+use super::{Admission, EndpointHealth, ProbeConfig, ProbeTarget, Quotas, TargetHealth};
 use crate::crd::{EndpointState, ProbeSpec};
 use crate::telemetry::{Metrics, ReasonLabels, StateLabels};
 
@@ -18,6 +18,10 @@ pub const RTT_REFRESH: Duration = Duration::from_secs(30);
 
 pub(super) struct Inner {
     metrics: Arc<Metrics>,
+    quotas: Quotas,
+    /// Owners refused for quota, with the targets they asked for (retried when
+    /// another owner of their namespace shrinks or goes).
+    refused: Mutex<HashMap<String, Vec<ProbeTarget>>>,
     changes: broadcast::Sender<String>,
     owners: Mutex<HashMap<String, Owner>>,
     prober: Arc<Prober>,
@@ -34,6 +38,9 @@ struct Owner {
 struct Endpoint {
     uri: String,
     spec: ProbeSpec,
+    tls: Option<super::TlsSettings>,
+    /// Refused for quota: never scheduled, never counted.
+    refused: bool,
     health: Mutex<Tracked>,
     stop: CancellationToken,
 }
@@ -45,6 +52,10 @@ struct Tracked {
     rtt_notified_value: Option<u32>,
     /// At least one probe result arrived in this process (not just a seeded state).
     probed: bool,
+    /// What the last round found per resolved target.
+    targets: Vec<TargetHealth>,
+    /// Set while the last good DNS answer is used because DNS fails.
+    stale_dns: Option<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -62,14 +73,16 @@ fn state_label(s: EndpointState) -> StateLabels {
 }
 
 impl Inner {
-    pub(super) fn new(metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(metrics: Arc<Metrics>, config: ProbeConfig) -> Self {
         let (changes, _) = broadcast::channel(4096);
         let shutdown = CancellationToken::new();
         Self {
             metrics,
+            quotas: config.quotas,
+            refused: Mutex::new(HashMap::new()),
             changes,
             owners: Mutex::new(HashMap::new()),
-            prober: Arc::new(Prober::new(shutdown.clone())),
+            prober: Arc::new(Prober::new(shutdown.clone(), config.policy, config.dns)),
             runtime: Mutex::new(
                 probe_runtime(shutdown.clone())
                     .or_else(|| tokio::runtime::Handle::try_current().ok()),
@@ -90,15 +103,37 @@ impl Inner {
             .or_else(|| tokio::runtime::Handle::try_current().ok())
     }
 
-    pub(super) fn set_targets(self: &Arc<Self>, owner_key: &str, targets: Vec<ProbeTarget>) {
+    pub(super) fn set_targets(
+        self: &Arc<Self>,
+        owner_key: &str,
+        targets: Vec<ProbeTarget>,
+    ) -> Admission {
         if self.shutdown.is_cancelled() {
-            return;
+            return Admission::Admitted;
         }
         let Some(runtime) = self.runtime() else {
             tracing::error!(owner = owner_key, "no tokio runtime: cannot start probes");
-            return;
+            return Admission::Admitted;
         };
         let mut owners = lock(&self.owners);
+        let mut refused = lock(&self.refused);
+        if let Some(why) = self.over_quota(&owners, owner_key, &targets) {
+            tracing::warn!(owner = owner_key, reason = %why, "probe quota exceeded; endpoints not probed");
+            let owner = owners.entry(owner_key.to_string()).or_default();
+            for (_, gone) in owner.endpoints.drain() {
+                self.stop(&gone);
+            }
+            owner.order = targets.iter().map(|t| t.uri.clone()).collect();
+            for t in &targets {
+                owner
+                    .endpoints
+                    .entry(t.uri.clone())
+                    .or_insert_with(|| Arc::new(Endpoint::refused(t, &why)));
+            }
+            refused.insert(owner_key.to_string(), targets);
+            return Admission::QuotaExceeded(why);
+        }
+        refused.remove(owner_key);
         let owner = owners.entry(owner_key.to_string()).or_default();
         let mut next: HashMap<String, Arc<Endpoint>> = HashMap::new();
         let mut order = Vec::with_capacity(targets.len());
@@ -108,14 +143,14 @@ impl Inner {
                 continue;
             }
             let endpoint = match owner.endpoints.remove(&t.uri) {
-                Some(old) if old.spec == t.spec => old,
-                Some(old) => {
+                Some(old) if old.spec == t.spec && old.tls == t.tls && !old.is_refused() => old,
+                Some(old) if !old.is_refused() => {
                     // New settings: restart the schedule but keep what we know.
                     old.stop.cancel();
                     let kept = lock(&old.health).health.clone();
                     self.start(&runtime, owner_key, t, kept, false)
                 }
-                None => self.start(&runtime, owner_key, t, HealthState::default(), true),
+                _ => self.start(&runtime, owner_key, t, HealthState::default(), true),
             };
             next.insert(endpoint.uri.clone(), endpoint);
         }
@@ -124,6 +159,70 @@ impl Inner {
         }
         owner.order = order;
         owner.endpoints = next;
+        drop(refused);
+        drop(owners);
+        self.readmit();
+        Admission::Admitted
+    }
+
+    /// Why `targets` for `owner_key` would break its namespace's quotas, if they would.
+    /// The owner's current endpoints are not counted against it.
+    fn over_quota(
+        &self,
+        owners: &HashMap<String, Owner>,
+        owner_key: &str,
+        targets: &[ProbeTarget],
+    ) -> Option<String> {
+        let ns = namespace_of(owner_key);
+        let (mut endpoints, mut rate) = (0usize, 0f64);
+        for (key, owner) in owners.iter() {
+            if key == owner_key || namespace_of(key) != ns {
+                continue;
+            }
+            for e in owner.endpoints.values().filter(|e| !e.is_refused()) {
+                endpoints += 1;
+                rate += 1.0 / f64::from(e.spec.period_seconds.max(1));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for t in targets.iter().filter(|t| seen.insert(&t.uri)) {
+            endpoints += 1;
+            rate += 1.0 / f64::from(t.spec.period_seconds.max(1));
+        }
+        if let Some(max) = self.quotas.max_endpoints_per_namespace
+            && endpoints > max
+        {
+            return Some(format!(
+                "namespace {ns} would probe {endpoints} endpoints, over the operator's quota of {max} per namespace; remove or disable Trunks, or ask for a higher --probe-max-endpoints-per-namespace"
+            ));
+        }
+        if let Some(max) = self.quotas.max_probes_per_second_per_namespace
+            && rate > max + 1e-9
+        {
+            return Some(format!(
+                "namespace {ns} would send {rate:.1} probes/s, over the operator's quota of {max} per namespace; lengthen probe.periodSeconds, or ask for a higher --probe-max-rate-per-namespace"
+            ));
+        }
+        None
+    }
+
+    /// Give refused owners another chance (after another owner shrank or went).
+    fn readmit(self: &Arc<Self>) {
+        let waiting: Vec<(String, Vec<ProbeTarget>)> = lock(&self.refused)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (key, targets) in waiting {
+            let fits = self
+                .over_quota(&lock(&self.owners), &key, &targets)
+                .is_none();
+            if fits && lock(&self.refused).contains_key(&key) {
+                tracing::info!(owner = %key, "probe quota available again; probing");
+                if let Admission::Admitted = self.set_targets(&key, targets) {
+                    let _ = self.changes.send(key);
+                }
+            }
+        }
     }
 
     fn start(
@@ -143,11 +242,15 @@ impl Inner {
         let endpoint = Arc::new(Endpoint {
             uri: target.uri,
             spec: target.spec,
+            tls: target.tls,
+            refused: false,
             health: Mutex::new(Tracked {
                 health,
                 rtt_notified: None,
                 rtt_notified_value: None,
                 probed: false,
+                targets: Vec::new(),
+                stale_dns: None,
             }),
             stop: self.shutdown.child_token(),
         });
@@ -161,6 +264,10 @@ impl Inner {
 
     fn stop(&self, endpoint: &Endpoint) {
         endpoint.stop.cancel();
+        if endpoint.is_refused() {
+            // Never counted in the endpoint gauge.
+            return;
+        }
         let state = lock(&endpoint.health).health.state;
         self.metrics
             .endpoints
@@ -168,11 +275,14 @@ impl Inner {
             .dec();
     }
 
-    pub(super) fn remove(&self, owner_key: &str) {
-        if let Some(owner) = lock(&self.owners).remove(owner_key) {
+    pub(super) fn remove(self: &Arc<Self>, owner_key: &str) {
+        lock(&self.refused).remove(owner_key);
+        let removed = lock(&self.owners).remove(owner_key);
+        if let Some(owner) = removed {
             for e in owner.endpoints.values() {
                 self.stop(e);
             }
+            self.readmit();
         }
     }
 
@@ -186,7 +296,8 @@ impl Inner {
             .iter()
             .filter_map(|uri| owner.endpoints.get(uri))
             .map(|e| {
-                let h = &lock(&e.health).health;
+                let tracked = lock(&e.health);
+                let h = &tracked.health;
                 EndpointHealth {
                     uri: e.uri.clone(),
                     state: h.state,
@@ -195,6 +306,9 @@ impl Inner {
                     consecutive_failures: h.consecutive_failures,
                     last_transition: h.last_transition,
                     last_error: h.last_error.clone(),
+                    last_failure: h.last_failure,
+                    targets: tracked.targets.clone(),
+                    stale_dns: tracked.stale_dns.clone(),
                 }
             })
             .collect()
@@ -252,8 +366,9 @@ impl Inner {
         }
     }
 
-    /// Record one probe result; true when the owner should hear about it.
-    fn record(&self, endpoint: &Endpoint, outcome: &Outcome) -> bool {
+    /// Record one probe round; true when the owner should hear about it.
+    fn record(&self, endpoint: &Endpoint, report: &ProbeReport) -> bool {
+        let outcome = &report.outcome(|code| super::health::is_alive(code, &endpoint.spec));
         self.metrics.probes_sent.inc();
         if let Outcome::Answered { rtt_millis, .. } = outcome {
             self.metrics
@@ -279,9 +394,34 @@ impl Inner {
         let mut tracked = lock(&endpoint.health);
         let first = !tracked.probed;
         tracked.probed = true;
+        let no_verdict = |k: Option<FailureKind>| k.filter(|k| k.is_no_verdict());
+        let blocked_before = no_verdict(tracked.health.last_failure);
         let transition = tracked
             .health
             .apply(outcome, &endpoint.spec, jiff::Timestamp::now());
+        // Unknown → Unknown for a new reason (forbidden, DNS gone): worth telling.
+        let blocked_changed = no_verdict(tracked.health.last_failure) != blocked_before;
+        tracked.targets = report
+            .targets
+            .iter()
+            .map(|t| TargetHealth {
+                target: t.target.to_string(),
+                priority: t.target.priority,
+                weight: t.target.weight,
+                alive: matches!(t.outcome, Outcome::Answered { code, .. } if super::health::is_alive(code, &endpoint.spec)),
+                error: match &t.outcome {
+                    Outcome::Failed { detail, .. } => Some(detail.clone()),
+                    Outcome::Answered { code, .. } if !super::health::is_alive(*code, &endpoint.spec) => {
+                        Some(format!("answered {code}"))
+                    }
+                    Outcome::Answered { .. } => None,
+                },
+            })
+            .collect();
+        if report.stale_dns.is_some() && tracked.stale_dns.is_none() {
+            tracing::warn!(uri = %endpoint.uri, error = ?report.stale_dns, "DNS failed; probing the last good answer's targets");
+        }
+        tracked.stale_dns = report.stale_dns.clone();
         if let Some(t) = &transition {
             tracing::info!(uri = %endpoint.uri, from = %t.from, to = %t.to, cause = %t.cause, "endpoint state changed");
             self.metrics
@@ -301,7 +441,7 @@ impl Inner {
                     .is_none_or(|at| now.duration_since(at) >= RTT_REFRESH);
         // The first result also counts: an owner withholding writes until a full probe
         // round (see `fully_probed`) must hear when the round completes.
-        if transition.is_some() || rtt_due || first {
+        if transition.is_some() || rtt_due || first || blocked_changed {
             tracked.rtt_notified = Some(now);
             tracked.rtt_notified_value = tracked.health.rtt_millis;
             true
@@ -315,6 +455,50 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // Ends the probe thread when the last hub handle goes away.
         self.shutdown.cancel();
+    }
+}
+
+impl Endpoint {
+    /// An endpoint the quota refused: never scheduled, Unknown with the reason.
+    fn refused(target: &ProbeTarget, why: &str) -> Self {
+        let health = HealthState {
+            last_error: Some(why.to_string()),
+            last_failure: Some(FailureKind::Quota),
+            ..HealthState::default()
+        };
+        let stop = CancellationToken::new();
+        stop.cancel();
+        Self {
+            uri: target.uri.clone(),
+            spec: target.spec.clone(),
+            tls: target.tls.clone(),
+            refused: true,
+            health: Mutex::new(Tracked {
+                health,
+                rtt_notified: None,
+                rtt_notified_value: None,
+                // Refused before any probe: its verdict is known now, so it never holds
+                // back an owner waiting for a full probe round.
+                probed: true,
+                targets: Vec::new(),
+                stale_dns: None,
+            }),
+            stop,
+        }
+    }
+
+    fn is_refused(&self) -> bool {
+        self.refused
+    }
+}
+
+/// The namespace of an owner key (`trunk/<ns>/<name>`, `policy/<ns>/<name>`); other
+/// keys are their own namespace.
+fn namespace_of(key: &str) -> &str {
+    let mut parts = key.splitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some(ns), Some(_)) => ns,
+        _ => key,
     }
 }
 
@@ -365,15 +549,15 @@ async fn schedule(hub: std::sync::Weak<Inner>, owner_key: String, endpoint: Arc<
             _ = endpoint.stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let outcome = tokio::select! {
+        let report = tokio::select! {
             _ = endpoint.stop.cancelled() => return,
-            o = prober.probe(&endpoint.uri, timeout) => o,
+            r = prober.probe(&endpoint.uri, endpoint.tls.as_ref(), timeout) => r,
         };
         let Some(hub) = hub.upgrade() else { return };
         if endpoint.stop.is_cancelled() {
             return;
         }
-        if hub.record(&endpoint, &outcome) {
+        if hub.record(&endpoint, &report) {
             // No receivers is fine: nobody is watching yet.
             let _ = hub.changes.send(owner_key.clone());
         }

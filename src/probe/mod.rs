@@ -2,10 +2,22 @@
 //!
 //! The [`ProbeHub`] owns one schedule per endpoint; owners (a Trunk, a FallbackPolicy)
 //! hand it their targets with [`ProbeHub::set_targets`] and read [`ProbeHub::health`].
+//!
+//! Each round resolves the endpoint as RFC 3263 says ([`resolve`]), refuses
+//! destinations the operator's list forbids ([`policy`]), and probes every target over
+//! UDP, TCP or TLS ([`transport`], [`tls`]). An endpoint is **Up** when at least one of
+//! its targets answers alive (Kamailio's DNS failover reaches it); the per-target
+//! results are in [`EndpointHealth::targets`]. It is **Unknown**, never Down, when the
+//! prober could not ask the carrier at all: no usable DNS answer (after the last good
+//! answer's TTL plus the grace), a forbidden destination, or a namespace over quota.
 
+pub mod cluster;
 pub mod codec;
 pub mod health;
 mod hub;
+pub mod policy;
+pub mod resolve;
+pub mod tls;
 pub mod transport;
 
 use std::sync::Arc;
@@ -15,6 +27,66 @@ use crate::telemetry::Metrics;
 
 pub use health::{FailureKind, Outcome};
 pub use hub::RTT_REFRESH;
+pub use policy::DestinationPolicy;
+pub use resolve::DnsConfig;
+pub use tls::TlsSettings;
+
+/// How the hub probes: where it may send, how it resolves, how much each namespace
+/// may ask for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeConfig {
+    /// The destination allow/deny list.
+    pub policy: DestinationPolicy,
+    /// Name servers, stale-answer grace and cache bound.
+    pub dns: DnsConfig,
+    /// Per-namespace limits.
+    pub quotas: Quotas,
+}
+
+impl Default for ProbeConfig {
+    /// The built-in deny list, the system resolver, no quotas.
+    fn default() -> Self {
+        Self {
+            policy: DestinationPolicy::default(),
+            dns: DnsConfig::system(),
+            quotas: Quotas::default(),
+        }
+    }
+}
+
+/// Per-namespace probing limits (`None`: unlimited).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Quotas {
+    /// Endpoints probed per namespace.
+    pub max_endpoints_per_namespace: Option<usize>,
+    /// Probes per second per namespace (each endpoint costs 1 / `periodSeconds`).
+    pub max_probes_per_second_per_namespace: Option<f64>,
+}
+
+/// Whether an owner's targets are probed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Probed.
+    Admitted,
+    /// Not probed: the namespace's quota would be exceeded. The endpoints report
+    /// Unknown with this reason until quota frees up.
+    QuotaExceeded(String),
+}
+
+/// What the last round found for one resolved target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetHealth {
+    /// `transport:ip:port`, e.g. `udp:192.0.2.10:5060`.
+    pub target: String,
+    /// SRV priority (0 without SRV).
+    pub priority: u16,
+    /// SRV weight (0 without SRV).
+    pub weight: u16,
+    /// Answered with an alive status code.
+    pub alive: bool,
+    /// Why not, if not.
+    pub error: Option<String>,
+}
 
 /// One endpoint to probe, with the probe settings of its owner.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,6 +95,8 @@ pub struct ProbeTarget {
     pub uri: String,
     /// Period, timeout, thresholds and alive status codes.
     pub spec: ProbeSpec,
+    /// TLS settings for `sips:`/`transport=tls` (CA bundle, server name).
+    pub tls: Option<TlsSettings>,
 }
 
 /// What the prober currently knows about one endpoint.
@@ -42,6 +116,12 @@ pub struct EndpointHealth {
     pub last_transition: Option<jiff::Timestamp>,
     /// Why the last probe failed, if it did.
     pub last_error: Option<String>,
+    /// Kind of the last failure (e.g. [`FailureKind::Forbidden`]).
+    pub last_failure: Option<FailureKind>,
+    /// Per resolved target, in failover order.
+    pub targets: Vec<TargetHealth>,
+    /// Set while DNS fails and the last good answer is in use.
+    pub stale_dns: Option<String>,
 }
 
 /// Probes SIP endpoints on their schedules and keeps their health. Cheap to clone.
@@ -55,10 +135,10 @@ pub struct ProbeHub {
 }
 
 impl ProbeHub {
-    /// A hub with no targets.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    /// A hub with no targets, probing as `config` says.
+    pub fn new(metrics: Arc<Metrics>, config: ProbeConfig) -> Self {
         Self {
-            inner: Arc::new(hub::Inner::new(metrics)),
+            inner: Arc::new(hub::Inner::new(metrics, config)),
         }
     }
 
@@ -67,8 +147,12 @@ impl ProbeHub {
     /// whose probe settings change keeps its health and restarts its schedule); starts
     /// and stops per-endpoint schedules. Not async: callable from sync code, inside or
     /// outside a runtime (schedules then run on the runtime the hub was created in).
-    pub fn set_targets(&self, owner: &str, targets: Vec<ProbeTarget>) {
-        self.inner.set_targets(owner, targets);
+    ///
+    /// Refused (not probed, endpoints Unknown) when the owner's namespace would go over
+    /// its [`Quotas`]; admitted later on its own once quota frees up (the owner is then
+    /// notified through [`ProbeHub::subscribe`]).
+    pub fn set_targets(&self, owner: &str, targets: Vec<ProbeTarget>) -> Admission {
+        self.inner.set_targets(owner, targets)
     }
 
     /// Stop probing the targets of `owner` and forget them.

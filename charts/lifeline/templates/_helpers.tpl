@@ -105,9 +105,10 @@ resource by resource and verb by verb: no wildcards, no Secrets.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
-{{- if .Values.notifications.enabled }}
-# Notifier receivers: webhook URLs and PagerDuty routing keys live in Secrets, read
-# one by one by name (never listed or watched).
+{{- if or .Values.notifications.enabled .Values.probe.readSecretsForCaBundles }}
+# Secrets, read one by one by name (never listed or watched): Notifier receivers'
+# webhook URLs and PagerDuty routing keys (notifications.enabled), and Trunk
+# spec.tls.caBundle Secrets (probe.readSecretsForCaBundles; a ConfigMap needs neither).
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
@@ -122,3 +123,26 @@ Cluster-scoped reads: readiness waits until the CRDs are established.
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list", "watch"]
 {{- end }}
+
+{{/* The watched namespaces, comma-separated (watchNamespaces plus the older
+     single watchNamespace); empty: every namespace. */}}
+{{- define "lifeline.namespaces" -}}
+{{- $ns := .Values.watchNamespaces | default list -}}
+{{- if .Values.watchNamespace -}}
+{{- $ns = append $ns .Values.watchNamespace -}}
+{{- end -}}
+{{- $ns | uniq | join "," -}}
+{{- end -}}
+
+{{/* Read-only cluster rules for the prober's default deny list: node addresses
+     and the Service ranges are found at start and never probed. */}}
+{{- define "lifeline.probeClusterRules" -}}
+{{- if .Values.probe.denyClusterAddresses }}
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["list"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["servicecidrs"]
+  verbs: ["list"]
+{{- end }}
+{{- end -}}
