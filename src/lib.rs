@@ -2,11 +2,15 @@
 //!
 //! A module per concept: `crd` is the public API, `probe` the SIP OPTIONS prober,
 //! `plan` the pure fallback planner, `render` the routing renderers, `controller` the
-//! reconcilers, `operator` the process that runs them, `sync` the Kamailio sidecar,
+//! reconcilers, `notify` the alerts and webhook payloads of Notifiers, `drill` the
+//! schedule and outcome rules of failover drills, `operator` the process that runs
+//! them, `sync` the Kamailio sidecar,
 //! `status` the `lifeline status` table and `telemetry` logs and metrics.
 
 pub mod controller;
 pub mod crd;
+pub mod drill;
+pub mod notify;
 pub mod operator;
 pub mod plan;
 pub mod probe;

@@ -299,7 +299,7 @@ pub async fn run_with_client(
         controller::trunk::run(ctx.clone(), shutdown.clone()),
         controller::policy::run(ctx.clone(), shutdown.clone()),
         controller::api_watchdog(ctx.clone(), shutdown.clone()),
-        bot_pools_while_leading(ctx.clone(), leading, metrics.clone(), shutdown.clone()),
+        writers_while_leading(ctx.clone(), leading, metrics.clone(), shutdown.clone()),
     );
     ctx.probes.shutdown();
     if let Err(e) = election.await {
@@ -310,9 +310,10 @@ pub async fn run_with_client(
 }
 
 /// Warm standby: the Trunk and policy controllers run on every replica (they probe and
-/// plan, and write only while leading, see [`Context::while_leading`]). The BotPool
-/// controller only writes, so it runs only while leading. Also keeps the `leader` gauge.
-async fn bot_pools_while_leading(
+/// plan, and write only while leading, see [`Context::while_leading`]). The BotPool,
+/// Notifier and FailoverDrill controllers only write (or send), so they run only while
+/// leading. Also keeps the `leader` gauge.
+async fn writers_while_leading(
     ctx: Arc<Context>,
     mut leading: tokio::sync::watch::Receiver<bool>,
     metrics: Arc<Metrics>,
@@ -323,10 +324,19 @@ async fn bot_pools_while_leading(
             _ = shutdown.cancelled() => return,
             r = leading.wait_for(|l| *l) => if r.is_err() { return },
         }
-        info!("leading: writing status, routing and bot pools");
+        info!("leading: writing status, routing, bot pools, drills and notifications");
         metrics.leader.set(1);
         let term = shutdown.child_token();
-        let pools = tokio::spawn(controller::botpool::run(ctx.clone(), term.clone()));
+        let pools = tokio::spawn({
+            let (ctx, term) = (ctx.clone(), term.clone());
+            async move {
+                tokio::join!(
+                    controller::botpool::run(ctx.clone(), term.clone()),
+                    controller::notifier::run(ctx.clone(), term.clone()),
+                    controller::drill::run(ctx.clone(), term.clone()),
+                );
+            }
+        });
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = leading.wait_for(|l| !*l) => {

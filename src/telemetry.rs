@@ -84,6 +84,13 @@ pub struct StateLabels {
     pub state: &'static str,
 }
 
+/// Label: the outcome of an attempt.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `delivered` or `failed`.
+    pub result: &'static str,
+}
+
 /// All metrics of the operator and the sidecar.
 pub struct Metrics {
     /// The registry `/metrics` encodes.
@@ -119,6 +126,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Round trip of answered SIP OPTIONS probes (millisecond resolution).
     pub probe_rtt: Histogram,
+    /// Notifier webhook attempts by result.
+    pub notifications: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -151,6 +160,7 @@ impl Metrics {
         // 1 ms doubling to ~8 s: loopback and LAN peers land in the first buckets,
         // carriers in the tens of milliseconds, the longest probe timeouts at the top.
         let probe_rtt = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let notifications = Family::<ResultLabels, Counter>::default();
         registry.register(
             "reconcile_duration_seconds",
             "Time spent in one reconcile",
@@ -214,6 +224,11 @@ impl Metrics {
             leader.clone(),
         );
         registry.register(
+            "notifications",
+            "Notifier webhook attempts by result (delivered, failed)",
+            notifications.clone(),
+        );
+        registry.register(
             "probe_rtt_seconds",
             "Round trip of answered SIP OPTIONS probes",
             probe_rtt.clone(),
@@ -243,6 +258,7 @@ impl Metrics {
             sync_unconfirmed,
             leader,
             probe_rtt,
+            notifications,
         }
     }
 

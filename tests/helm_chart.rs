@@ -203,7 +203,11 @@ fn chart_crds_are_the_generated_crds_and_kept() {
         .into_iter()
         .filter(|d| kind(d) == "CustomResourceDefinition")
         .collect();
-    assert_eq!(got.len(), 3, "three CRDs rendered");
+    assert_eq!(
+        got.len(),
+        lifeline::crd::all_crds().len(),
+        "every CRD rendered"
+    );
     for crd in &got {
         let annotations = &crd["metadata"]["annotations"];
         assert_eq!(
@@ -234,7 +238,11 @@ fn chart_crds_are_the_generated_crds_and_kept() {
             d["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"].as_str() == Some("-1")
         })
         .count();
-    assert_eq!(waves, 3, "crds.annotations reach every CRD");
+    assert_eq!(
+        waves,
+        lifeline::crd::all_crds().len(),
+        "crds.annotations reach every CRD"
+    );
 
     let none = helm_template(&["--set", "crds.install=false"]);
     assert!(
@@ -992,6 +1000,12 @@ fn dashboard_and_metrics_reference_match_the_registry() {
         .regions
         .get_or_create(&StateLabels { state: "Active" })
         .set(1);
+    metrics
+        .notifications
+        .get_or_create(&lifeline::telemetry::ResultLabels {
+            result: "delivered",
+        })
+        .inc();
     let text = metrics.encode();
     let mut exported = std::collections::BTreeSet::new();
     let mut documented_names = Vec::new();
@@ -1071,7 +1085,7 @@ async fn rendered_crds_pass_the_api_server() {
     };
     common::install_crds(&client).await;
     let crds: Vec<Value> = documents(&helm_template(&["--show-only", "templates/crds.yaml"]));
-    assert_eq!(crds.len(), 3);
+    assert_eq!(crds.len(), lifeline::crd::all_crds().len());
     let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("chart-crds-{}.yaml", rand::random::<u32>()));
     let stream: String = crds
@@ -1096,7 +1110,7 @@ async fn rendered_crds_pass_the_api_server() {
         out.lines()
             .filter(|l| l.contains("serverside-applied"))
             .count(),
-        3,
+        lifeline::crd::all_crds().len(),
         "{out}"
     );
 }

@@ -2,6 +2,8 @@
 //! kube-runtime `Controller` until `shutdown` is cancelled.
 
 pub mod botpool;
+pub mod drill;
+pub mod notifier;
 pub mod policy;
 pub mod trunk;
 
@@ -176,13 +178,15 @@ pub fn backoff(
     base.mul_f64(0.8 + 0.4 * rand::random::<f64>())
 }
 
-/// Run the three controllers until `shutdown` is cancelled (no leader election: this
+/// Run every controller until `shutdown` is cancelled (no leader election: this
 /// replica always writes).
 pub async fn run_all(ctx: Arc<Context>, shutdown: CancellationToken) {
     tokio::join!(
         trunk::run(ctx.clone(), shutdown.clone()),
         botpool::run(ctx.clone(), shutdown.clone()),
         policy::run(ctx.clone(), shutdown.clone()),
+        notifier::run(ctx.clone(), shutdown.clone()),
+        drill::run(ctx.clone(), shutdown.clone()),
         api_watchdog(ctx.clone(), shutdown.clone()),
     );
 }

@@ -123,6 +123,8 @@ struct PolicyCtx {
     ctx: Arc<Context>,
     trunks: Store<Trunk>,
     bot_pools: Store<BotPool>,
+    /// FailoverDrills: a running one drains its region in the plan.
+    drills: Store<crate::crd::FailoverDrill>,
     /// Last plan per policy, with the policy's uid (a recreated policy starts afresh).
     plans: Mutex<HashMap<Key, (String, Plan)>>,
     /// Region states per policy, summed into the `regions{state}` gauge.
@@ -160,10 +162,12 @@ fn referencing(
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let (trunks, trunk_writer) = reflector::store::<Trunk>();
     let (bot_pools, pool_writer) = reflector::store::<BotPool>();
+    let (drills, drill_writer) = reflector::store::<crate::crd::FailoverDrill>();
     let pctx = Arc::new(PolicyCtx {
         ctx: ctx.clone(),
         trunks,
         bot_pools,
+        drills,
         plans: Mutex::new(HashMap::new()),
         region_counts: Mutex::new(HashMap::new()),
         retries: super::Retries::default(),
@@ -189,6 +193,16 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         pool_writer,
         watcher(
             ctx.api::<BotPool>(),
+            watcher::Config::default().any_semantic(),
+        ),
+    )
+    .backoff(super::QuickBackoff::default())
+    .touched_objects();
+
+    let drill_events = reflector::reflector(
+        drill_writer,
+        watcher(
+            ctx.api::<crate::crd::FailoverDrill>(),
             watcher::Config::default().any_semantic(),
         ),
     )
@@ -237,6 +251,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             referencing(&s2, pool.namespace(), |spec| {
                 targets(spec).any(|t| t.bot_pool.as_deref() == Some(name.as_str()))
             })
+        })
+        .watches_stream(drill_events, |drill: crate::crd::FailoverDrill| {
+            drill
+                .namespace()
+                .map(|ns| ObjectRef::new(&drill.spec.policy).within(&ns))
         })
         .reconcile_on(probe_changes)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
@@ -494,7 +513,8 @@ async fn reconcile_inner(
     // times would never compare equal to the status it was written to.
     let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
         .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-    let (plan, events) = crate::plan::plan(&policy.spec, &observed, previous.as_ref(), now);
+    let (plan, events) =
+        plan_with_drills(policy, ns, name, &observed, previous.as_ref(), now, pctx);
 
     let format = policy.spec.routing_config_map.format;
     let text = crate::render::render(format, &format!("{ns}/{name}"), &plan);
@@ -555,6 +575,36 @@ async fn reconcile_inner(
         }
         None => Action::requeue(Duration::from_secs(300)),
     })
+}
+
+/// Plan with a running FailoverDrill's drain, unless that plan would leave another
+/// region out of traffic or a route fail-open: then plan without it, in the same pass,
+/// so normal failover takes over with no routing gap (the drill controller then ends
+/// the drill as Aborted).
+fn plan_with_drills(
+    policy: &FallbackPolicy,
+    ns: &str,
+    name: &str,
+    observed: &Observed,
+    previous: Option<&Plan>,
+    now: jiff::Timestamp,
+    pctx: &PolicyCtx,
+) -> (Plan, Vec<PlanEvent>) {
+    let drills = pctx.drills.state();
+    let in_ns = drills
+        .iter()
+        .filter(|d| d.namespace().as_deref() == Some(ns))
+        .map(|d| &**d);
+    if let Some((drill, region, until)) = crate::drill::active_drain(name, in_ns, now)
+        && let Some(spec) = crate::drill::drained_spec(&policy.spec, &drill, &region, until, now)
+    {
+        let drilled = crate::plan::plan(&spec, observed, previous, now);
+        if !crate::drill::must_hand_over(&drilled.0, &region) {
+            return drilled;
+        }
+        tracing::warn!(%drill, %region, "a real failure during drill: planning without it");
+    }
+    crate::plan::plan(&policy.spec, observed, previous, now)
 }
 
 /// What the routing ConfigMap holds compared with the rendered routing.

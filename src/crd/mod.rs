@@ -1,4 +1,4 @@
-//! The public API of lifeline: three namespaced kinds in `lifeline.dev/v1alpha1`.
+//! The public API of lifeline: namespaced kinds in `lifeline.dev/v1alpha1`.
 //!
 //! Doc comments on these types become `kubectl explain` text, so they are written for
 //! the people who apply the resources, not for the people who read the Rust.
@@ -9,6 +9,10 @@
 pub mod botpool;
 pub mod condition;
 #[allow(clippy::duplicated_attributes)]
+pub mod drill;
+#[allow(clippy::duplicated_attributes)]
+pub mod notifier;
+#[allow(clippy::duplicated_attributes)]
 pub mod policy;
 #[allow(clippy::duplicated_attributes)]
 pub mod trunk;
@@ -18,6 +22,8 @@ mod tests;
 
 pub use botpool::*;
 pub use condition::*;
+pub use drill::*;
+pub use notifier::*;
 pub use policy::*;
 pub use trunk::*;
 
@@ -42,7 +48,13 @@ pub(crate) const SIP_TRANSPORT_RULE: &str =
 
 /// All CRDs in the order they should be applied.
 pub fn all_crds() -> Vec<CustomResourceDefinition> {
-    vec![Trunk::crd(), BotPool::crd(), FallbackPolicy::crd()]
+    vec![
+        Trunk::crd(),
+        BotPool::crd(),
+        FallbackPolicy::crd(),
+        Notifier::crd(),
+        FailoverDrill::crd(),
+    ]
 }
 
 /// The CRDs as one multi-document YAML stream, exactly as `lifeline crds` prints them

@@ -106,6 +106,7 @@ pub use observe::{
     BotPoolObservation, EndpointObservation, Observed, TrunkHealth, TrunkObservation,
     bot_destination,
 };
+pub(crate) use regions::FIRST_MEASUREMENT;
 
 /// The annotation that approves a manual failback (an RFC 3339 time).
 pub const FAILBACK_ANNOTATION: &str = "lifeline.dev/failback";

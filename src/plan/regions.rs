@@ -154,7 +154,7 @@ fn override_until(spec: &FallbackPolicySpec, region: &str, now: Timestamp) -> Op
 pub(super) const FIRST_ACTIVE: &str = "healthy (first measurement)";
 
 /// Reason of a new region that waits for its first health measurement.
-const FIRST_MEASUREMENT: &str = "waiting for the first health measurement";
+pub(crate) const FIRST_MEASUREMENT: &str = "waiting for the first health measurement";
 
 /// Decide the next state of every region and their effective weights.
 pub(super) fn next_states(

@@ -6,6 +6,8 @@
 //! clear message, unless `LIFELINE_SKIP_CLUSTER_TESTS=1` asks to skip (then tests return early).
 #![allow(dead_code)]
 
+pub mod peers;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

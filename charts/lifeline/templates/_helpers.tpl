@@ -74,10 +74,10 @@ resource by resource and verb by verb: no wildcards, no Secrets.
 {{- define "lifeline.namespacedRules" -}}
 # Its own kinds: read the spec, write only the status subresource.
 - apiGroups: ["lifeline.dev"]
-  resources: ["trunks", "botpools", "fallbackpolicies"]
+  resources: ["trunks", "botpools", "fallbackpolicies", "notifiers", "failoverdrills"]
   verbs: ["get", "list", "watch"]
 - apiGroups: ["lifeline.dev"]
-  resources: ["trunks/status", "botpools/status", "fallbackpolicies/status"]
+  resources: ["trunks/status", "botpools/status", "fallbackpolicies/status", "notifiers/status", "failoverdrills/status"]
   verbs: ["patch"]
 # A BotPool owns a Deployment, a headless Service and a PodDisruptionBudget.
 - apiGroups: ["apps"]
@@ -105,6 +105,13 @@ resource by resource and verb by verb: no wildcards, no Secrets.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if .Values.notifications.enabled }}
+# Notifier receivers: webhook URLs and PagerDuty routing keys live in Secrets, read
+# one by one by name (never listed or watched).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+{{- end }}
 {{- end }}
 
 {{/*

@@ -1,0 +1,247 @@
+//! The FailoverDrill controller: starts, watches and ends drill runs (the rules are in
+//! [`crate::drill`]). It never touches routing itself: a run in progress is the
+//! `status.active` of the drill, which the policy controller reads from its cache and
+//! plans with; ending a run is clearing it.
+//!
+//! Fetch (stores of drills, policies and bot pools) → decide ([`crate::drill::decide`],
+//! pure) → status (server-side apply, only when it changed) → Events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::{Context, Retries, backoff};
+use crate::crd::{BotPool, FIELD_MANAGER, FailoverDrill, FallbackPolicy};
+use crate::drill::{Observation, decide};
+
+/// Errors of the FailoverDrill controller.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Kubernetes API error.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The object has no namespace.
+    #[error("object has no namespace")]
+    NoNamespace,
+    /// A cache is not synced (shutting down).
+    #[error("cache not ready")]
+    Cache,
+}
+
+impl Error {
+    /// Short static category for metrics and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::NoNamespace => "missing_namespace",
+            Error::Cache => "cache",
+        }
+    }
+}
+
+struct DrillCtx {
+    ctx: Arc<Context>,
+    drills: Store<FailoverDrill>,
+    policies: Store<FallbackPolicy>,
+    pools: Store<BotPool>,
+    retries: Retries,
+}
+
+/// Run the FailoverDrill controller until `shutdown` is cancelled.
+pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let (policies, policy_writer) = reflector::store::<FallbackPolicy>();
+    let (pools, pool_writer) = reflector::store::<BotPool>();
+    let policy_events = reflector::reflector(
+        policy_writer,
+        watcher(ctx.api::<FallbackPolicy>(), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let pool_events = reflector::reflector(
+        pool_writer,
+        watcher(ctx.api::<BotPool>(), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let controller = Controller::new(ctx.api::<FailoverDrill>(), watcher::Config::default());
+    let drills = controller.store();
+    let dctx = Arc::new(DrillCtx {
+        ctx,
+        drills: drills.clone(),
+        policies,
+        pools,
+        retries: Retries::default(),
+    });
+    let by_policy = drills.clone();
+    let by_pool = drills;
+    controller
+        .watches_stream(policy_events, move |policy: FallbackPolicy| {
+            let (ns, name) = (policy.namespace(), policy.name_any());
+            by_policy
+                .state()
+                .into_iter()
+                .filter(|d| d.namespace() == ns && d.spec.policy == name)
+                .map(|d| ObjectRef::from_obj(&*d))
+                .collect::<Vec<_>>()
+        })
+        // Bot pools only matter to running drills (the peak of desired replicas).
+        .watches_stream(pool_events, move |pool: BotPool| {
+            let ns = pool.namespace();
+            by_pool
+                .state()
+                .into_iter()
+                .filter(|d| {
+                    d.namespace() == ns && d.status.as_ref().is_some_and(|s| s.active.is_some())
+                })
+                .map(|d| ObjectRef::from_obj(&*d))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, dctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+fn error_policy(drill: Arc<FailoverDrill>, error: &Error, dctx: Arc<DrillCtx>) -> Action {
+    let key = (drill.namespace().unwrap_or_default(), drill.name_any());
+    dctx.ctx
+        .metrics
+        .reconcile_errors
+        .get_or_create(&crate::telemetry::ErrorLabels {
+            controller: "drill",
+            error: error.category(),
+        })
+        .inc();
+    tracing::warn!(drill = %key.1, namespace = %key.0, error = %error, "drill reconcile failed");
+    let n = dctx.retries.failed(key);
+    Action::requeue(backoff(
+        n,
+        Duration::from_millis(500),
+        Duration::from_secs(30),
+    ))
+}
+
+async fn reconcile(drill: Arc<FailoverDrill>, dctx: Arc<DrillCtx>) -> Result<Action, Error> {
+    let ns = drill.namespace().ok_or(Error::NoNamespace)?;
+    let name = drill.name_any();
+    let result = dctx
+        .ctx
+        .instrumented(
+            "drill",
+            &ns,
+            &name,
+            reconcile_inner(&drill, &ns, &name, &dctx),
+        )
+        .await;
+    if result.is_ok() {
+        dctx.retries.reset(&(ns, name));
+    }
+    result
+}
+
+async fn reconcile_inner(
+    drill: &FailoverDrill,
+    ns: &str,
+    name: &str,
+    dctx: &DrillCtx,
+) -> Result<Action, Error> {
+    for ready in [
+        dctx.policies.wait_until_ready().await,
+        dctx.pools.wait_until_ready().await,
+        dctx.drills.wait_until_ready().await,
+    ] {
+        ready.map_err(|_| Error::Cache)?;
+    }
+    // Fetch, from the caches only.
+    let policy = dctx
+        .policies
+        .get(&ObjectRef::new(&drill.spec.policy).within(ns));
+    let bots_desired = policy
+        .as_deref()
+        .and_then(|p| p.status.as_ref())
+        .map_or(0, |s| {
+            s.demand
+                .iter()
+                .filter_map(|d| dctx.pools.get(&ObjectRef::new(&d.bot_pool).within(ns)))
+                .filter_map(|p| p.status.as_ref().map(|s| s.desired_replicas))
+                .sum()
+        });
+    let other_running = dctx
+        .drills
+        .state()
+        .into_iter()
+        .filter(|d| {
+            d.namespace().as_deref() == Some(ns)
+                && d.name_any() != name
+                && d.spec.policy == drill.spec.policy
+                && d.status.as_ref().is_some_and(|s| s.active.is_some())
+        })
+        .map(|d| d.name_any())
+        .min();
+    // Decide.
+    let decision = decide(
+        drill,
+        &Observation {
+            policy: policy.as_deref(),
+            bots_desired,
+            other_running,
+        },
+        jiff::Timestamp::now(),
+    );
+    // Status.
+    if drill.status.as_ref() != Some(&decision.status) {
+        let api: Api<FailoverDrill> = Api::namespaced(dctx.ctx.client.clone(), ns);
+        let body = json!({
+            "apiVersion": "lifeline.dev/v1alpha1",
+            "kind": "FailoverDrill",
+            "status": decision.status,
+        });
+        api.patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    }
+    // Events, after the status that they describe is stored.
+    let reference = drill.object_ref(&());
+    for e in &decision.events {
+        if e.warning {
+            tracing::warn!(reason = e.reason, "{}", e.note);
+        } else {
+            tracing::info!(reason = e.reason, "{}", e.note);
+        }
+        let event = Event {
+            type_: if e.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: e.reason.to_string(),
+            note: Some(e.note.chars().take(1000).collect()),
+            action: "Drill".to_string(),
+            secondary: None,
+        };
+        if let Err(err) = dctx.ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %err, "could not publish event");
+        }
+    }
+    Ok(match decision.wake_at {
+        Some(at) => {
+            let wait = Duration::try_from(at.duration_since(jiff::Timestamp::now()))
+                .unwrap_or(Duration::ZERO);
+            // Whole-second timestamps: wake just after the second turns.
+            Action::requeue(wait + Duration::from_millis(50))
+        }
+        None => Action::await_change(),
+    })
+}

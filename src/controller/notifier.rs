@@ -1,0 +1,476 @@
+//! The Notifier controller: tells webhooks about the alerts that FallbackPolicy status
+//! shows (see [`crate::notify`] for what an alert is and why delivery state lives in
+//! the Notifier's status).
+//!
+//! Triggers: the Notifier itself, and every FallbackPolicy in its namespace (a
+//! reflector store, so a reconcile reads policies from memory). Sending happens here,
+//! never in the policy controller, so a slow or dead receiver cannot delay routing.
+//! A reconcile sends what is pending in order, stops a receiver at its first failure
+//! (retried with the shared backoff) or when its rate limit is spent, and records what
+//! was delivered with one status write.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Context, Retries, backoff};
+use crate::crd::{
+    FIELD_MANAGER, FallbackPolicy, Notifier, NotifierStatus, ReceiverSpec, ReceiverStatus,
+    condition, merge_condition,
+};
+use crate::notify::{self, Alert, Delivery, RateLimit};
+
+/// Condition type: every receiver is up to date.
+pub const DELIVERING: &str = "Delivering";
+
+/// Errors of the Notifier controller.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Kubernetes API error.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The object has no namespace.
+    #[error("object has no namespace")]
+    NoNamespace,
+    /// The policy cache is not synced (shutting down).
+    #[error("policy cache not ready")]
+    Cache,
+}
+
+impl Error {
+    /// Short static category for metrics and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::NoNamespace => "missing_namespace",
+            Error::Cache => "cache",
+        }
+    }
+}
+
+type ReceiverKey = (String, String, String);
+
+struct NotifierCtx {
+    ctx: Arc<Context>,
+    policies: Store<FallbackPolicy>,
+    http: reqwest::Client,
+    limits: Mutex<HashMap<ReceiverKey, RateLimit>>,
+    failures: Mutex<HashMap<ReceiverKey, u32>>,
+    retries: Retries,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether `notifier` reports on `policy`.
+fn selects(notifier: &Notifier, policy: &FallbackPolicy) -> bool {
+    notifier.namespace() == policy.namespace()
+        && (notifier.spec.policies.is_empty()
+            || notifier
+                .spec
+                .policies
+                .iter()
+                .any(|p| *p == policy.name_any()))
+}
+
+/// Run the Notifier controller until `shutdown` is cancelled.
+pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let (policies, writer) = reflector::store::<FallbackPolicy>();
+    let policy_events = reflector::reflector(
+        writer,
+        watcher(ctx.api::<FallbackPolicy>(), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let controller = Controller::new(ctx.api::<Notifier>(), watcher::Config::default());
+    let notifiers = controller.store();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(3))
+        .build()
+        .unwrap_or_default();
+    let nctx = Arc::new(NotifierCtx {
+        ctx,
+        policies,
+        http,
+        limits: Mutex::default(),
+        failures: Mutex::default(),
+        retries: Retries::default(),
+    });
+    controller
+        .watches_stream(policy_events, move |policy: FallbackPolicy| {
+            notifiers
+                .state()
+                .into_iter()
+                .filter(|n| selects(n, &policy))
+                .map(|n| ObjectRef::from_obj(&*n))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, nctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+fn error_policy(notifier: Arc<Notifier>, error: &Error, nctx: Arc<NotifierCtx>) -> Action {
+    let key = (
+        notifier.namespace().unwrap_or_default(),
+        notifier.name_any(),
+    );
+    nctx.ctx
+        .metrics
+        .reconcile_errors
+        .get_or_create(&crate::telemetry::ErrorLabels {
+            controller: "notifier",
+            error: error.category(),
+        })
+        .inc();
+    warn!(notifier = %key.1, namespace = %key.0, error = %error, "notifier reconcile failed");
+    let n = nctx.retries.failed(key);
+    Action::requeue(backoff(n, Duration::from_secs(1), Duration::from_secs(60)))
+}
+
+async fn reconcile(notifier: Arc<Notifier>, nctx: Arc<NotifierCtx>) -> Result<Action, Error> {
+    let ns = notifier.namespace().ok_or(Error::NoNamespace)?;
+    let name = notifier.name_any();
+    let result = nctx
+        .ctx
+        .instrumented(
+            "notifier",
+            &ns,
+            &name,
+            reconcile_inner(&notifier, &ns, &name, &nctx),
+        )
+        .await;
+    if result.is_ok() {
+        nctx.retries.reset(&(ns, name));
+    }
+    result
+}
+
+async fn reconcile_inner(
+    notifier: &Notifier,
+    ns: &str,
+    name: &str,
+    nctx: &NotifierCtx,
+) -> Result<Action, Error> {
+    // An empty cache would look like "every alert resolved": wait for the first list.
+    nctx.policies
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::Cache)?;
+    let mut firing: Vec<Alert> = nctx
+        .policies
+        .state()
+        .iter()
+        .filter(|p| selects(notifier, p))
+        .flat_map(|p| notify::alerts_of(p))
+        .collect();
+    firing.sort_by(|a, b| a.key.cmp(&b.key));
+
+    let old = notifier.status.clone().unwrap_or_default();
+    let mut status = NotifierStatus {
+        observed_generation: notifier.metadata.generation,
+        conditions: old.conditions.clone(),
+        firing: u32::try_from(firing.len()).unwrap_or(u32::MAX),
+        pending: 0,
+        receivers: Vec::new(),
+    };
+    let mut retry_in: Option<Duration> = None;
+    let mut problems: Vec<String> = Vec::new();
+    for spec in &notifier.spec.receivers {
+        let mut rs = old
+            .receivers
+            .iter()
+            .find(|r| r.name == spec.name)
+            .cloned()
+            .unwrap_or_else(|| ReceiverStatus {
+                name: spec.name.clone(),
+                ..Default::default()
+            });
+        let key: ReceiverKey = (ns.to_string(), name.to_string(), spec.name.clone());
+        let outcome = deliver(ns, spec, &firing, &mut rs, &key, nctx).await;
+        if let Some(wait) = outcome.retry_in {
+            retry_in = Some(retry_in.map_or(wait, |r| r.min(wait)));
+        }
+        if let Some(problem) = outcome.problem {
+            problems.push(format!("receiver {}: {problem}", spec.name));
+        }
+        status.pending += outcome.left;
+        status.receivers.push(rs);
+    }
+    let now = jiff::Timestamp::now();
+    let delivering = if problems.is_empty() && status.pending == 0 {
+        condition(
+            DELIVERING,
+            true,
+            "UpToDate",
+            "every receiver has been told about every alert",
+            notifier.metadata.generation,
+        )
+    } else if problems.is_empty() {
+        condition(
+            DELIVERING,
+            true,
+            "RateLimited",
+            format!(
+                "{} notification(s) wait for receivers' rate limits",
+                status.pending
+            ),
+            notifier.metadata.generation,
+        )
+    } else {
+        condition(
+            DELIVERING,
+            false,
+            "DeliveryFailing",
+            format!(
+                "{} notification(s) pending; {}",
+                status.pending,
+                problems.join("; ")
+            ),
+            notifier.metadata.generation,
+        )
+    };
+    merge_condition(&mut status.conditions, delivering, now);
+    if notifier.status.as_ref() != Some(&status) {
+        let api: Api<Notifier> = Api::namespaced(nctx.ctx.client.clone(), ns);
+        let body = json!({
+            "apiVersion": "lifeline.dev/v1alpha1",
+            "kind": "Notifier",
+            "status": status,
+        });
+        api.patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    }
+    Ok(match retry_in {
+        Some(wait) => Action::requeue(wait.max(Duration::from_millis(100))),
+        // Policy changes wake us; the periodic pass only re-reads Secrets.
+        None => Action::requeue(Duration::from_secs(300)),
+    })
+}
+
+struct Outcome {
+    left: u32,
+    retry_in: Option<Duration>,
+    problem: Option<String>,
+}
+
+/// Send what `rs` still has to hear, in order, until done, a failure or the rate limit.
+async fn deliver(
+    ns: &str,
+    spec: &ReceiverSpec,
+    firing: &[Alert],
+    rs: &mut ReceiverStatus,
+    key: &ReceiverKey,
+    nctx: &NotifierCtx,
+) -> Outcome {
+    let todo = notify::pending(firing, &rs.notified, spec.min_severity);
+    if todo.is_empty() {
+        return Outcome {
+            left: 0,
+            retry_in: None,
+            problem: None,
+        };
+    }
+    let total = u32::try_from(todo.len()).unwrap_or(u32::MAX);
+    let target = match secrets(ns, spec, nctx).await {
+        Ok(t) => t,
+        Err(problem) => {
+            rs.last_error = Some(problem.clone());
+            return Outcome {
+                left: total,
+                retry_in: Some(Duration::from_secs(30)),
+                problem: Some(problem),
+            };
+        }
+    };
+    let mut sent = 0u32;
+    for delivery in &todo {
+        let limited = lock(&nctx.limits)
+            .entry(key.clone())
+            .or_insert_with(|| RateLimit::new(spec.max_per_minute, Instant::now()))
+            .take(spec.max_per_minute, Instant::now());
+        if let Err(wait) = limited {
+            return Outcome {
+                left: total - sent,
+                retry_in: Some(wait),
+                problem: None,
+            };
+        }
+        let body = notify::payload(
+            spec.format,
+            delivery,
+            target.routing_key.as_deref(),
+            jiff::Timestamp::now(),
+        );
+        match post(&nctx.http, &target.url, &body).await {
+            Ok(()) => {
+                notify::record(&mut rs.notified, delivery);
+                rs.delivered += 1;
+                rs.last_delivery_time = Some(Time(jiff::Timestamp::now()));
+                rs.last_error = None;
+                lock(&nctx.failures).remove(key);
+                nctx.ctx
+                    .metrics
+                    .notifications
+                    .get_or_create(&crate::telemetry::ResultLabels {
+                        result: "delivered",
+                    })
+                    .inc();
+                let action = match delivery {
+                    Delivery::Trigger(_) => "trigger",
+                    Delivery::Resolve(_) => "resolve",
+                };
+                info!(receiver = %spec.name, alert = %delivery.key(), action, "notification delivered");
+                sent += 1;
+            }
+            Err(problem) => {
+                nctx.ctx
+                    .metrics
+                    .notifications
+                    .get_or_create(&crate::telemetry::ResultLabels { result: "failed" })
+                    .inc();
+                let n = {
+                    let mut failures = lock(&nctx.failures);
+                    let n = failures.entry(key.clone()).or_insert(0);
+                    *n = n.saturating_add(1);
+                    *n
+                };
+                warn!(receiver = %spec.name, alert = %delivery.key(), error = %problem, attempt = n, "notification not delivered; will retry");
+                rs.last_error = Some(problem.clone());
+                return Outcome {
+                    left: total - sent,
+                    retry_in: Some(backoff(n, Duration::from_secs(1), Duration::from_secs(10))),
+                    problem: Some(problem),
+                };
+            }
+        }
+    }
+    Outcome {
+        left: 0,
+        retry_in: None,
+        problem: None,
+    }
+}
+
+struct Target {
+    url: reqwest::Url,
+    routing_key: Option<String>,
+}
+
+/// Read a receiver's URL (and PagerDuty routing key) from its Secret. The error names
+/// the field to fix.
+async fn secrets(ns: &str, spec: &ReceiverSpec, nctx: &NotifierCtx) -> Result<Target, String> {
+    let api: Api<Secret> = Api::namespaced(nctx.ctx.client.clone(), ns);
+    let read = |r: &crate::crd::SecretKeyRef, field: &'static str| {
+        let api = api.clone();
+        let r = r.clone();
+        async move {
+            let secret = api
+                .get_opt(&r.name)
+                .await
+                .map_err(|e| format!("{field}: cannot read Secret {ns}/{}: {e}", r.name))?
+                .ok_or_else(|| format!("{field}: Secret {ns}/{} does not exist", r.name))?;
+            let bytes = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(&r.key))
+                .ok_or_else(|| format!("{field}: Secret {ns}/{} has no key '{}'", r.name, r.key))?;
+            String::from_utf8(bytes.0.clone())
+                .map(|s| s.trim().to_string())
+                .map_err(|_| {
+                    format!(
+                        "{field}: Secret {ns}/{} key '{}' is not UTF-8",
+                        r.name, r.key
+                    )
+                })
+        }
+    };
+    let raw = read(&spec.url_secret_ref, "urlSecretRef").await?;
+    let url = reqwest::Url::parse(&raw)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .ok_or_else(|| {
+            format!(
+                "urlSecretRef: Secret {ns}/{} key '{}' must hold an http(s) URL",
+                spec.url_secret_ref.name, spec.url_secret_ref.key
+            )
+        })?;
+    let routing_key = match &spec.routing_key_secret_ref {
+        Some(r) => Some(read(r, "routingKeySecretRef").await?),
+        None => None,
+    };
+    Ok(Target { url, routing_key })
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: &reqwest::Url,
+    body: &serde_json::Value,
+) -> Result<(), String> {
+    // The URL is a secret (webhook tokens live in it): errors name the host only.
+    let host = url.host_str().unwrap_or("?").to_string();
+    let response = http
+        .post(url.clone())
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| format!("POST to {host} failed: {}", e.without_url()))?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("POST to {host} answered {}", response.status()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notifier(policies: &[&str]) -> Notifier {
+        serde_json::from_value(json!({
+            "apiVersion": "lifeline.dev/v1alpha1", "kind": "Notifier",
+            "metadata": { "name": "oncall", "namespace": "cc" },
+            "spec": { "policies": policies, "receivers": [{
+                "name": "pager", "urlSecretRef": { "name": "hooks", "key": "url" }
+            }]},
+        }))
+        .unwrap()
+    }
+
+    fn policy(ns: &str, name: &str) -> FallbackPolicy {
+        serde_json::from_value(json!({
+            "apiVersion": "lifeline.dev/v1alpha1", "kind": "FallbackPolicy",
+            "metadata": { "name": name, "namespace": ns },
+            "spec": { "routingConfigMap": { "name": "r" }, "regions": [{ "name": "a" }],
+                      "routes": [{ "name": "in", "setId": 1, "tiers": [{ "name": "t", "targets": [{ "trunk": "x" }] }] }] },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_notifier_selects_policies_of_its_namespace() {
+        assert!(selects(&notifier(&[]), &policy("cc", "main")));
+        assert!(!selects(&notifier(&[]), &policy("other", "main")));
+        assert!(selects(&notifier(&["main"]), &policy("cc", "main")));
+        assert!(!selects(&notifier(&["main"]), &policy("cc", "lab")));
+    }
+}
