@@ -206,7 +206,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             watcher::Config::default().any_semantic(),
         ),
     )
-    .default_backoff()
+    .backoff(super::QuickBackoff::default())
     .touched_objects();
 
     let s1 = store.clone();

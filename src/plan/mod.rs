@@ -407,13 +407,22 @@ pub fn plan(
     trim_history(&mut history, now);
 
     let missing = missing_references(spec, observed);
-    let routed = routes::plan_routes(spec, observed, &regions, previous);
+    let mut routed = routes::plan_routes(spec, observed, &regions, previous);
     let demand = if routed.demand_from_previous {
         previous.map(|p| p.demand.clone()).unwrap_or_default()
     } else {
         routed.demand
     };
 
+    // A route nothing was ever published for, none of whose targets has been measured
+    // yet (a new policy, lines not probed yet), is waiting for its first measurement,
+    // not failing open: no FailOpen page at start-up.
+    for (route, spec_route) in routed.routes.iter_mut().zip(&spec.routes) {
+        let published = previous.is_some_and(|p| p.routes.iter().any(|r| r.name == route.name));
+        if route.fail_open && !published && unmeasured(spec_route, observed) {
+            route.fail_open = false;
+        }
+    }
     let was_open = previous.is_some_and(|p| p.fail_open());
     let open_routes: Vec<String> = routed
         .routes
@@ -554,6 +563,31 @@ fn tier_cause(
     } else {
         parts.join(", ")
     }
+}
+
+/// True when no target of `route` has a measurement: every trunk endpoint and static
+/// URI is Unknown (or its object has no status yet) and no bot pool wants bots.
+fn unmeasured(route: &crate::crd::RouteSpec, observed: &Observed) -> bool {
+    use crate::crd::EndpointState;
+    route.tiers.iter().flat_map(|t| &t.targets).all(|t| {
+        let trunk = t.trunk.as_ref().is_none_or(|name| {
+            observed.trunks.get(name).is_none_or(|tr| {
+                tr.endpoints
+                    .iter()
+                    .all(|e| e.state == EndpointState::Unknown)
+            })
+        });
+        let uri = t.uri.as_ref().is_none_or(|u| {
+            observed.uris.get(u).copied().unwrap_or_default() == EndpointState::Unknown
+        });
+        let pool = t.bot_pool.as_ref().is_none_or(|name| {
+            observed
+                .bot_pools
+                .get(name)
+                .is_none_or(|p| p.desired_replicas == 0 && p.ready_replicas == 0)
+        });
+        trunk && uri && pool
+    })
 }
 
 /// The earliest of the times at which the plan must be recomputed.
