@@ -95,6 +95,7 @@ impl SipSync {
             rpc_timeout_ms: 1000,
             max_backoff_ms: 1000,
             metrics_addr,
+            watch_list: false,
         };
         tokio::spawn(lifeline::sync::run_with_client(
             client,
