@@ -78,6 +78,17 @@ fn refused(ip: &str, call_id: &str, ruri: &str, to_tag: bool, hint: Option<&str>
     )
 }
 
+/// A request the edge must refuse, and the reason its log line must give.
+struct Refusal {
+    /// Call-ID prefix, to find the request in the peers' and Kamailio's logs.
+    id: &'static str,
+    from: &'static str,
+    ruri: String,
+    to_tag: bool,
+    hint: Option<&'static str>,
+    reason: &'static str,
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -131,8 +142,17 @@ fn only_declared_peers_call_and_only_trusted_sources_choose_the_set() {
     let edge_uri = format!("sip:inbound@{EDGE}:5060");
     let outbound_uri = format!("sip:outbound@{EDGE}:5060");
     let victim = format!("sip:+4922199999@{CARRIER}:5080");
-    let cases: [(&str, &str, &str, bool, Option<&str>, &str); 6] = [
-        (
+    let case = |id, from, ruri: &str, to_tag, hint, reason| Refusal {
+        id,
+        from,
+        ruri: ruri.to_string(),
+        to_tag,
+        hint,
+        reason,
+    };
+    let set2 = Some("X-Lifeline-Set: 2");
+    let cases = [
+        case(
             "forged-new",
             STRANGER,
             &edge_uri,
@@ -140,7 +160,7 @@ fn only_declared_peers_call_and_only_trusted_sources_choose_the_set() {
             None,
             "undeclared-peer",
         ),
-        (
+        case(
             "forged-totag",
             STRANGER,
             &victim,
@@ -148,7 +168,7 @@ fn only_declared_peers_call_and_only_trusted_sources_choose_the_set() {
             None,
             "unknown-dialog",
         ),
-        (
+        case(
             "forged-totag-sbc",
             SBC,
             &victim,
@@ -156,23 +176,23 @@ fn only_declared_peers_call_and_only_trusted_sources_choose_the_set() {
             None,
             "unknown-dialog",
         ),
-        (
+        case(
             "forged-hint-stranger",
             STRANGER,
             &edge_uri,
             false,
-            Some("X-Lifeline-Set: 2"),
+            set2,
             "undeclared-peer",
         ),
-        (
+        case(
             "forged-hint-sbc",
             SBC,
             &edge_uri,
             false,
-            Some("X-Lifeline-Set: 2"),
+            set2,
             "untrusted-set-hint",
         ),
-        (
+        case(
             "forged-outbound-carrier",
             CARRIER,
             &outbound_uri,
@@ -181,7 +201,15 @@ fn only_declared_peers_call_and_only_trusted_sources_choose_the_set() {
             "untrusted-set-hint",
         ),
     ];
-    for (id, ip, ruri, to_tag, hint, _) in &cases {
+    for Refusal {
+        id,
+        from: ip,
+        ruri,
+        to_tag,
+        hint,
+        ..
+    } in &cases
+    {
         assert!(
             refused(ip, id, ruri, *to_tag, *hint),
             "{id}: an INVITE from {ip} to {ruri} (To-tag: {to_tag}, header: {hint:?}) is refused with 403\n{}",
@@ -202,7 +230,7 @@ fn only_declared_peers_call_and_only_trusted_sources_choose_the_set() {
         carrier.contains("legit-pbx"),
         "carrier saw the PBX's outbound call:\n{carrier}"
     );
-    for (id, ..) in &cases {
+    for Refusal { id, .. } in &cases {
         assert!(!bots.contains(id), "{id} reached the bots:\n{bots}");
         assert!(
             !carrier.contains(id),
@@ -212,7 +240,13 @@ fn only_declared_peers_call_and_only_trusted_sources_choose_the_set() {
 
     // Each refusal is logged with its reason and source.
     let log = read(&kam.log);
-    for (id, ip, _, _, _, reason) in &cases {
+    for Refusal {
+        id,
+        from: ip,
+        reason,
+        ..
+    } in &cases
+    {
         let line = log
             .lines()
             .find(|l| l.contains(&format!("{id}-1-")) && l.contains("lifeline-refused"));
