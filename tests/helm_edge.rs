@@ -426,3 +426,44 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// kube-score finds nothing critical in the rendered edge except what is a choice:
+/// `IfNotPresent` (an edge must restart from the node's cache while the registry is
+/// unreachable, the outage lifeline exists for) and no NetworkPolicy (SIP peers'
+/// addresses are the user's; the config's allow-lists are the filter).
+#[test]
+fn rendered_edge_passes_kube_score() {
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        "edge",
+        chart.as_str(),
+        "--namespace",
+        "callcenter",
+    ];
+    args.extend_from_slice(&IMAGE);
+    let manifests = helm_ok(&args);
+    let file = std::env::temp_dir().join(format!("edge-{:08x}.yaml", rand::random::<u32>()));
+    std::fs::write(&file, manifests).unwrap();
+    let out = Command::new(root().join("target/tools/bin/kube-score"))
+        .args(["score", "--output-format", "ci", &file.to_string_lossy()])
+        .output()
+        .expect("run kube-score (make tools)");
+    let _ = std::fs::remove_file(&file);
+    let report = String::from_utf8_lossy(&out.stdout);
+    let critical: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("[CRITICAL]"))
+        .filter(|l| !l.contains("ImagePullPolicy is not set to Always"))
+        .filter(|l| !l.contains("does not have a matching NetworkPolicy"))
+        .collect();
+    assert!(
+        critical.is_empty(),
+        "kube-score criticals:\n{}",
+        critical.join("\n")
+    );
+    assert!(
+        report.contains("[OK]"),
+        "kube-score produced no report:\n{report}"
+    );
+}
