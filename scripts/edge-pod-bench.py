@@ -98,6 +98,20 @@ def main() -> int:
         ann = json.loads(kubectl("get", "cm", "sip-routing", "-n", ns, "-o", "json"))["metadata"].get("annotations", {})
         assert ann.get("lifeline.dev/applied-hash") == hashlib.sha256(content.encode()).hexdigest(), ann
 
+        # The edge in the pod answers OPTIONS and refuses a stranger's INVITE (this host,
+        # 10.244.0.1, is not in the routing list): 403, logged.
+        pod_ip = kubectl("get", "pods", "-n", ns, "-o", "jsonpath={.items[0].status.podIP}")
+        refused = subprocess.run(
+            ["sipp", "-sf", str(ROOT / "tests/fixtures/edge/uac_refused.xml"), f"{pod_ip}:5060",
+             "-i", "10.244.0.1", "-p", "5091", "-m", "1", "-timeout", "10", "-nostdin",
+             "-key", "ruri", f"sip:inbound@{pod_ip}:5060", "-key", "to_params", ";x=1",
+             "-key", "hint", "X-Probe: none"],
+            capture_output=True, cwd="/tmp", timeout=30).returncode == 0
+        logged = "lifeline-refused reason=undeclared-peer src=10.244.0.1" in kubectl(
+            "logs", "-n", ns, "deploy/edge-lifeline-edge", "-c", "kamailio")
+        print(f"stranger's INVITE to the edge pod: refused with 403 {refused}, logged {logged}")
+        assert refused and logged
+
         # 2. N changes through kubectl proxy (one HTTP connection per request, loopback).
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
