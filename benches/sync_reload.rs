@@ -92,6 +92,7 @@ async fn main() {
         rpc_timeout_ms: 1000,
         max_backoff_ms: 1000,
         metrics_addr: None,
+        watch_list: false,
     };
     tokio::spawn(lifeline::sync::run_with_client(
         client,

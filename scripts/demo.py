@@ -258,6 +258,10 @@ class Demo:
             "-A", f"SIP_IP={EDGE_IP}", "-A", f"SIP_PORT={EDGE_PORT}",
             "-A", f"RPC_IP={EDGE_IP}", "-A", f"RPC_PORT={RPC_PORT}",
             "-A", f'DS_LIST_FILE="{ds_file}"', "-A", "LIFELINE_ROUTE_LOG",
+            # The callers stand for the contact center's PBX: they place inbound and
+            # outbound calls, so they are trusted to choose the set (which also
+            # admits them as a peer). Anyone else not in the routing list gets 403.
+            "-A", f'TRUST_HINTS_FROM="{CALLER_IP}/32"',
         ])
         env = {"KUBECONFIG": str(KUBECONFIG), "RUST_LOG": "info"}
         self.procs.start("sip-sync", [

@@ -95,6 +95,7 @@ impl SipSync {
             rpc_timeout_ms: 1000,
             max_backoff_ms: 1000,
             metrics_addr,
+            watch_list: false,
         };
         tokio::spawn(lifeline::sync::run_with_client(
             client,
@@ -312,7 +313,13 @@ async fn calls_follow_the_applied_routing_and_fail_over() {
     let dir = TempDir::new("lifeline-sipsync-route");
     let file = dir.0.join("dispatcher.list");
     std::fs::write(&file, "9 sip:127.0.30.199:5080\n").unwrap();
-    let mut kamailio = Kamailio::start("127.0.30.4", &file, &dir.0);
+    // The caller (.42) is not in the routing list: declare it, as a deployment would.
+    let mut kamailio = Kamailio::start_with(
+        "127.0.30.4",
+        &file,
+        &dir.0,
+        &["ALLOW_FROM=\"127.0.30.42/32\""],
+    );
     kamailio.wait_ready(WAIT).await;
     let rpc = KamailioRpc::new(&kamailio.rpc_url, Duration::from_secs(1)).unwrap();
     let _sync = SipSync::spawn(client, &ns.name, file.clone(), &kamailio.rpc_url);

@@ -84,6 +84,11 @@ pub struct SyncArgs {
     /// confirmed routing) on this address.
     #[arg(long, env = "LIFELINE_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Receive the ConfigMap's current state as the watch's initial events
+    /// (Kubernetes WatchList, on by default since 1.32) instead of a LIST, so the
+    /// sidecar's Role needs only `get` and `watch` on that one ConfigMap.
+    #[arg(long, env = "LIFELINE_WATCH_LIST")]
+    pub watch_list: bool,
 }
 
 /// Errors of the sidecar.
@@ -418,6 +423,7 @@ pub async fn run_with_client(
         api.clone(),
         args.configmap.clone(),
         args.key.clone(),
+        args.watch_list,
         tx,
         shutdown.clone(),
     ));
@@ -432,10 +438,14 @@ async fn watch_configmap(
     api: Api<ConfigMap>,
     name: String,
     key: String,
+    watch_list: bool,
     tx: watch::Sender<Option<Desired>>,
     shutdown: CancellationToken,
 ) {
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    if watch_list {
+        config = config.streaming_lists();
+    }
     let mut stream = watcher(api, config).default_backoff().boxed();
     loop {
         let next = tokio::select! {
