@@ -22,8 +22,8 @@ use crate::crd::{
 /// Kind of alert, as sent in payloads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum AlertKind {
-    /// A region is out of traffic because its health failed (`Failed`, or
-    /// `Recovering` after a failure; not a new region waiting for its first measurement).
+    /// A region that carried calls is out of traffic because its health failed
+    /// (`Failed`, or `Recovering` after a failure; not a region that never served).
     RegionDown,
     /// A route carries calls on a tier other than its first.
     TierFallback,
@@ -74,10 +74,14 @@ pub fn alerts_of(policy: &FallbackPolicy) -> Vec<Alert> {
     let base = |what: String| format!("{ns}/{name}/{what}");
     let mut out = Vec::new();
     for region in &status.regions {
-        // A region waiting for its first measurement never carried calls: not an alert.
+        // A region that never carried calls (new, or unhealthy from its first
+        // measurement) moved no call out: not an alert.
         let first_wait = region.state == RegionState::Recovering
             && region.reason.as_deref() == Some(crate::plan::FIRST_MEASUREMENT);
-        if matches!(region.state, RegionState::Failed | RegionState::Recovering) && !first_wait {
+        if matches!(region.state, RegionState::Failed | RegionState::Recovering)
+            && region.has_served
+            && !first_wait
+        {
             let reason = region.reason.as_deref().unwrap_or("health failed");
             out.push(Alert {
                 key: base(format!("region/{}", region.name)),

@@ -24,7 +24,7 @@ fn policy(
         },
         "status": {
             "regions": regions.iter().map(|(n, s)| json!({
-                "name": n, "state": s, "reason": "1 of 2 trunks healthy", "effectiveWeight": 0
+                "name": n, "state": s, "reason": "1 of 2 trunks healthy", "effectiveWeight": 0, "hasServed": true
             })).collect::<Vec<_>>(),
             "routes": [{ "name": "inbound", "setId": 1, "activeTier": active_tier }],
             "conditions": conditions,
@@ -71,6 +71,13 @@ fn failed_and_recovering_regions_fire_draining_does_not() {
 fn a_new_region_waiting_for_its_first_measurement_is_not_an_alert() {
     let mut p = policy(&[("cologne", "Recovering")], "fixed", json!([]));
     p.status.as_mut().unwrap().regions[0].reason = Some(crate::plan::FIRST_MEASUREMENT.into());
+    assert!(alerts_of(&p).is_empty());
+}
+
+#[test]
+fn a_region_that_never_served_is_not_an_alert() {
+    let mut p = policy(&[("cologne", "Failed")], "fixed", json!([]));
+    p.status.as_mut().unwrap().regions[0].has_served = false;
     assert!(alerts_of(&p).is_empty());
 }
 
