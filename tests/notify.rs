@@ -337,6 +337,9 @@ impl Operator {
                 ns,
                 "--metrics-addr",
                 "127.0.0.1:0",
+                // Loopback is denied by default; the test's carriers live there.
+                "--probe-allow",
+                "127.0.31.0/24",
             ])
             .env("KUBECONFIG", common::kubeconfig_path())
             .env("RUST_LOG", "info")

@@ -124,7 +124,11 @@ pub fn alerts_of(policy: &FallbackPolicy) -> Vec<Alert> {
             });
         }
     }
+    // Fail-open before any region carried calls (a policy just created, a carrier not
+    // measured yet) moved no call: reported in the policy's conditions, not paged.
+    let served = status.regions.iter().any(|r| r.has_served);
     if let Some(c) = find_condition(&status.conditions, POLICY_DEGRADED)
+        && served
         && c.status == "True"
         && c.reason == "FailOpen"
     {
