@@ -208,6 +208,22 @@ impl Prober {
             };
         }
         let parsed = &parsed;
+        if let [only] = allowed[..] {
+            // The common case (an IP literal, or one SRV target): no join, no sort.
+            let outcome = self
+                .probe_target(uri, parsed, &targets[only], tls, deadline, timeout)
+                .await;
+            reports.push(TargetReport {
+                target: targets[only].clone(),
+                outcome,
+            });
+            reports.sort_by_key(|r| targets.iter().position(|t| *t == r.target));
+            return ProbeReport {
+                targets: reports,
+                failure: None,
+                stale_dns,
+            };
+        }
         let rounds = allowed.iter().map(|&i| {
             let t = &targets[i];
             async move {
