@@ -42,8 +42,9 @@ fn config(dns: &str, port: u16, allow: &str, grace: Duration) -> ProbeConfig {
 fn fast() -> lifeline::crd::ProbeSpec {
     lifeline::crd::ProbeSpec {
         period_seconds: 1,
-        timeout_millis: 500,
-        failure_threshold: 2,
+        // Generous: these tests are about DNS, and must not flake on a loaded machine.
+        timeout_millis: 900,
+        failure_threshold: 3,
         success_threshold: 1,
         ..Default::default()
     }
@@ -216,10 +217,11 @@ async fn outage_past_ttl_and_grace_makes_unknown_never_down() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    // TTL (1 s) + grace (4 s), give or take a probe period.
+    // The last good answer is at most TTL (1 s) + one period (1 s) old when DNS
+    // stops, so it stays usable for at least grace − 1 s after the stop.
     assert!(
-        unknown_at >= grace,
-        "Unknown after {unknown_at:?}, before TTL + grace"
+        unknown_at >= grace - Duration::from_secs(1),
+        "Unknown after {unknown_at:?}, before the last answer's TTL + grace"
     );
     assert!(
         unknown_at <= grace + Duration::from_secs(4),
@@ -266,8 +268,8 @@ async fn dns_outage_moves_nothing_and_changed_srv_target_is_followed() {
         "apiVersion": "lifeline.dev/v1alpha1", "kind": "Trunk",
         "metadata": { "name": "carrier" },
         "spec": { "region": "cologne", "endpoints": [{ "uri": uri }],
-                  "probe": { "periodSeconds": 1, "timeoutMillis": 500,
-                             "failureThreshold": 2, "successThreshold": 1 } },
+                  "probe": { "periodSeconds": 1, "timeoutMillis": 900,
+                             "failureThreshold": 3, "successThreshold": 1 } },
     }))
     .unwrap();
     ns.api::<Trunk>()

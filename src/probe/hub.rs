@@ -401,23 +401,45 @@ impl Inner {
             .apply(outcome, &endpoint.spec, jiff::Timestamp::now());
         // Unknown → Unknown for a new reason (forbidden, DNS gone): worth telling.
         let blocked_changed = no_verdict(tracked.health.last_failure) != blocked_before;
-        tracked.targets = report
-            .targets
-            .iter()
-            .map(|t| TargetHealth {
-                target: t.target.to_string(),
-                priority: t.target.priority,
-                weight: t.target.weight,
-                alive: matches!(t.outcome, Outcome::Answered { code, .. } if super::health::is_alive(code, &endpoint.spec)),
-                error: match &t.outcome {
-                    Outcome::Failed { detail, .. } => Some(detail.clone()),
-                    Outcome::Answered { code, .. } if !super::health::is_alive(*code, &endpoint.spec) => {
-                        Some(format!("answered {code}"))
-                    }
-                    Outcome::Answered { .. } => None,
-                },
-            })
-            .collect();
+        // Rebuilt only when a target, its verdict or its failure changed: a steady
+        // endpoint costs no allocation here, at 10,000 probes a second.
+        let alive = |o: &Outcome| matches!(o, Outcome::Answered { code, .. } if super::health::is_alive(*code, &endpoint.spec));
+        let same = tracked.targets.len() == report.targets.len()
+            && tracked
+                .targets
+                .iter()
+                .zip(&report.targets)
+                .all(|(old, new)| {
+                    old.alive == alive(&new.outcome)
+                        && old.priority == new.target.priority
+                        && old.weight == new.target.weight
+                        && match (&old.error, &new.outcome) {
+                            (None, Outcome::Answered { .. }) => true,
+                            (Some(e), Outcome::Failed { detail, .. }) => e == detail,
+                            _ => false,
+                        }
+                        && old.addr == Some(new.target.addr)
+                });
+        if !same {
+            tracked.targets = report
+                .targets
+                .iter()
+                .map(|t| TargetHealth {
+                    target: t.target.to_string(),
+                    addr: Some(t.target.addr),
+                    priority: t.target.priority,
+                    weight: t.target.weight,
+                    alive: alive(&t.outcome),
+                    error: match &t.outcome {
+                        Outcome::Failed { detail, .. } => Some(detail.clone()),
+                        Outcome::Answered { code, .. } if !alive(&t.outcome) => {
+                            Some(format!("answered {code}"))
+                        }
+                        Outcome::Answered { .. } => None,
+                    },
+                })
+                .collect();
+        }
         if report.stale_dns.is_some() && tracked.stale_dns.is_none() {
             tracing::warn!(uri = %endpoint.uri, error = ?report.stale_dns, "DNS failed; probing the last good answer's targets");
         }

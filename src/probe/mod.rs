@@ -78,6 +78,8 @@ pub enum Admission {
 pub struct TargetHealth {
     /// `transport:ip:port`, e.g. `udp:192.0.2.10:5060`.
     pub target: String,
+    /// The address alone.
+    pub addr: Option<std::net::SocketAddr>,
     /// SRV priority (0 without SRV).
     pub priority: u16,
     /// SRV weight (0 without SRV).

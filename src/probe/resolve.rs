@@ -153,6 +153,17 @@ impl Cache {
     }
 }
 
+/// The target of a URI whose host is an IP literal (no DNS involved).
+pub fn literal(uri: &SipUri) -> Option<Resolution> {
+    let ip = uri.host.parse::<IpAddr>().ok()?;
+    Some(Resolution::Fresh(Arc::from(vec![Target {
+        addr: SocketAddr::new(ip, uri.port),
+        transport: uri.transport,
+        priority: 0,
+        weight: 0,
+    }])))
+}
+
 /// Resolves SIP URIs to targets. Shared by every probe of a hub.
 pub struct Resolver {
     config: DnsConfig,
@@ -185,13 +196,8 @@ impl Resolver {
 
     /// Resolve `uri` within `budget` (a refresh that needs longer counts as failed).
     pub async fn resolve(&self, uri: &SipUri, budget: Duration) -> Resolution {
-        if let Ok(ip) = uri.host.parse::<IpAddr>() {
-            return Resolution::Fresh(Arc::from(vec![Target {
-                addr: SocketAddr::new(ip, uri.port),
-                transport: uri.transport,
-                priority: 0,
-                weight: 0,
-            }]));
+        if let Some(r) = literal(uri) {
+            return r;
         }
         let key = Key {
             host: uri.host.to_ascii_lowercase(),

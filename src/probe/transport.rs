@@ -179,7 +179,13 @@ impl Prober {
             Ok(t) => t,
             Err(e) => return ProbeReport::failed(FailureKind::Unsupported, e.to_string()),
         };
-        let (targets, stale_dns) = match self.resolver.resolve(&parsed, timeout).await {
+        // Boxed: the DNS walk's future is large, and it would otherwise sit inside
+        // every endpoint's task, 10,000 times, even for IP literals that never use it.
+        let resolution = match super::resolve::literal(&parsed) {
+            Some(r) => r,
+            None => Box::pin(self.resolver.resolve(&parsed, timeout)).await,
+        };
+        let (targets, stale_dns) = match resolution {
             Resolution::Fresh(t) => (t, None),
             Resolution::Stale { targets, error } => (targets, Some(error)),
             Resolution::Failed(e) => return ProbeReport::failed(FailureKind::Resolve, e),
@@ -208,6 +214,22 @@ impl Prober {
             };
         }
         let parsed = &parsed;
+        if let [only] = allowed[..] {
+            // The common case (an IP literal, or one SRV target): no join, no sort.
+            let outcome = self
+                .probe_target(uri, parsed, &targets[only], tls, deadline, timeout)
+                .await;
+            reports.push(TargetReport {
+                target: targets[only].clone(),
+                outcome,
+            });
+            reports.sort_by_key(|r| targets.iter().position(|t| *t == r.target));
+            return ProbeReport {
+                targets: reports,
+                failure: None,
+                stale_dns,
+            };
+        }
         let rounds = allowed.iter().map(|&i| {
             let t = &targets[i];
             async move {
@@ -217,7 +239,7 @@ impl Prober {
                 (i, outcome)
             }
         });
-        for (i, outcome) in futures::future::join_all(rounds).await {
+        for (i, outcome) in Box::pin(futures::future::join_all(rounds)).await {
             reports.push(TargetReport {
                 target: targets[i].clone(),
                 outcome,
@@ -243,13 +265,16 @@ impl Prober {
     ) -> Outcome {
         match target.transport {
             Transport::Udp => self.probe_udp(uri, target.addr, deadline, timeout).await,
-            Transport::Tcp => probe_tcp(uri, target.addr, None, deadline, timeout).await,
+            // Boxed for the same reason as the DNS walk: TCP/TLS futures are large.
+            Transport::Tcp => Box::pin(probe_tcp(uri, target.addr, None, deadline, timeout)).await,
             Transport::Tls => {
                 let setup = self.tls.config(tls).and_then(|config| {
                     tls::server_name(&parsed.host, tls).map(|name| (config, name))
                 });
                 match setup {
-                    Ok(s) => probe_tcp(uri, target.addr, Some(s), deadline, timeout).await,
+                    Ok(s) => {
+                        Box::pin(probe_tcp(uri, target.addr, Some(s), deadline, timeout)).await
+                    }
                     Err(e) => failed(FailureKind::Tls, e),
                 }
             }
