@@ -110,6 +110,8 @@ impl Operator {
             .args(["--lease-duration-seconds", &LEASE_SECONDS.to_string()])
             .args(["--metrics-addr", &format!("{ip}:19180")])
             .env("KUBECONFIG", kubeconfig)
+            // Loopback is denied by default; the test's carriers live there.
+            .env("LIFELINE_PROBE_ALLOW", "127.0.0.0/8")
             // Events then name the replica that reported them.
             .env("POD_NAME", identity)
             .env("RUST_LOG", "info,kube=warn")

@@ -450,6 +450,7 @@ impl Operator {
                 lease,
             ])
             .env("KUBECONFIG", kubeconfig)
+            .env("LIFELINE_PROBE_ALLOW", "127.0.0.0/8")
             .env("POD_NAME", "helm-test-operator")
             .env("LIFELINE_LOG_FORMAT", "plain")
             .env("RUST_LOG", "info")

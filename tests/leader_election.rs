@@ -37,6 +37,7 @@ impl Operator {
                 &format!("127.0.60.1:{port}"),
             ])
             .env("KUBECONFIG", common::kubeconfig_path())
+            .env("LIFELINE_PROBE_ALLOW", "127.0.0.0/8")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -109,6 +109,8 @@ fn operator(namespace: &str, name: &str, extra: &[&str]) -> (Process, String) {
     ])
     .args(extra)
     .env("KUBECONFIG", common::kubeconfig_path())
+    // Loopback is denied by default; the test's carriers live there.
+    .env("LIFELINE_PROBE_ALLOW", "127.0.0.0/8")
     .env("POD_NAME", name)
     .env("LIFELINE_LOG_FORMAT", "plain")
     .env("RUST_LOG", "info")
