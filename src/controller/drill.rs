@@ -19,7 +19,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{Context, Retries, backoff};
+use super::{Context, Retries};
 use crate::crd::{BotPool, FIELD_MANAGER, FailoverDrill, FallbackPolicy};
 use crate::drill::{Observation, decide};
 
@@ -113,39 +113,28 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
 
 fn error_policy(drill: Arc<FailoverDrill>, error: &Error, dctx: Arc<DrillCtx>) -> Action {
     let key = (drill.namespace().unwrap_or_default(), drill.name_any());
-    dctx.ctx
-        .metrics
-        .reconcile_errors
-        .get_or_create(&crate::telemetry::ErrorLabels {
-            controller: "drill",
-            error: error.category(),
-        })
-        .inc();
-    tracing::warn!(drill = %key.1, namespace = %key.0, error = %error, "drill reconcile failed");
-    let n = dctx.retries.failed(key);
-    Action::requeue(backoff(
-        n,
-        Duration::from_millis(500),
-        Duration::from_secs(30),
-    ))
+    dctx.ctx.reconcile_failed(
+        "drill",
+        &dctx.retries,
+        key,
+        error.category(),
+        error,
+        (Duration::from_millis(500), Duration::from_secs(30)),
+    )
 }
 
 async fn reconcile(drill: Arc<FailoverDrill>, dctx: Arc<DrillCtx>) -> Result<Action, Error> {
     let ns = drill.namespace().ok_or(Error::NoNamespace)?;
     let name = drill.name_any();
-    let result = dctx
-        .ctx
-        .instrumented(
+    dctx.ctx
+        .reconcile_counted(
             "drill",
+            &dctx.retries,
             &ns,
             &name,
             reconcile_inner(&drill, &ns, &name, &dctx),
         )
-        .await;
-    if result.is_ok() {
-        dctx.retries.reset(&(ns, name));
-    }
-    result
+        .await
 }
 
 async fn reconcile_inner(

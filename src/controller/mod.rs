@@ -149,6 +149,49 @@ impl Context {
 }
 
 impl Context {
+    /// [`Context::instrumented`] plus the retry bookkeeping every controller needs: a
+    /// success forgets the object's failures in `retries`.
+    pub async fn reconcile_counted<T, E>(
+        &self,
+        controller: &'static str,
+        retries: &Retries,
+        namespace: &str,
+        name: &str,
+        reconcile: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let result = self
+            .instrumented(controller, namespace, name, reconcile)
+            .await;
+        if result.is_ok() {
+            retries.reset(&(namespace.to_string(), name.to_string()));
+        }
+        result
+    }
+
+    /// A failed reconcile of `key`: counted in `lifeline_reconcile_errors_total` under
+    /// `category`, logged, and requeued after the shared backoff (`delays`: the first
+    /// delay, doubling up to the cap).
+    pub fn reconcile_failed(
+        &self,
+        controller: &'static str,
+        retries: &Retries,
+        key: (String, String),
+        category: &'static str,
+        error: &dyn std::fmt::Display,
+        delays: (std::time::Duration, std::time::Duration),
+    ) -> kube::runtime::controller::Action {
+        self.metrics
+            .reconcile_errors
+            .get_or_create(&crate::telemetry::ErrorLabels {
+                controller,
+                error: category,
+            })
+            .inc();
+        tracing::warn!(controller, namespace = %key.0, name = %key.1, %error, "reconcile failed");
+        let n = retries.failed(key);
+        kube::runtime::controller::Action::requeue(backoff(n, delays.0, delays.1))
+    }
+
     /// Run one reconcile inside a tracing span named after the object, and record its
     /// duration for `controller` (the same shape for every kind).
     pub async fn instrumented<T>(

@@ -130,35 +130,28 @@ fn error_policy(notifier: Arc<Notifier>, error: &Error, nctx: Arc<NotifierCtx>) 
         notifier.namespace().unwrap_or_default(),
         notifier.name_any(),
     );
-    nctx.ctx
-        .metrics
-        .reconcile_errors
-        .get_or_create(&crate::telemetry::ErrorLabels {
-            controller: "notifier",
-            error: error.category(),
-        })
-        .inc();
-    warn!(notifier = %key.1, namespace = %key.0, error = %error, "notifier reconcile failed");
-    let n = nctx.retries.failed(key);
-    Action::requeue(backoff(n, Duration::from_secs(1), Duration::from_secs(60)))
+    nctx.ctx.reconcile_failed(
+        "notifier",
+        &nctx.retries,
+        key,
+        error.category(),
+        error,
+        (Duration::from_secs(1), Duration::from_secs(60)),
+    )
 }
 
 async fn reconcile(notifier: Arc<Notifier>, nctx: Arc<NotifierCtx>) -> Result<Action, Error> {
     let ns = notifier.namespace().ok_or(Error::NoNamespace)?;
     let name = notifier.name_any();
-    let result = nctx
-        .ctx
-        .instrumented(
+    nctx.ctx
+        .reconcile_counted(
             "notifier",
+            &nctx.retries,
             &ns,
             &name,
             reconcile_inner(&notifier, &ns, &name, &nctx),
         )
-        .await;
-    if result.is_ok() {
-        nctx.retries.reset(&(ns, name));
-    }
-    result
+        .await
 }
 
 async fn reconcile_inner(
