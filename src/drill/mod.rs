@@ -439,9 +439,8 @@ fn real_failure(policy: &FallbackPolicy, drained: &str) -> Option<String> {
         if r.name == drained {
             continue;
         }
-        let first_wait = r.state == RegionState::Recovering
-            && r.reason.as_deref() == Some(crate::plan::FIRST_MEASUREMENT);
-        if matches!(r.state, RegionState::Failed | RegionState::Recovering) && !first_wait {
+        // A region that never carried calls moving around is no outage.
+        if matches!(r.state, RegionState::Failed | RegionState::Recovering) && r.has_served {
             return Some(format!(
                 "region {} is {} ({})",
                 r.name,
@@ -595,6 +594,6 @@ pub fn must_hand_over(plan: &Plan, drained: &str) -> bool {
     plan.regions.iter().any(|r| {
         r.name != drained
             && matches!(r.state, RegionState::Failed | RegionState::Recovering)
-            && r.reason != crate::plan::FIRST_MEASUREMENT
+            && r.has_served
     }) || plan.routes.iter().any(|r| r.fail_open)
 }

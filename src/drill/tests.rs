@@ -35,7 +35,7 @@ fn policy(cologne: &str, frankfurt: &str, conditions: serde_json::Value) -> Fall
         "status": {
             "regions": [
                 { "name": "cologne", "state": cologne, "effectiveWeight": 50, "reason": "x" },
-                { "name": "frankfurt", "state": frankfurt, "effectiveWeight": 50, "reason": "carrier down" },
+                { "name": "frankfurt", "state": frankfurt, "effectiveWeight": 50, "reason": "carrier down", "hasServed": true },
             ],
             "conditions": conditions,
         },

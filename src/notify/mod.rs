@@ -74,13 +74,10 @@ pub fn alerts_of(policy: &FallbackPolicy) -> Vec<Alert> {
     let base = |what: String| format!("{ns}/{name}/{what}");
     let mut out = Vec::new();
     for region in &status.regions {
-        // A region that never carried calls (new, or unhealthy from its first
-        // measurement) moved no call out: not an alert.
-        let first_wait = region.state == RegionState::Recovering
-            && region.reason.as_deref() == Some(crate::plan::FIRST_MEASUREMENT);
+        // A region that never carried calls (new, waiting for its first measurement,
+        // or unhealthy from it) moved no call out: not an alert.
         if matches!(region.state, RegionState::Failed | RegionState::Recovering)
             && region.has_served
-            && !first_wait
         {
             let reason = region.reason.as_deref().unwrap_or("health failed");
             out.push(Alert {

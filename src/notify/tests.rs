@@ -70,7 +70,9 @@ fn failed_and_recovering_regions_fire_draining_does_not() {
 #[test]
 fn a_new_region_waiting_for_its_first_measurement_is_not_an_alert() {
     let mut p = policy(&[("cologne", "Recovering")], "fixed", json!([]));
-    p.status.as_mut().unwrap().regions[0].reason = Some(crate::plan::FIRST_MEASUREMENT.into());
+    let region = &mut p.status.as_mut().unwrap().regions[0];
+    region.reason = Some(crate::plan::FIRST_MEASUREMENT.into());
+    region.has_served = false;
     assert!(alerts_of(&p).is_empty());
 }
 

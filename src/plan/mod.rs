@@ -106,6 +106,7 @@ pub use observe::{
     BotPoolObservation, EndpointObservation, Observed, TrunkHealth, TrunkObservation,
     bot_destination,
 };
+#[cfg(test)]
 pub(crate) use regions::FIRST_MEASUREMENT;
 
 /// The annotation that approves a manual failback (an RFC 3339 time).
