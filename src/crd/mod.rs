@@ -11,6 +11,8 @@ pub mod condition;
 #[allow(clippy::duplicated_attributes)]
 pub mod drill;
 #[allow(clippy::duplicated_attributes)]
+pub mod edge;
+#[allow(clippy::duplicated_attributes)]
 pub mod notifier;
 #[allow(clippy::duplicated_attributes)]
 pub mod policy;
@@ -23,6 +25,7 @@ mod tests;
 pub use botpool::*;
 pub use condition::*;
 pub use drill::*;
+pub use edge::*;
 pub use notifier::*;
 pub use policy::*;
 pub use trunk::*;
@@ -54,6 +57,7 @@ pub fn all_crds() -> Vec<CustomResourceDefinition> {
         FallbackPolicy::crd(),
         Notifier::crd(),
         FailoverDrill::crd(),
+        SipEdge::crd(),
     ]
 }
 
