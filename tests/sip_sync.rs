@@ -96,6 +96,7 @@ impl SipSync {
             max_backoff_ms: 1000,
             metrics_addr,
             watch_list: false,
+            report: Default::default(),
         };
         tokio::spawn(lifeline::sync::run_with_client(
             client,
