@@ -429,22 +429,22 @@ pub async fn run_with_client(
             tracing::warn!(file = %args.file.display(), error = %e, "cannot read the routing file")
         }
     }
-    let reporter = match (&args.report.edge, &args.report.member) {
+    let (reporter, report_writer) = match (&args.report.edge, &args.report.member) {
         (Some(edge), member) => {
             let member = member.clone().unwrap_or_else(default_member_name);
             let (reporter, report_rx) = report::Reporter::new(&member, args.report.pod_uid.clone());
             let edges: Api<crate::crd::SipEdge> =
                 Api::namespaced(api.clone().into_client(), &args.namespace);
             tracing::info!(edge = %edge, member = %member, "reporting to the SipEdge");
-            tokio::spawn(report::run_writer(
+            let writer = tokio::spawn(report::run_writer(
                 edges,
                 edge.clone(),
                 report_rx,
                 shutdown.clone(),
             ));
-            Some(reporter)
+            (Some(reporter), Some(writer))
         }
-        (None, _) => None,
+        (None, _) => (None, None),
     };
     let (tx, rx) = watch::channel::<Option<Desired>>(None);
     let watch_task = tokio::spawn(watch_configmap(
@@ -462,6 +462,10 @@ pub async fn run_with_client(
     };
     apply_loop(applier, api, args, out, rx, shutdown).await;
     let _ = watch_task.await;
+    // The writer removes this member's entry on the way out (bounded by its own timeout).
+    if let Some(writer) = report_writer {
+        let _ = writer.await;
+    }
     Ok(())
 }
 
