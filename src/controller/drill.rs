@@ -64,13 +64,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         policy_writer,
         watcher(ctx.api::<FallbackPolicy>(), watcher::Config::default()),
     )
-    .default_backoff()
+    .backoff(crate::backoff::WATCH)
     .touched_objects();
     let pool_events = reflector::reflector(
         pool_writer,
         watcher(ctx.api::<BotPool>(), watcher::Config::default()),
     )
-    .default_backoff()
+    .backoff(crate::backoff::WATCH)
     .touched_objects();
     let controller = Controller::new(ctx.api::<FailoverDrill>(), watcher::Config::default());
     let drills = controller.store();
@@ -79,7 +79,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         drills: drills.clone(),
         policies,
         pools,
-        retries: Retries::default(),
+        retries: Retries::new(crate::backoff::Backoff::new(
+            Duration::from_millis(500),
+            Duration::from_secs(30),
+        )),
     });
     let by_policy = drills.clone();
     let by_pool = drills;
@@ -113,14 +116,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
 
 fn error_policy(drill: Arc<FailoverDrill>, error: &Error, dctx: Arc<DrillCtx>) -> Action {
     let key = (drill.namespace().unwrap_or_default(), drill.name_any());
-    dctx.ctx.reconcile_failed(
-        "drill",
-        &dctx.retries,
-        key,
-        error.category(),
-        error,
-        (Duration::from_millis(500), Duration::from_secs(30)),
-    )
+    dctx.ctx
+        .reconcile_failed("drill", &dctx.retries, key, error.category(), error)
 }
 
 async fn reconcile(drill: Arc<FailoverDrill>, dctx: Arc<DrillCtx>) -> Result<Action, Error> {
