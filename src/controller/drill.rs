@@ -72,7 +72,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     )
     .backoff(crate::backoff::WATCH)
     .touched_objects();
-    let controller = Controller::new(ctx.api::<FailoverDrill>(), watcher::Config::default());
+    let controller = Controller::new(ctx.api::<FailoverDrill>(), watcher::Config::default())
+        .trigger_backoff(crate::backoff::WATCH);
     let drills = controller.store();
     let dctx = Arc::new(DrillCtx {
         ctx,

@@ -108,7 +108,7 @@ impl Context {
     /// Run the write `write` only while this replica leads, and abandon it (dropping the
     /// request) the moment leadership ends: a replica past its renew deadline must not
     /// finish a write that a new leader could contradict. `None` when not leading.
-    pub async fn while_leading<F: std::future::Future>(&self, write: F) -> Option<F::Output> {
+    pub async fn while_leading<F: Future>(&self, write: F) -> Option<F::Output> {
         let mut rx = self.leading.clone();
         if !*rx.borrow_and_update() {
             return None;
@@ -158,7 +158,7 @@ impl Context {
         retries: &Retries,
         namespace: &str,
         name: &str,
-        reconcile: impl std::future::Future<Output = Result<T, E>>,
+        reconcile: impl Future<Output = Result<T, E>>,
     ) -> Result<T, E> {
         let result = self
             .instrumented(controller, namespace, name, reconcile)
@@ -199,7 +199,7 @@ impl Context {
         controller: &'static str,
         namespace: &str,
         name: &str,
-        reconcile: impl std::future::Future<Output = T>,
+        reconcile: impl Future<Output = T>,
     ) -> T {
         use tracing::Instrument;
         let span =

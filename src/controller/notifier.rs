@@ -96,7 +96,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     )
     .backoff(crate::backoff::WATCH)
     .touched_objects();
-    let controller = Controller::new(ctx.api::<Notifier>(), watcher::Config::default());
+    let controller = Controller::new(ctx.api::<Notifier>(), watcher::Config::default())
+        .trigger_backoff(crate::backoff::WATCH);
     let notifiers = controller.store();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))

@@ -218,7 +218,11 @@ where
         super::on_change(ctx.leading.clone(), |l| *l).map(move |()| on_leading()),
         super::on_change(ctx.api_returned(), |_| true),
     )
-    .flat_map(move |()| futures::stream::iter(all_of(&store)))
+    .flat_map(move |()| {
+        let all = all_of(&store);
+        tracing::debug!(objects = all.len(), kind = %K::kind(&()), "reconciling every object");
+        futures::stream::iter(all)
+    })
 }
 
 /// Keys `ns/name` of the objects a prober owner key names (`<prefix>/<ns>/<name>`).

@@ -18,6 +18,8 @@ use crate::controller::Context;
 use crate::controller::runtime::{publish, truncate};
 use crate::crd::{BOTPOOL_AVAILABLE, BotPool, BotPoolStatus, FIELD_MANAGER, find_condition};
 
+/// Apply the headless Service and the PodDisruptionBudget; returns the Service's
+/// resourceVersion and the PDB's generation (for the "nothing changed" fingerprint).
 pub async fn service_and_pdb(
     pool: &BotPool,
     ns: &str,

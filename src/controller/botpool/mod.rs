@@ -216,6 +216,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     // demand is still reconciled (and its demand lowered).
     let named: Arc<Mutex<HashMap<Key, BTreeSet<String>>>> = Arc::default();
     Controller::for_stream(pools, store)
+        // Errors of any trigger stream pause them all for this backoff (kube's default
+        // grows to 30 s and would hold every reconcile after an API outage).
+        .trigger_backoff(crate::backoff::WATCH)
         .owns_stream(deployment_events)
         .owns_stream(service_events)
         .owns_stream(pdb_events)

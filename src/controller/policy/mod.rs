@@ -236,6 +236,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     });
     let (s1, s2, s3) = (store.clone(), store.clone(), store.clone());
     Controller::for_stream(policies, store)
+        // Errors of any trigger stream pause them all for this backoff (kube's default
+        // grows to 30 s and would hold every reconcile after an API outage).
+        .trigger_backoff(crate::backoff::WATCH)
         .owns_stream(cm_events)
         .watches_stream(owner_events, move |cm| {
             // lifeline's own ConfigMaps come through their owner reference.

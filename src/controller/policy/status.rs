@@ -306,7 +306,11 @@ mod tests {
             ("True".into(), reasons::FAIL_OPEN.into())
         );
         let degraded = find_condition(&s.conditions, POLICY_DEGRADED).unwrap();
-        assert!(degraded.message.contains("route(s) inbound"), "{}", degraded.message);
+        assert!(
+            degraded.message.contains("route(s) inbound"),
+            "{}",
+            degraded.message
+        );
         assert_eq!(
             reason(&s, POLICY_CAPACITY_SUFFICIENT),
             ("False".into(), reasons::CAPACITY_SHORT.into())
