@@ -141,12 +141,9 @@ async fn reconcile_inner(
     name: &str,
     dctx: &DrillCtx,
 ) -> Result<Action, Error> {
-    for ready in [
-        dctx.policies.wait_until_ready().await,
-        dctx.pools.wait_until_ready().await,
-        dctx.drills.wait_until_ready().await,
-    ] {
-        ready.map_err(|_| Error::Cache)?;
+    use super::runtime::{CACHE_WAIT, is_ready};
+    if !(is_ready(&dctx.policies) && is_ready(&dctx.pools) && is_ready(&dctx.drills)) {
+        return Ok(Action::requeue(CACHE_WAIT));
     }
     // Fetch, from the caches only.
     let policy = dctx

@@ -160,10 +160,9 @@ async fn reconcile_inner(
     nctx: &NotifierCtx,
 ) -> Result<Action, Error> {
     // An empty cache would look like "every alert resolved": wait for the first list.
-    nctx.policies
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::Cache)?;
+    if !super::runtime::is_ready(&nctx.policies) {
+        return Ok(Action::requeue(super::runtime::CACHE_WAIT));
+    }
     let mut firing: Vec<Alert> = nctx
         .policies
         .state()

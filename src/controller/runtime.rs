@@ -191,6 +191,23 @@ where
     Action::await_change()
 }
 
+/// Whether `store` holds its first complete list. Checked, never awaited inside a
+/// reconcile: kube's readiness future wakes only the last task that polled it, so two
+/// reconciles awaiting the same cache at once would leave one waiting forever.
+pub fn is_ready<K>(store: &Store<K>) -> bool
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    use futures::FutureExt;
+    store
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
+}
+
+/// How soon a reconcile that found a cache not filled yet looks again.
+pub const CACHE_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Every object in `store`, as reconcile requests (leadership gained, API back).
 pub fn all_of<K>(store: &Store<K>) -> Vec<ObjectRef<K>>
 where

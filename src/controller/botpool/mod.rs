@@ -80,9 +80,6 @@ pub enum Error {
         /// The client error.
         source: kube::Error,
     },
-    /// A cache is not filled (the controller is shutting down).
-    #[error("cache not available")]
-    Cache,
 }
 
 impl Error {
@@ -92,7 +89,6 @@ impl Error {
             Error::MissingNamespace => "missing_namespace",
             Error::MissingUid => "missing_uid",
             Error::Kube { .. } => "kube",
-            Error::Cache => "cache",
         }
     }
 }
@@ -324,7 +320,9 @@ async fn reconcile_pool(pool: &BotPool, state: &State) -> Result<Action, Error> 
     let key: Key = (ns.clone(), name.clone());
 
     // Observe (caches only).
-    state.caches.ready().await?;
+    if !state.caches.ready() {
+        return Ok(Action::requeue(super::runtime::CACHE_WAIT));
+    }
     let demand = state.caches.demand(&ns, &name);
     let (existing, service, pdb) = state.caches.owned(&ns, &name);
 

@@ -10,8 +10,8 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use super::{Error, build};
-use crate::controller::runtime::{Guarded, parsed};
+use super::build;
+use crate::controller::runtime::{Guarded, is_ready, parsed};
 use crate::crd::{BotPool, FallbackPolicy};
 
 /// A pool's Deployment, Service and PDB as cached (each may not exist yet).
@@ -40,16 +40,15 @@ pub struct Caches {
 }
 
 impl Caches {
-    /// Wait until every cache holds its first list: a pool must not be sized from a
+    /// Whether every cache holds its first list: a pool must not be sized from a
     /// half-filled policy cache (its demand would drop) or an empty pod cache.
-    pub async fn ready(&self) -> Result<(), Error> {
-        let e = |_| Error::Cache;
-        self.policies.wait_until_ready().await.map_err(e)?;
-        self.deployments.wait_until_ready().await.map_err(e)?;
-        self.services.wait_until_ready().await.map_err(e)?;
-        self.pdbs.wait_until_ready().await.map_err(e)?;
-        self.pods.wait_until_ready().await.map_err(e)?;
-        self.hpas.wait_until_ready().await.map_err(e)
+    pub fn ready(&self) -> bool {
+        is_ready(&self.policies)
+            && is_ready(&self.deployments)
+            && is_ready(&self.services)
+            && is_ready(&self.pdbs)
+            && is_ready(&self.pods)
+            && is_ready(&self.hpas)
     }
 
     /// Concurrent calls the policies in `ns` assign to the pool `name`.

@@ -68,9 +68,6 @@ pub enum Error {
     /// The policy has no namespace (never happens for a namespaced kind).
     #[error("policy without a namespace")]
     NoNamespace,
-    /// A reflector store was dropped (the controller is shutting down).
-    #[error("cache not available")]
-    Cache,
 }
 
 impl Error {
@@ -79,7 +76,6 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::NoNamespace => "invalid",
-            Error::Cache => "cache",
         }
     }
 }
@@ -324,7 +320,9 @@ async fn reconcile_policy(
     pctx: &PolicyCtx,
 ) -> Result<Action, Error> {
     let ctx = pctx.ctx.as_ref();
-    pctx.caches.ready().await?;
+    if !pctx.caches.ready() {
+        return Ok(Action::requeue(super::runtime::CACHE_WAIT));
+    }
     let key: Key = (ns.to_string(), name.to_string());
     lock(&pctx.known).insert(key.clone());
     let uid = policy.uid().unwrap_or_default();

@@ -8,8 +8,8 @@ use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use super::{Error, owner_key, targets};
-use crate::controller::runtime::{Guarded, parsed};
+use super::{owner_key, targets};
+use crate::controller::runtime::{Guarded, is_ready, parsed};
 use crate::crd::{BotPool, FailoverDrill, FallbackPolicy, ProbeSpec, Trunk};
 use crate::plan::{BotPoolObservation, FAILBACK_ANNOTATION, Observed, TrunkObservation};
 use crate::probe::{ProbeHub, ProbeTarget};
@@ -31,15 +31,14 @@ pub struct Caches {
 }
 
 impl Caches {
-    /// Wait until every cache holds its first list: planning on half-filled caches
-    /// would report healthy objects as missing.
-    pub async fn ready(&self) -> Result<(), Error> {
-        let e = |_| Error::Cache;
-        self.trunks.wait_until_ready().await.map_err(e)?;
-        self.bot_pools.wait_until_ready().await.map_err(e)?;
-        self.drills.wait_until_ready().await.map_err(e)?;
-        self.config_maps.wait_until_ready().await.map_err(e)?;
-        self.config_map_owners.wait_until_ready().await.map_err(e)
+    /// Whether every cache holds its first list: planning on half-filled caches would
+    /// report healthy objects as missing.
+    pub fn ready(&self) -> bool {
+        is_ready(&self.trunks)
+            && is_ready(&self.bot_pools)
+            && is_ready(&self.drills)
+            && is_ready(&self.config_maps)
+            && is_ready(&self.config_map_owners)
     }
 
     /// The FailoverDrills in `ns`.

@@ -2,7 +2,7 @@
 //! what the probes found into `status`, on transitions only.
 //!
 //! - observe: the Trunk (from the controller's cache), the prober's health, and the
-//!   CA bundle of TLS endpoints ([`observe`]);
+//!   CA bundle of TLS endpoints (an in-memory cache, [`observe::CaBundles`]);
 //! - decide/status: [`status::next_status`] (pure) — the status to write, or none;
 //!   [`status::transitions`] — the endpoint changes that become Events;
 //! - apply: server-side apply of the status with lifeline's field manager, then Events.
@@ -38,8 +38,6 @@ use crate::crd::{
 use crate::probe::{ProbeTarget, RTT_REFRESH};
 pub use status::{next_status, reasons};
 
-/// How often a Trunk with a CA bundle re-reads it (see [`observe`]).
-const CA_BUNDLE_REFRESH: Duration = Duration::from_secs(300);
 /// Controller name in metric labels and logs.
 const CONTROLLER: &str = "trunk";
 
@@ -80,6 +78,8 @@ struct TrunkCtx {
     last_write: Mutex<HashMap<Key, jiff::Timestamp>>,
     /// Failed reconciles in a row, for the backoff.
     retries: Retries,
+    /// CA bundles of TLS endpoints, read off the reconcile path.
+    ca_bundles: Arc<observe::CaBundles>,
 }
 
 impl TrunkCtx {
@@ -90,6 +90,7 @@ impl TrunkCtx {
             tracing::info!(namespace = %ns, name = %name, "trunk deleted: probes stopped");
         }
         self.ctx.probes.remove(&owner_key(ns, name));
+        self.ca_bundles.release(&key);
         lock(&self.last_write).remove(&key);
         self.retries.reset(&key);
     }
@@ -101,6 +102,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Run the trunk controller until `shutdown` is cancelled.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let (ca_bundles, bundle_changes) = observe::CaBundles::new();
+    let reader = tokio::spawn(ca_bundles.clone().run(ctx.client.clone(), shutdown.clone()));
     let tctx = Arc::new(TrunkCtx {
         ctx: ctx.clone(),
         known: Mutex::default(),
@@ -109,6 +112,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             Duration::from_secs(1),
             Duration::from_secs(300),
         )),
+        ca_bundles,
     });
     let (store, writer) = reflector::store::<Guarded<Trunk>>();
     let trunks = on_deleted(
@@ -132,7 +136,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     // Trunk at once (reads from the cache; writes only what differs from the status).
     let changes = futures::stream::select(
         probe_changes(ctx.probes.subscribe(), "trunk", store.clone()),
-        everyone_on_recovery(&ctx, store.clone(), || {}),
+        futures::stream::select(
+            everyone_on_recovery(&ctx, store.clone(), || {}),
+            bundle_changes,
+        ),
     );
     Controller::for_stream(trunks, store)
         // Errors of any trigger stream pause them all for this backoff (kube's default
@@ -149,6 +156,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             futures::future::ready(())
         })
         .await;
+    reader.abort();
     for (ns, name) in lock(&tctx.known).drain() {
         ctx.probes.remove(&owner_key(&ns, &name));
     }
@@ -205,7 +213,11 @@ async fn reconcile_trunk(
     if trunk.spec.disabled {
         ctx.probes.remove(&key);
     } else {
-        let tls = observe::tls_settings(trunk, ctx, ns).await?;
+        let Some(tls) = tctx.ca_bundles.tls_settings(trunk, ns, name) else {
+            // Its CA bundle is being read; the reader reconciles it once it has.
+            lock(&tctx.known).insert(id);
+            return Ok(Action::await_change());
+        };
         let targets = trunk
             .spec
             .endpoints
@@ -230,16 +242,8 @@ async fn reconcile_trunk(
             }
         }
     }
-    let requeue = if trunk
-        .spec
-        .tls
-        .as_ref()
-        .is_some_and(|t| t.ca_bundle.is_some())
-    {
-        Action::requeue(CA_BUNDLE_REFRESH)
-    } else {
-        Action::await_change()
-    };
+    // A changed CA bundle, like every other input, triggers the next pass.
+    let requeue = Action::await_change();
     lock(&tctx.known).insert(id.clone());
     if !ctx.is_leading() {
         // Warm standby: probe, do not write.
