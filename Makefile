@@ -42,6 +42,10 @@ lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
+.PHONY: audit
+audit: ## Dependency audit: licenses, bans and sources with cargo deny (see deny.toml)
+	$(CARGO) deny --log-level warn check licenses bans sources
+
 .PHONY: testenv-up
 testenv-up: ## Start the local control plane (idempotent); NODE=real adds a real node (target/testenv-real/)
 	@NODE=$(NODE) tests/testenv/up.sh

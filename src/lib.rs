@@ -7,6 +7,7 @@
 //! them, `sync` the Kamailio sidecar,
 //! `status` the `lifeline status` table and `telemetry` logs and metrics.
 
+pub mod backoff;
 pub mod controller;
 pub mod crd;
 pub mod drill;

@@ -8,6 +8,7 @@
 //! SIGTERM the holder closes its write gate first and then releases the Lease, so the
 //! standby takes over at its next poll instead of waiting for the lease to expire.
 
+pub mod api_requests;
 pub mod lease;
 
 use std::net::SocketAddr;
@@ -279,59 +280,73 @@ async fn ready_handler(State(state): State<Arc<HttpState>>) -> (StatusCode, &'st
 }
 
 /// Wait until every lifeline CRD is established and one list of each kind succeeds.
-/// Missing CRDs are waited for (with a log line every attempt), not treated as fatal:
-/// Helm or Argo CD may install them a moment after the operator starts.
+/// Missing CRDs are waited for (a watch per CRD, [`await_condition`]; a log line every
+/// 10 s names those still missing), not treated as fatal: Helm or Argo CD may install
+/// them a moment after the operator starts.
+///
+/// [`await_condition`]: kube::runtime::wait::await_condition
 pub async fn wait_for_api(
     client: &Client,
     namespace: Option<&str>,
     shutdown: &CancellationToken,
 ) -> bool {
+    use kube::runtime::wait::{await_condition, conditions};
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let names: Vec<String> = crate::crd::all_crds()
         .into_iter()
         .filter_map(|c| c.metadata.name)
         .collect();
-    let mut delay = Duration::from_millis(500);
+    let pending = Arc::new(std::sync::Mutex::new(
+        names
+            .iter()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+    ));
+    let established = futures::future::join_all(names.into_iter().map(|name| {
+        let (crds, pending) = (crds.clone(), pending.clone());
+        async move {
+            let mut backoff =
+                crate::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+            while let Err(e) =
+                await_condition(crds.clone(), &name, conditions::is_crd_established()).await
+            {
+                warn!(crd = %name, error = %e, "cannot watch CustomResourceDefinitions; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            if let Ok(mut p) = pending.lock() {
+                p.remove(&name);
+            }
+        }
+    }));
+    tokio::pin!(established);
+    let mut report = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(2),
+        Duration::from_secs(10),
+    );
     loop {
-        match missing_crds(&crds, &names).await {
-            Ok(missing) if missing.is_empty() => match list_each_kind(client, namespace).await {
-                Ok(()) => return true,
-                Err(e) => {
-                    warn!(error = %e, "CRDs established but listing lifeline objects failed; retrying")
-                }
-            },
-            Ok(missing) => warn!(
-                ?missing,
-                "waiting for lifeline CRDs to be installed and established"
-            ),
-            Err(e) => warn!(error = %e, "cannot read CustomResourceDefinitions; retrying"),
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = &mut established => break,
+            _ = report.tick() => {
+                let missing: Vec<String> = pending.lock().map(|p| p.iter().cloned().collect()).unwrap_or_default();
+                warn!(?missing, "waiting for lifeline CRDs to be installed and established");
+            }
+        }
+    }
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    loop {
+        match list_each_kind(client, namespace).await {
+            Ok(()) => return true,
+            Err(e) => {
+                warn!(error = %e, "CRDs established but listing lifeline objects failed; retrying")
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(10));
-    }
-}
-
-async fn missing_crds(
-    api: &Api<CustomResourceDefinition>,
-    names: &[String],
-) -> Result<Vec<String>, kube::Error> {
-    let mut missing = Vec::new();
-    for name in names {
-        let established = api.get_opt(name).await?.is_some_and(|crd| {
-            crd.status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-        });
-        if !established {
-            missing.push(name.clone());
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
-    Ok(missing)
 }
 
 async fn list_each_kind(client: &Client, namespace: Option<&str>) -> Result<(), kube::Error> {
@@ -355,7 +370,7 @@ async fn list_each_kind(client: &Client, namespace: Option<&str>) -> Result<(), 
 
 /// Run the operator until SIGTERM/SIGINT.
 pub async fn run(args: OperatorArgs) -> Result<(), Error> {
-    let client = Client::try_default().await?;
+    let client = api_requests::counting_client(kube::Config::infer().await?)?;
     run_with_client(client, args, shutdown_signal()).await
 }
 
@@ -368,6 +383,7 @@ pub async fn run_with_client(
     // Bad rules are a configuration error: fail before serving anything.
     let mut probes = args.probe.config()?;
     let mut metrics = Metrics::new();
+    api_requests::register(&mut metrics.registry);
     // Per-object gauges, read from their own watch caches at scrape time (every replica).
     // One namespace: that one; several: one cluster-wide watch would need cluster-wide
     // read access, so the gauges are off (see docs/metrics.md).

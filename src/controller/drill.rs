@@ -64,22 +64,26 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         policy_writer,
         watcher(ctx.api::<FallbackPolicy>(), watcher::Config::default()),
     )
-    .default_backoff()
+    .backoff(crate::backoff::WATCH)
     .touched_objects();
     let pool_events = reflector::reflector(
         pool_writer,
         watcher(ctx.api::<BotPool>(), watcher::Config::default()),
     )
-    .default_backoff()
+    .backoff(crate::backoff::WATCH)
     .touched_objects();
-    let controller = Controller::new(ctx.api::<FailoverDrill>(), watcher::Config::default());
+    let controller = Controller::new(ctx.api::<FailoverDrill>(), watcher::Config::default())
+        .trigger_backoff(crate::backoff::WATCH);
     let drills = controller.store();
     let dctx = Arc::new(DrillCtx {
         ctx,
         drills: drills.clone(),
         policies,
         pools,
-        retries: Retries::default(),
+        retries: Retries::new(crate::backoff::Backoff::new(
+            Duration::from_millis(500),
+            Duration::from_secs(30),
+        )),
     });
     let by_policy = drills.clone();
     let by_pool = drills;
@@ -113,14 +117,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
 
 fn error_policy(drill: Arc<FailoverDrill>, error: &Error, dctx: Arc<DrillCtx>) -> Action {
     let key = (drill.namespace().unwrap_or_default(), drill.name_any());
-    dctx.ctx.reconcile_failed(
-        "drill",
-        &dctx.retries,
-        key,
-        error.category(),
-        error,
-        (Duration::from_millis(500), Duration::from_secs(30)),
-    )
+    dctx.ctx
+        .reconcile_failed("drill", &dctx.retries, key, error.category(), error)
 }
 
 async fn reconcile(drill: Arc<FailoverDrill>, dctx: Arc<DrillCtx>) -> Result<Action, Error> {
@@ -143,12 +141,9 @@ async fn reconcile_inner(
     name: &str,
     dctx: &DrillCtx,
 ) -> Result<Action, Error> {
-    for ready in [
-        dctx.policies.wait_until_ready().await,
-        dctx.pools.wait_until_ready().await,
-        dctx.drills.wait_until_ready().await,
-    ] {
-        ready.map_err(|_| Error::Cache)?;
+    use super::runtime::{CACHE_WAIT, is_ready};
+    if !(is_ready(&dctx.policies) && is_ready(&dctx.pools) && is_ready(&dctx.drills)) {
+        return Ok(Action::requeue(CACHE_WAIT));
     }
     // Fetch, from the caches only.
     let policy = dctx

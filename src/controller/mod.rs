@@ -5,6 +5,7 @@ pub mod botpool;
 pub mod drill;
 pub mod notifier;
 pub mod policy;
+pub mod runtime;
 pub mod trunk;
 
 use std::sync::Arc;
@@ -107,7 +108,7 @@ impl Context {
     /// Run the write `write` only while this replica leads, and abandon it (dropping the
     /// request) the moment leadership ends: a replica past its renew deadline must not
     /// finish a write that a new leader could contradict. `None` when not leading.
-    pub async fn while_leading<F: std::future::Future>(&self, write: F) -> Option<F::Output> {
+    pub async fn while_leading<F: Future>(&self, write: F) -> Option<F::Output> {
         let mut rx = self.leading.clone();
         if !*rx.borrow_and_update() {
             return None;
@@ -157,7 +158,7 @@ impl Context {
         retries: &Retries,
         namespace: &str,
         name: &str,
-        reconcile: impl std::future::Future<Output = Result<T, E>>,
+        reconcile: impl Future<Output = Result<T, E>>,
     ) -> Result<T, E> {
         let result = self
             .instrumented(controller, namespace, name, reconcile)
@@ -169,8 +170,8 @@ impl Context {
     }
 
     /// A failed reconcile of `key`: counted in `lifeline_reconcile_errors_total` under
-    /// `category`, logged, and requeued after the shared backoff (`delays`: the first
-    /// delay, doubling up to the cap).
+    /// `category`, logged, and requeued after the shared backoff ([`Retries::backoff`]).
+    /// A failure that says the API server is unreachable also wakes the watchdog.
     pub fn reconcile_failed(
         &self,
         controller: &'static str,
@@ -178,7 +179,6 @@ impl Context {
         key: (String, String),
         category: &'static str,
         error: &dyn std::fmt::Display,
-        delays: (std::time::Duration, std::time::Duration),
     ) -> kube::runtime::controller::Action {
         self.metrics
             .reconcile_errors
@@ -187,9 +187,9 @@ impl Context {
                 error: category,
             })
             .inc();
-        tracing::warn!(controller, namespace = %key.0, name = %key.1, %error, "reconcile failed");
-        let n = retries.failed(key);
-        kube::runtime::controller::Action::requeue(backoff(n, delays.0, delays.1))
+        let n = retries.failed(key.clone());
+        tracing::warn!(controller, namespace = %key.0, name = %key.1, %error, retry = n, "reconcile failed");
+        kube::runtime::controller::Action::requeue(retries.backoff.delay(n))
     }
 
     /// Run one reconcile inside a tracing span named after the object, and record its
@@ -199,7 +199,7 @@ impl Context {
         controller: &'static str,
         namespace: &str,
         name: &str,
-        reconcile: impl std::future::Future<Output = T>,
+        reconcile: impl Future<Output = T>,
     ) -> T {
         use tracing::Instrument;
         let span =
@@ -214,15 +214,32 @@ impl Context {
     }
 }
 
-/// Failed reconciles in a row per object (namespace, name), for exponential backoff.
-/// Shared by the controllers so that every kind backs off the same way.
-#[derive(Default)]
-pub struct Retries(std::sync::Mutex<std::collections::HashMap<(String, String), u32>>);
+/// Failed reconciles in a row per object (namespace, name), and the one backoff they
+/// are retried with. Shared by the controllers so that every kind backs off the same way.
+pub struct Retries {
+    counts: std::sync::Mutex<std::collections::HashMap<(String, String), u32>>,
+    /// The delays (first, cap) of this controller's retries.
+    pub backoff: crate::backoff::Backoff,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Self::new(crate::backoff::RECONCILE)
+    }
+}
 
 impl Retries {
+    /// No failures yet; retries follow `backoff`.
+    pub fn new(backoff: crate::backoff::Backoff) -> Self {
+        Self {
+            counts: std::sync::Mutex::default(),
+            backoff,
+        }
+    }
+
     fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, String), u32>> {
         // A panic while holding the lock leaves plain counters behind: still usable.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Count one more failure of `key`; returns how many failures in a row.
@@ -237,19 +254,6 @@ impl Retries {
     pub fn reset(&self, key: &(String, String)) {
         self.map().remove(key);
     }
-}
-
-/// `first`, 2 × `first`, 4 × `first` … capped at `cap`, with ±20 % jitter so that many
-/// failing objects do not retry in lockstep.
-pub fn backoff(
-    failures: u32,
-    first: std::time::Duration,
-    cap: std::time::Duration,
-) -> std::time::Duration {
-    let base = first
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
-        .min(cap);
-    base.mul_f64(0.8 + 0.4 * rand::random::<f64>())
 }
 
 /// Run every controller until `shutdown` is cancelled (no leader election: this
@@ -313,40 +317,6 @@ pub fn is_unreachable(e: &kube::Error) -> bool {
         kube::Error::Api(s) => s.code >= 500,
         kube::Error::HyperError(_) | kube::Error::Service(_) => true,
         _ => false,
-    }
-}
-
-/// A backoff for watches that keeps retrying every ≤ 2 s (from 250 ms, doubling, with
-/// jitter), so that caches resume within seconds after an API outage; kube's default
-/// grows to 30 s, which would delay routing after the API returns.
-#[derive(Clone, Debug)]
-pub struct QuickBackoff {
-    next: std::time::Duration,
-}
-
-impl QuickBackoff {
-    const FIRST: std::time::Duration = std::time::Duration::from_millis(250);
-    const CAP: std::time::Duration = std::time::Duration::from_secs(2);
-}
-
-impl Default for QuickBackoff {
-    fn default() -> Self {
-        Self { next: Self::FIRST }
-    }
-}
-
-impl Iterator for QuickBackoff {
-    type Item = std::time::Duration;
-    fn next(&mut self) -> Option<Self::Item> {
-        let base = self.next;
-        self.next = (self.next * 2).min(Self::CAP);
-        Some(base.mul_f64(0.8 + 0.2 * rand::random::<f64>()))
-    }
-}
-
-impl kube::runtime::utils::Backoff for QuickBackoff {
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
     }
 }
 

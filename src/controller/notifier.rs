@@ -25,7 +25,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Context, Retries, backoff};
+use super::{Context, Retries};
+use crate::backoff::Backoff;
 use crate::crd::{
     FIELD_MANAGER, FallbackPolicy, Notifier, NotifierStatus, ReceiverSpec, ReceiverStatus,
     condition, merge_condition,
@@ -93,9 +94,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         writer,
         watcher(ctx.api::<FallbackPolicy>(), watcher::Config::default()),
     )
-    .default_backoff()
+    .backoff(crate::backoff::WATCH)
     .touched_objects();
-    let controller = Controller::new(ctx.api::<Notifier>(), watcher::Config::default());
+    let controller = Controller::new(ctx.api::<Notifier>(), watcher::Config::default())
+        .trigger_backoff(crate::backoff::WATCH);
     let notifiers = controller.store();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -108,7 +110,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         http,
         limits: Mutex::default(),
         failures: Mutex::default(),
-        retries: Retries::default(),
+        retries: Retries::new(Backoff::new(
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        )),
     });
     controller
         .watches_stream(policy_events, move |policy: FallbackPolicy| {
@@ -130,14 +135,8 @@ fn error_policy(notifier: Arc<Notifier>, error: &Error, nctx: Arc<NotifierCtx>) 
         notifier.namespace().unwrap_or_default(),
         notifier.name_any(),
     );
-    nctx.ctx.reconcile_failed(
-        "notifier",
-        &nctx.retries,
-        key,
-        error.category(),
-        error,
-        (Duration::from_secs(1), Duration::from_secs(60)),
-    )
+    nctx.ctx
+        .reconcile_failed("notifier", &nctx.retries, key, error.category(), error)
 }
 
 async fn reconcile(notifier: Arc<Notifier>, nctx: Arc<NotifierCtx>) -> Result<Action, Error> {
@@ -161,10 +160,9 @@ async fn reconcile_inner(
     nctx: &NotifierCtx,
 ) -> Result<Action, Error> {
     // An empty cache would look like "every alert resolved": wait for the first list.
-    nctx.policies
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::Cache)?;
+    if !super::runtime::is_ready(&nctx.policies) {
+        return Ok(Action::requeue(super::runtime::CACHE_WAIT));
+    }
     let mut firing: Vec<Alert> = nctx
         .policies
         .state()
@@ -351,7 +349,9 @@ async fn deliver(
                 rs.last_error = Some(problem.clone());
                 return Outcome {
                     left: total - sent,
-                    retry_in: Some(backoff(n, Duration::from_secs(1), Duration::from_secs(10))),
+                    retry_in: Some(
+                        Backoff::new(Duration::from_secs(1), Duration::from_secs(10)).delay(n),
+                    ),
                     problem: Some(problem),
                 };
             }

@@ -306,38 +306,8 @@ struct Outputs {
     reporter: Option<report::Reporter>,
 }
 
-/// Capped exponential backoff with jitter, from 100 ms.
-#[derive(Clone, Debug)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    const START: Duration = Duration::from_millis(100);
-
-    /// A backoff that never waits longer than `max`.
-    pub fn new(max: Duration) -> Self {
-        Self {
-            next: Self::START.min(max),
-            max,
-        }
-    }
-
-    /// The next delay: doubles each time up to `max`, with up to 10 % jitter so that
-    /// replicas do not hit a recovering Kamailio in lockstep.
-    pub fn next_delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let jitter = base.mul_f64(rand::random::<f64>() * 0.1);
-        (base + jitter).min(self.max)
-    }
-
-    /// Start again from the shortest delay.
-    pub fn reset(&mut self) {
-        self.next = Self::START.min(self.max);
-    }
-}
+/// Reload retries back off with the project's one backoff (from 100 ms).
+pub use crate::backoff::Backoff;
 
 /// The annotations sip-sync owns on the ConfigMap, as one server-side apply body.
 /// Fields this manager owned before and leaves out are removed by the API server,
@@ -532,7 +502,10 @@ async fn apply_loop(
     mut rx: watch::Receiver<Option<Desired>>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(args.max_backoff_ms.max(100)));
+    let mut backoff = Backoff::new(
+        Duration::from_millis(100),
+        Duration::from_millis(args.max_backoff_ms.max(100)),
+    );
     // What the annotations say now, so that every apply body carries them along.
     let mut applied: Option<(String, String)> = None;
     let mut reported_error: Option<(String, &'static str)> = None;
@@ -718,7 +691,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_is_capped() {
-        let mut b = Backoff::new(Duration::from_millis(1000));
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
         let delays: Vec<u128> = (0..6).map(|_| b.next_delay().as_millis()).collect();
         assert!((100..=110).contains(&delays[0]), "{delays:?}");
         assert!((200..=220).contains(&delays[1]), "{delays:?}");

@@ -1,0 +1,517 @@
+//! The BotPool controller: runs each pool as a Deployment, a headless Service and a
+//! PodDisruptionBudget, sizes it to the calls FallbackPolicies assign to it, and
+//! reports ready bots in status.
+//!
+//! One reconcile is observe → decide → apply → status:
+//! - observe ([`observe`]): from caches only — the pool's demand (sum of
+//!   `FallbackPolicy.status.demand` entries naming it in its namespace), its
+//!   Deployment, Service, PDB, pods and, in `HpaFloor` mode, the HPA;
+//! - decide: [`scaling`] (pure) turns demand into a replica target, with growth at
+//!   once and shrinking only after `scaleDownStabilizationSeconds`;
+//! - apply ([`apply`]): [`build`] (pure) makes the owned objects, applied server-side
+//!   with lifeline's field manager;
+//! - status: [`status`] (pure) counts ready pods and decides the conditions; a
+//!   server-side apply of the status subresource writes it, only when it changed.
+//!
+//! The start of a pending scale-down is kept on the Deployment as the annotation
+//! `lifeline.dev/scale-down-since` (written by the same apply), so a restarted operator
+//! neither shrinks early nor forgets the window. The running target is
+//! `status.desiredReplicas`, so a user's edit of the Deployment's replicas is drift to
+//! undo, not a new target to stabilize from.
+
+pub mod apply;
+pub mod build;
+pub mod observe;
+pub mod scaling;
+pub mod status;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+use super::runtime::{
+    Guarded, apply_status, cached, guarded_watch, on_deleted, parsed, publish, report_invalid,
+    truncate,
+};
+use super::{Context, Retries};
+use crate::crd::{BotPool, FallbackPolicy, ScalingMode};
+pub use status::{
+    Limit, Observed, PodCounts, demand_for, desired_status, observe_pods, reason, sizing,
+};
+
+type Key = (String, String);
+
+/// Controller name in metric labels.
+const CONTROLLER: &str = "botpool";
+/// Annotation on the HPA: the user's own `minReplicas` while lifeline raises it.
+pub const USER_MIN_REPLICAS: &str = "lifeline.dev/user-min-replicas";
+/// Field manager that holds a Deployment's replicas between lifeline letting go of
+/// them (switch to `HpaFloor`) and the HPA taking them over.
+pub const HANDOVER_MANAGER: &str = "lifeline.dev/handover-to-hpa";
+/// Resync period when nothing is pending: a safety net, not the trigger.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// Errors of the botpool controller.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object has no namespace (cannot happen for a namespaced kind).
+    #[error("BotPool has no namespace")]
+    MissingNamespace,
+    /// The object has no UID yet, so no owner reference can be made.
+    #[error("BotPool has no uid")]
+    MissingUid,
+    /// A Kubernetes API call failed.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What was being done.
+        action: &'static str,
+        /// The client error.
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// Short static category for metric labels and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::MissingNamespace => "missing_namespace",
+            Error::MissingUid => "missing_uid",
+            Error::Kube { .. } => "kube",
+        }
+    }
+}
+
+fn kube_err(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Kube { action, source }
+}
+
+/// A rejection the spec must fix (the API server said the object is invalid), as
+/// opposed to a failure that may pass on retry.
+fn rejection(err: &Error) -> Option<String> {
+    match err {
+        Error::Kube {
+            action,
+            source: kube::Error::Api(status),
+        } if matches!(status.code, 400 | 422) => Some(format!("{action}: {}", status.message)),
+        _ => None,
+    }
+}
+
+/// The inputs of an apply and the versions of the objects it produced. Deployments
+/// and PDBs bump `metadata.generation` on every spec change (a user's edit
+/// included) but not on status updates; a Service has no generation but no status
+/// churn either, so its `resourceVersion` serves.
+#[derive(Clone, Debug, PartialEq)]
+struct Fingerprint {
+    pool_generation: Option<i64>,
+    inputs: build::Inputs,
+    deployment_generation: Option<i64>,
+    service_version: Option<String>,
+    pdb_generation: Option<i64>,
+}
+
+/// State of one controller run.
+struct State {
+    ctx: Arc<Context>,
+    caches: observe::Caches,
+    /// Consecutive transient failures per pool, for the backoff.
+    retries: Retries,
+    /// The replica target last applied, per pool (with its UID). The pool in the
+    /// controller's cache may not show our latest status write yet; deciding from a
+    /// stale `desiredReplicas` would scale back up for a moment.
+    /// `status.desiredReplicas` is the fallback after a restart.
+    targets: Mutex<HashMap<Key, (String, u32)>>,
+    /// What the owned objects looked like right after lifeline last applied them, per
+    /// pool (with its UID); equal on the next reconcile means there is nothing to write.
+    applied: Mutex<HashMap<Key, (String, Fingerprint)>>,
+}
+
+impl State {
+    /// A pool left the watch: drop what this process remembers of it.
+    fn forget(&self, ns: &str, name: &str) {
+        let key = (ns.to_string(), name.to_string());
+        lock(&self.targets).remove(&key);
+        lock(&self.applied).remove(&key);
+        self.retries.reset(&key);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Run the botpool controller until `shutdown` is cancelled.
+pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let owned = || watcher::Config::default().labels("app.kubernetes.io/managed-by=lifeline");
+    let bots =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/name={}", build::APP_NAME));
+    let quick = crate::backoff::WATCH;
+    let (deployments, deployment_events) =
+        cached(watcher(ctx.api::<Deployment>(), owned()).backoff(quick.clone()));
+    let (services, service_events) =
+        cached(watcher(ctx.api::<Service>(), owned()).backoff(quick.clone()));
+    let (pdbs, pdb_events) =
+        cached(watcher(ctx.api::<PodDisruptionBudget>(), owned()).backoff(quick.clone()));
+    let (pods, pod_events) = cached(
+        watcher(ctx.api::<Pod>(), bots)
+            .backoff(quick.clone())
+            .modify(observe::strip_pod),
+    );
+    let (hpas, hpa_events) = cached(
+        watcher(
+            ctx.api::<HorizontalPodAutoscaler>(),
+            watcher::Config::default(),
+        )
+        .backoff(quick.clone()),
+    );
+    let (policies, policy_events) = cached(guarded_watch(
+        ctx.api::<Guarded<FallbackPolicy>>(),
+        watcher::Config::default(),
+    ));
+    let state = Arc::new(State {
+        ctx: ctx.clone(),
+        caches: observe::Caches {
+            policies,
+            deployments,
+            services,
+            pdbs,
+            pods,
+            hpas,
+        },
+        retries: Retries::new(crate::backoff::Backoff::new(Duration::from_secs(1), RESYNC)),
+        targets: Mutex::default(),
+        applied: Mutex::default(),
+    });
+    let (store, writer) = reflector::store::<Guarded<BotPool>>();
+    let pools = on_deleted(
+        guarded_watch(ctx.api::<Guarded<BotPool>>(), watcher::Config::default()).reflect(writer),
+        store.clone(),
+        {
+            let state = state.clone();
+            move || lock(&state.targets).keys().cloned().collect()
+        },
+        {
+            let state = state.clone();
+            move |ns, name| state.forget(ns, name)
+        },
+    )
+    .applied_objects();
+    // Remember which pools each policy named, so that a pool dropped from a policy's
+    // demand is still reconciled (and its demand lowered).
+    let named: Arc<Mutex<HashMap<Key, BTreeSet<String>>>> = Arc::default();
+    Controller::for_stream(pools, store)
+        // Errors of any trigger stream pause them all for this backoff (kube's default
+        // grows to 30 s and would hold every reconcile after an API outage).
+        .trigger_backoff(crate::backoff::WATCH)
+        .owns_stream(deployment_events)
+        .owns_stream(service_events)
+        .owns_stream(pdb_events)
+        .watches_stream(pod_events, pool_of_pod)
+        .watches_stream(hpa_events, pool_of_hpa)
+        .watches_stream(policy_events, move |policy| {
+            pools_of_policy(&named, &policy)
+        })
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, state)
+        .for_each(|res| async move {
+            if let Err(err) = res {
+                tracing::debug!(error = %err, "botpool controller event");
+            }
+        })
+        .await;
+}
+
+fn pool_of_pod(pod: Pod) -> Option<ObjectRef<Guarded<BotPool>>> {
+    let name = pod.labels().get(build::POOL_LABEL)?;
+    Some(ObjectRef::new(name).within(pod.namespace().as_deref()?))
+}
+
+/// The pool whose Deployment an HPA scales (the Deployment is named after the pool).
+fn pool_of_hpa(hpa: HorizontalPodAutoscaler) -> Option<ObjectRef<Guarded<BotPool>>> {
+    let target = &hpa.spec.as_ref()?.scale_target_ref;
+    let ns = hpa.namespace()?;
+    (target.kind == "Deployment").then(|| ObjectRef::new(&target.name).within(&ns))
+}
+
+/// Pools a policy concerns: those in its demand and those its routes target, now or
+/// at its previous version.
+fn pools_of_policy(
+    named: &Mutex<HashMap<Key, BTreeSet<String>>>,
+    policy: &Guarded<FallbackPolicy>,
+) -> Vec<ObjectRef<Guarded<BotPool>>> {
+    let (Some(ns), Some(parsed)) = (policy.namespace(), parsed(policy)) else {
+        return Vec::new();
+    };
+    let mut now: BTreeSet<String> = parsed
+        .spec
+        .routes
+        .iter()
+        .flat_map(|r| &r.tiers)
+        .flat_map(|t| &t.targets)
+        .filter_map(|t| t.bot_pool.clone())
+        .collect();
+    if let Some(status) = &parsed.status {
+        now.extend(status.demand.iter().map(|d| d.bot_pool.clone()));
+    }
+    let mut all = now.clone();
+    if let Some(before) = lock(named).insert((ns.clone(), policy.name_any()), now) {
+        all.extend(before);
+    }
+    all.into_iter()
+        .map(|name| ObjectRef::new(&name).within(&ns))
+        .collect()
+}
+
+async fn reconcile(obj: Arc<Guarded<BotPool>>, state: Arc<State>) -> Result<Action, Error> {
+    let ns = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    let pool = match &obj.0 {
+        Ok(pool) => pool,
+        Err(invalid) => return Ok(report_invalid(&state.ctx, CONTROLLER, &obj, invalid).await),
+    };
+    state
+        .ctx
+        .reconcile_counted(
+            CONTROLLER,
+            &state.retries,
+            &ns,
+            &name,
+            reconcile_pool(pool, &state),
+        )
+        .await
+}
+
+fn error_policy(pool: Arc<Guarded<BotPool>>, err: &Error, state: Arc<State>) -> Action {
+    let key = (pool.namespace().unwrap_or_default(), pool.name_any());
+    let action = state
+        .ctx
+        .reconcile_failed(CONTROLLER, &state.retries, key, err.category(), err);
+    let ctx = state.ctx.clone();
+    let reference = pool.object_ref(&());
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "ReconcileFailed".into(),
+        note: Some(truncate(&err.to_string(), 1000)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    tokio::spawn(async move { publish(&ctx, event, &reference).await });
+    action
+}
+
+async fn reconcile_pool(pool: &BotPool, state: &State) -> Result<Action, Error> {
+    let ctx = state.ctx.as_ref();
+    let ns = pool.namespace().ok_or(Error::MissingNamespace)?;
+    let name = pool.name_any();
+    let owner = pool.controller_owner_ref(&()).ok_or(Error::MissingUid)?;
+    let now = jiff::Timestamp::now();
+    let key: Key = (ns.clone(), name.clone());
+
+    // Observe (caches only).
+    if !state.caches.ready() {
+        return Ok(Action::requeue(super::runtime::CACHE_WAIT));
+    }
+    let demand = state.caches.demand(&ns, &name);
+    let (existing, service, pdb) = state.caches.owned(&ns, &name);
+
+    // Decide.
+    let rec = scaling::recommend(demand, sizing(pool));
+    let uid = pool.uid().unwrap_or_default();
+    let remembered = lock(&state.targets)
+        .get(&key)
+        .filter(|(u, _)| *u == uid)
+        .map(|(_, t)| *t);
+    let current = match (&pool.status, remembered) {
+        (_, Some(target)) => Some(target),
+        (Some(s), None) if s.observed_generation.is_some() => Some(s.desired_replicas),
+        _ => existing
+            .as_ref()
+            .and_then(|d| d.spec.as_ref()?.replicas)
+            .and_then(|r| u32::try_from(r).ok()),
+    };
+    let lower_since = existing
+        .as_ref()
+        .and_then(|d| d.annotations().get(build::SCALE_DOWN_SINCE)?.parse().ok());
+    let window = Duration::from_secs(pool.spec.scaling.scale_down_stabilization_seconds.into());
+    let stable = scaling::stabilize(current, rec.replicas, lower_since, window, now);
+    let hpa_mode = pool.spec.scaling.mode == ScalingMode::HpaFloor;
+    let inputs = build::Inputs {
+        replicas: (!hpa_mode).then(|| i32::try_from(stable.target).unwrap_or(i32::MAX)),
+        scale_down_since: stable.lower_since,
+    };
+
+    // Apply, unless every owned object is as lifeline last left it (steady state:
+    // reads only). The Deployment goes last: it carries the scale-down start, which
+    // must only change once everything else for this target was written (a failure
+    // before it then retries the same decision instead of restarting the window).
+    let seen = Fingerprint {
+        pool_generation: pool.metadata.generation,
+        inputs: inputs.clone(),
+        deployment_generation: existing.as_ref().and_then(|d| d.metadata.generation),
+        service_version: service.and_then(|s| s.metadata.resource_version.clone()),
+        pdb_generation: pdb.and_then(|p| p.metadata.generation),
+    };
+    let unchanged = lock(&state.applied)
+        .get(&key)
+        .is_some_and(|(u, a)| *u == uid && *a == seen);
+    let mut limit = if rec.shortfall_calls > 0 {
+        Limit::MaxReplicas
+    } else {
+        Limit::None
+    };
+    let mut written = seen.clone();
+    let mut applied = Ok(());
+    if !unchanged {
+        applied = apply::service_and_pdb(pool, &ns, &owner, ctx).await.map(
+            |(service_version, pdb_generation)| {
+                written.service_version = service_version;
+                written.pdb_generation = pdb_generation;
+            },
+        );
+    }
+    if applied.is_ok() && hpa_mode {
+        let hpa = state.caches.hpa_for(&ns, &name);
+        applied = apply::hpa_floor(&ns, &name, hpa.as_deref(), stable.target, ctx)
+            .await
+            .map(|hpa_limit| {
+                if let Some(hpa_limit) = hpa_limit {
+                    limit = hpa_limit;
+                }
+            });
+    }
+    if applied.is_ok() && !unchanged {
+        applied = apply::deployment(pool, &ns, &owner, &inputs, existing.as_deref(), ctx)
+            .await
+            .map(|generation| written.deployment_generation = generation);
+    }
+    let invalid = match applied {
+        Ok(()) => {
+            lock(&state.targets).insert(key.clone(), (uid.clone(), stable.target));
+            lock(&state.applied).insert(key, (uid, written));
+            None
+        }
+        Err(err) => match rejection(&err) {
+            Some(message) => Some(message),
+            None => return Err(err),
+        },
+    };
+
+    // Status.
+    let pods = state.caches.pods_of(pool, &ns);
+    let observed = Observed {
+        pool,
+        demand,
+        recommendation: rec,
+        target: stable.target,
+        pods: observe_pods(pods.iter().map(|p| p.as_ref()), pool.spec.sip_port),
+        limit,
+        invalid: invalid.clone(),
+    };
+    let status = desired_status(&observed, now);
+    let applied_target = current.filter(|_| invalid.is_none());
+    apply::transitions(pool, applied_target, &status, ctx).await;
+    if pool.status.as_ref() != Some(&status) {
+        let Some(written) = apply_status::<BotPool, _>(ctx, &ns, &name, &status).await else {
+            return Ok(Action::await_change());
+        };
+        written.map_err(kube_err("apply BotPool status"))?;
+    }
+
+    if let Some(message) = invalid {
+        // Permanent: a spec change (a new generation) triggers the next attempt.
+        ctx.metrics
+            .reconcile_errors
+            .get_or_create(&crate::telemetry::ErrorLabels {
+                controller: CONTROLLER,
+                error: "invalid_spec",
+            })
+            .inc();
+        tracing::info!(%name, %ns, %message, "BotPool spec rejected by the API server");
+        return Ok(Action::await_change());
+    }
+    Ok(match stable.wait {
+        // Requeue just after the window ends (the store may lag a little).
+        Some(wait) => Action::requeue(wait + Duration::from_millis(200)),
+        None => Action::requeue(RESYNC),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::autoscaling::v2::{
+        CrossVersionObjectReference, HorizontalPodAutoscalerSpec,
+    };
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        let b = crate::backoff::Backoff::new(Duration::from_secs(1), RESYNC);
+        let about = |d: Duration, s: u64| {
+            (Duration::from_secs(s)..=Duration::from_millis(s * 1100)).contains(&d)
+        };
+        assert!(about(b.delay(1), 1), "{:?}", b.delay(1));
+        assert!(about(b.delay(3), 4), "{:?}", b.delay(3));
+        assert_eq!(b.delay(100), RESYNC);
+    }
+
+    #[test]
+    fn an_hpa_wakes_the_pool_whose_deployment_it_scales() {
+        let hpa = |kind: &str| HorizontalPodAutoscaler {
+            metadata: kube::api::ObjectMeta {
+                name: Some("h".into()),
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
+            spec: Some(HorizontalPodAutoscalerSpec {
+                scale_target_ref: CrossVersionObjectReference {
+                    kind: kind.into(),
+                    name: "bots-cgn".into(),
+                    api_version: Some("apps/v1".into()),
+                },
+                max_replicas: 5,
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let r = pool_of_hpa(hpa("Deployment")).unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.namespace.as_deref()),
+            ("bots-cgn", Some("ns"))
+        );
+        assert!(pool_of_hpa(hpa("StatefulSet")).is_none());
+    }
+
+    #[test]
+    fn a_policy_wakes_the_pools_it_names_now_and_before() {
+        use crate::plan::fixtures::{bots, policy};
+        let named = Mutex::default();
+        let make = |pool: &str| {
+            let spec = policy()
+                .region("cologne", 1)
+                .route("inbound", 1, |r| r.tier("bots", [bots(pool)]))
+                .build();
+            let mut p = FallbackPolicy::new("cc", spec);
+            p.metadata.namespace = Some("ns".into());
+            kube::core::DeserializeGuard(Ok(p))
+        };
+        let names = |refs: Vec<ObjectRef<Guarded<BotPool>>>| {
+            refs.into_iter().map(|r| r.name).collect::<Vec<_>>()
+        };
+        assert_eq!(names(pools_of_policy(&named, &make("a"))), ["a"]);
+        // Moved to pool b: a is reconciled once more (its demand drops).
+        assert_eq!(names(pools_of_policy(&named, &make("b"))), ["a", "b"]);
+        assert_eq!(names(pools_of_policy(&named, &make("b"))), ["b"]);
+    }
+}

@@ -1,0 +1,455 @@
+//! The FallbackPolicy controller: observe health → [`plan`](crate::plan::plan) →
+//! [`render`](crate::render) → write the status (only when it changes) → write the
+//! routing ConfigMap (only when its content differs) → Events for transitions.
+//!
+//! - [`observe`]: reads caches only (Trunks, BotPools, FailoverDrills, lifeline's
+//!   ConfigMaps, and every ConfigMap's name and owners) and the prober;
+//! - [`decide`]: pure — the plan with drills, whether the routing needs a write, which
+//!   Events the planner's transitions become, when to look again;
+//! - [`status`]: pure — the status that describes a plan;
+//! - [`apply`]: the writes, server-side apply with lifeline's one field manager.
+//!
+//! Triggers: the policy itself, its ConfigMap (owner reference), a ConfigMap of the
+//! routing's name that is in the way (created, renamed or deleted), every Trunk and
+//! BotPool a policy in the same namespace references, running drills, the prober's
+//! change notifications for the policy's static `uri` targets (owner key
+//! `policy/<ns>/<name>`), and the plan's next time-based transition.
+//!
+//! The previous plan is kept in memory and rebuilt from the status after a restart
+//! (see [`Plan::from_status`]). Manual failback is approved with the annotation
+//! [`FAILBACK_ANNOTATION`](crate::plan::FAILBACK_ANNOTATION) holding an RFC 3339 time
+//! later than the region's failure. A ConfigMap in the way is a permanent error: the
+//! `Ready` condition says so, and the controller waits for a change.
+
+pub mod apply;
+pub mod decide;
+pub mod observe;
+pub mod status;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use tokio_util::sync::CancellationToken;
+
+use super::runtime::{
+    Guarded, apply_status, cached, everyone_on_recovery, guarded_watch, on_deleted, parsed,
+    probe_changes, publish, report_invalid,
+};
+use super::{Context, Retries};
+use crate::crd::{
+    BotPool, FailoverDrill, FallbackPolicy, FallbackPolicySpec, POLICY_READY, Trunk, find_condition,
+};
+use crate::plan::Plan;
+use crate::telemetry::StateLabels;
+use decide::Routing;
+pub use status::{desired_status, reasons};
+
+/// The annotation with the lowercase hex SHA-256 of the rendered routing.
+pub const CONTENT_HASH_ANNOTATION: &str = "lifeline.dev/content-hash";
+/// Label on the routing ConfigMap.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Controller name in metric labels and logs.
+const CONTROLLER: &str = "policy";
+
+/// Errors of a policy reconcile (all transient: retried with the shared backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Kubernetes API error.
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    /// The policy has no namespace (never happens for a namespaced kind).
+    #[error("policy without a namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// Short static category for metric labels.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::NoNamespace => "invalid",
+        }
+    }
+}
+
+/// The hub owner key of a policy's static targets.
+pub fn owner_key(namespace: &str, name: &str) -> String {
+    format!("policy/{namespace}/{name}")
+}
+
+type Key = (String, String);
+/// A routing write: content hash and the resourceVersion it produced.
+type Written = (String, String);
+
+/// Controller state beyond the shared [`Context`].
+struct PolicyCtx {
+    ctx: Arc<Context>,
+    caches: observe::Caches,
+    /// Last plan per policy, with the policy's uid (a recreated policy starts afresh).
+    plans: Mutex<HashMap<Key, (String, Plan)>>,
+    /// The routing this process last wrote per policy: uid, content hash and the
+    /// resourceVersion the write produced.
+    written: Mutex<HashMap<Key, (String, Written)>>,
+    /// Region states per policy, summed into the `regions{state}` gauge.
+    region_counts: Mutex<HashMap<Key, [i64; 4]>>,
+    /// Policies this process holds state for (probes, plans), to forget on deletion.
+    known: Mutex<HashSet<Key>>,
+    /// Failed reconciles in a row, for the backoff.
+    retries: Retries,
+}
+
+impl PolicyCtx {
+    /// A policy left the watch: stop probing its static targets and drop its state.
+    /// (No finalizer: the ConfigMap goes with its owner reference, and the prober is
+    /// in-process state.)
+    fn forget(&self, ns: &str, name: &str) {
+        let key = (ns.to_string(), name.to_string());
+        self.ctx.probes.remove(&owner_key(ns, name));
+        lock(&self.known).remove(&key);
+        lock(&self.plans).remove(&key);
+        lock(&self.written).remove(&key);
+        lock(&self.region_counts).remove(&key);
+        self.retries.reset(&key);
+        self.publish_region_gauge();
+    }
+
+    fn publish_region_gauge(&self) {
+        let mut total = [0i64; 4];
+        for counts in lock(&self.region_counts).values() {
+            for (t, c) in total.iter_mut().zip(counts) {
+                *t += c;
+            }
+        }
+        for (state, n) in ["Active", "Failed", "Draining", "Recovering"]
+            .iter()
+            .zip(total)
+        {
+            self.ctx
+                .metrics
+                .regions
+                .get_or_create(&StateLabels { state })
+                .set(n);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn targets(spec: &FallbackPolicySpec) -> impl Iterator<Item = &crate::crd::TargetSpec> {
+    spec.routes
+        .iter()
+        .flat_map(|r| &r.tiers)
+        .flat_map(|t| &t.targets)
+}
+
+/// Policies in `namespace` (from the store) for which `references` is true.
+fn referencing(
+    store: &Store<Guarded<FallbackPolicy>>,
+    namespace: Option<String>,
+    references: impl Fn(&FallbackPolicySpec) -> bool,
+) -> Vec<ObjectRef<Guarded<FallbackPolicy>>> {
+    store
+        .state()
+        .iter()
+        .filter(|p| p.namespace() == namespace && parsed(p).is_some_and(|p| references(&p.spec)))
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+/// Run the policy controller until `shutdown` is cancelled.
+pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let any = || watcher::Config::default().any_semantic();
+    let (trunks, trunk_events) = cached(guarded_watch(ctx.api::<Guarded<Trunk>>(), any()));
+    let (bot_pools, pool_events) = cached(guarded_watch(ctx.api::<Guarded<BotPool>>(), any()));
+    let (drills, drill_events) = cached(guarded_watch(ctx.api::<Guarded<FailoverDrill>>(), any()));
+    let (config_maps, cm_events) = cached(
+        watcher(
+            ctx.api::<ConfigMap>(),
+            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}=lifeline")),
+        )
+        .backoff(crate::backoff::WATCH),
+    );
+    // Names and owners only: the annotations (kubectl's last-applied copy of the data)
+    // and managed fields of every ConfigMap would cost memory for nothing.
+    let (config_map_owners, owner_events) = cached(
+        watcher(
+            ctx.api::<PartialObjectMeta<ConfigMap>>(),
+            watcher::Config::default(),
+        )
+        .backoff(crate::backoff::WATCH)
+        .modify(|cm| {
+            cm.metadata.annotations = None;
+            cm.metadata.managed_fields = None;
+        }),
+    );
+    let pctx = Arc::new(PolicyCtx {
+        ctx: ctx.clone(),
+        caches: observe::Caches {
+            trunks,
+            bot_pools,
+            drills,
+            config_maps,
+            config_map_owners,
+        },
+        plans: Mutex::default(),
+        written: Mutex::default(),
+        region_counts: Mutex::default(),
+        known: Mutex::default(),
+        retries: Retries::default(),
+    });
+
+    let (store, writer) = reflector::store::<Guarded<FallbackPolicy>>();
+    let policies = on_deleted(
+        guarded_watch(ctx.api::<Guarded<FallbackPolicy>>(), any()).reflect(writer),
+        store.clone(),
+        {
+            let pctx = pctx.clone();
+            move || lock(&pctx.known).iter().cloned().collect()
+        },
+        {
+            let pctx = pctx.clone();
+            move |ns, name| pctx.forget(ns, name)
+        },
+    )
+    .applied_objects();
+
+    let probe_changes = probe_changes(ctx.probes.subscribe(), "policy", store.clone());
+    // Leadership gained or the API back after an outage: every policy at once. A new
+    // leader forgets plans it may hold from an earlier term: the status is the truth.
+    let everyone = everyone_on_recovery(&ctx, store.clone(), {
+        let pctx = pctx.clone();
+        move || lock(&pctx.plans).clear()
+    });
+    let (s1, s2, s3) = (store.clone(), store.clone(), store.clone());
+    Controller::for_stream(policies, store)
+        // Errors of any trigger stream pause them all for this backoff (kube's default
+        // grows to 30 s and would hold every reconcile after an API outage).
+        .trigger_backoff(crate::backoff::WATCH)
+        .owns_stream(cm_events)
+        .watches_stream(owner_events, move |cm| {
+            // lifeline's own ConfigMaps come through their owner reference.
+            if cm.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some("lifeline") {
+                return Vec::new();
+            }
+            let name = cm.name_any();
+            referencing(&s3, cm.namespace(), |spec| {
+                spec.routing_config_map.name == name
+            })
+        })
+        .watches_stream(trunk_events, move |trunk| {
+            let name = trunk.name_any();
+            referencing(&s1, trunk.namespace(), |spec| {
+                targets(spec).any(|t| t.trunk.as_deref() == Some(name.as_str()))
+            })
+        })
+        .watches_stream(pool_events, move |pool| {
+            let name = pool.name_any();
+            referencing(&s2, pool.namespace(), |spec| {
+                targets(spec).any(|t| t.bot_pool.as_deref() == Some(name.as_str()))
+            })
+        })
+        .watches_stream(drill_events, |drill: Guarded<FailoverDrill>| {
+            let policy = parsed(&drill)?.spec.policy.clone();
+            Some(ObjectRef::new(&policy).within(&drill.namespace()?))
+        })
+        .reconcile_on(futures::stream::select(probe_changes, everyone))
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(reconcile, error_policy, pctx.clone())
+        .for_each(|res| {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "policy reconcile did not run");
+            }
+            futures::future::ready(())
+        })
+        .await;
+    for (ns, name) in lock(&pctx.known).iter() {
+        ctx.probes.remove(&owner_key(ns, name));
+    }
+}
+
+fn error_policy(
+    policy: Arc<Guarded<FallbackPolicy>>,
+    error: &Error,
+    pctx: Arc<PolicyCtx>,
+) -> Action {
+    if let Error::Kube(e) = error
+        && super::is_unreachable(e)
+    {
+        pctx.ctx.api_call_failed();
+    }
+    let key = (policy.namespace().unwrap_or_default(), policy.name_any());
+    pctx.ctx
+        .reconcile_failed(CONTROLLER, &pctx.retries, key, error.category(), error)
+}
+
+async fn reconcile(
+    obj: Arc<Guarded<FallbackPolicy>>,
+    pctx: Arc<PolicyCtx>,
+) -> Result<Action, Error> {
+    let ns = obj.namespace().ok_or(Error::NoNamespace)?;
+    let name = obj.name_any();
+    let policy = match &obj.0 {
+        Ok(policy) => policy,
+        Err(invalid) => return Ok(report_invalid(&pctx.ctx, CONTROLLER, &obj, invalid).await),
+    };
+    pctx.ctx
+        .reconcile_counted(
+            CONTROLLER,
+            &pctx.retries,
+            &ns,
+            &name,
+            reconcile_policy(policy, &ns, &name, &pctx),
+        )
+        .await
+}
+
+async fn reconcile_policy(
+    policy: &FallbackPolicy,
+    ns: &str,
+    name: &str,
+    pctx: &PolicyCtx,
+) -> Result<Action, Error> {
+    let ctx = pctx.ctx.as_ref();
+    if !pctx.caches.ready() {
+        return Ok(Action::requeue(super::runtime::CACHE_WAIT));
+    }
+    let key: Key = (ns.to_string(), name.to_string());
+    lock(&pctx.known).insert(key.clone());
+    let uid = policy.uid().unwrap_or_default();
+
+    // Observe.
+    let mut observed = observe::observe(policy, ns, &pctx.caches);
+    observe::probe_static_targets(policy, ns, &mut observed, &ctx.probes);
+    if !ctx.is_leading() {
+        // Warm standby: static targets are probed, nothing is written. The plan is
+        // rebuilt from the status on takeover.
+        lock(&pctx.plans).remove(&key);
+        return Ok(Action::await_change());
+    }
+    let static_targets = targets(&policy.spec).any(|t| t.uri.is_some());
+    if static_targets && policy.status.is_some() && !ctx.probes.fully_probed(&owner_key(ns, name)) {
+        // A restarted replica has not measured the static targets yet (they would
+        // count as Unknown and leave the routing): write nothing until one full probe
+        // round, whose completion the prober announces.
+        return Ok(Action::await_change());
+    }
+
+    // Decide.
+    let previous = lock(&pctx.plans)
+        .get(&key)
+        .filter(|(u, _)| *u == uid)
+        .map(|(_, p)| p.clone())
+        .or_else(|| policy.status.as_ref().and_then(Plan::from_status));
+    // Whole seconds: the API stores times with second precision, and a plan with finer
+    // times would never compare equal to the status it was written to.
+    let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let drills = pctx.caches.drills_in(ns);
+    let (plan, events) = decide::plan_with_drills(
+        policy,
+        drills.iter().filter_map(|d| parsed(d)),
+        &observed,
+        previous.as_ref(),
+        now,
+    );
+    let format = policy.spec.routing_config_map.format;
+    let text = crate::render::render(format, &format!("{ns}/{name}"), &plan);
+    let hash = crate::render::content_hash(&text);
+    let (owners, cached) = pctx.caches.routing_config_map(policy, ns);
+    let written = lock(&pctx.written)
+        .get(&key)
+        .filter(|(u, _)| *u == uid)
+        .map(|(_, w)| w.clone());
+    let routing = decide::routing(
+        policy,
+        owners.as_deref(),
+        cached.as_deref(),
+        crate::render::data_key(format),
+        &hash,
+        written.as_ref(),
+    );
+    let conflict = match &routing {
+        Routing::Conflict(cm) => Some(cm.clone()),
+        _ => None,
+    };
+
+    // Status first, then the routing: a process killed in between leaves a status
+    // that already holds the new region states and transitions, and the next reconcile
+    // (of any replica) renders the same routing from it. The other order would lose
+    // the transition: the routing would change while the status forgot why.
+    let status = desired_status(policy, &plan, conflict.as_deref(), &hash, now);
+    if policy.status.as_ref() != Some(&status) {
+        let Some(result) = apply_status::<FallbackPolicy, _>(ctx, ns, name, &status).await else {
+            return Ok(Action::await_change());
+        };
+        result?;
+        tracing::debug!("status written");
+        if let Some(cm) = &conflict {
+            conflict_found(policy, cm, ctx).await;
+        }
+    }
+    // From here on the status holds this plan: a failed routing write below retries
+    // from it, and must not replay its transitions and Events.
+    apply::events(policy, decide::notices(policy, &events), ctx).await;
+    lock(&pctx.plans).insert(key.clone(), (uid.clone(), plan.clone()));
+    if routing == Routing::Stale {
+        let write = apply::config_map(policy, ns, format, &text, &hash, ctx);
+        let Some(version) = ctx.while_leading(write).await else {
+            return Ok(Action::await_change());
+        };
+        if let Some(version) = version? {
+            lock(&pctx.written).insert(key.clone(), (uid, (hash, version)));
+        }
+    }
+    lock(&pctx.region_counts).insert(key, decide::region_counts(&plan));
+    pctx.publish_region_gauge();
+
+    let next = decide::next_pass(&plan, jiff::Timestamp::now());
+    Ok(match (&conflict, plan.next_wakeup) {
+        // Permanent until the ConfigMap in the way goes or the spec names another one
+        // (both are watched): only the plan's own timers bring us back.
+        (Some(_), None) => Action::await_change(),
+        _ => Action::requeue(next),
+    })
+}
+
+/// A ConfigMap in the way was just reported in the status: say it once as a Warning.
+async fn conflict_found(policy: &FallbackPolicy, cm: &str, ctx: &Context) {
+    let already = policy
+        .status
+        .as_ref()
+        .and_then(|s| find_condition(&s.conditions, POLICY_READY))
+        .is_some_and(|c| c.reason == reasons::CONFIGMAP_CONFLICT);
+    if already {
+        return;
+    }
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&crate::telemetry::ErrorLabels {
+            controller: CONTROLLER,
+            error: "conflict",
+        })
+        .inc();
+    let note = format!(
+        "ConfigMap '{cm}' exists and is not managed by this policy: routing is not published; delete or rename it, or set spec.routingConfigMap.name"
+    );
+    tracing::warn!(configmap = %cm, "{note}");
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reasons::CONFIGMAP_CONFLICT.into(),
+        note: Some(note),
+        action: "Route".into(),
+        secondary: None,
+    };
+    publish(ctx, event, &kube::Resource::object_ref(policy, &())).await;
+}

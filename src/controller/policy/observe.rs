@@ -1,0 +1,128 @@
+//! What a policy reconcile reads: only caches (no API request) and the prober.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::ResourceExt;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use super::{owner_key, targets};
+use crate::controller::runtime::{Guarded, is_ready, parsed};
+use crate::crd::{BotPool, FailoverDrill, FallbackPolicy, ProbeSpec, Trunk};
+use crate::plan::{BotPoolObservation, FAILBACK_ANNOTATION, Observed, TrunkObservation};
+use crate::probe::{ProbeHub, ProbeTarget};
+
+/// The caches a policy reconcile reads, each filled by one watch.
+#[derive(Clone)]
+pub struct Caches {
+    /// Trunks in the watched namespaces.
+    pub trunks: Store<Guarded<Trunk>>,
+    /// BotPools in the watched namespaces.
+    pub bot_pools: Store<Guarded<BotPool>>,
+    /// FailoverDrills: a running one drains its region in the plan.
+    pub drills: Store<Guarded<FailoverDrill>>,
+    /// lifeline's routing ConfigMaps (label `app.kubernetes.io/managed-by=lifeline`).
+    pub config_maps: Store<ConfigMap>,
+    /// Every ConfigMap's name and owners (metadata only, stripped), to see a ConfigMap
+    /// that is in the way without reading it.
+    pub config_map_owners: Store<PartialObjectMeta<ConfigMap>>,
+}
+
+impl Caches {
+    /// Whether every cache holds its first list: planning on half-filled caches would
+    /// report healthy objects as missing.
+    pub fn ready(&self) -> bool {
+        is_ready(&self.trunks)
+            && is_ready(&self.bot_pools)
+            && is_ready(&self.drills)
+            && is_ready(&self.config_maps)
+            && is_ready(&self.config_map_owners)
+    }
+
+    /// The FailoverDrills in `ns`.
+    pub fn drills_in(&self, ns: &str) -> Vec<Arc<Guarded<FailoverDrill>>> {
+        self.drills
+            .state()
+            .into_iter()
+            .filter(|d| d.namespace().as_deref() == Some(ns))
+            .collect()
+    }
+
+    /// The policy's routing ConfigMap: the owners of one by that name if it exists, and
+    /// its full version if it is lifeline's.
+    pub fn routing_config_map(
+        &self,
+        policy: &FallbackPolicy,
+        ns: &str,
+    ) -> (Option<Vec<OwnerReference>>, Option<Arc<ConfigMap>>) {
+        let name = &policy.spec.routing_config_map.name;
+        let owners = self
+            .config_map_owners
+            .get(&ObjectRef::new(name).within(ns))
+            .map(|m| m.owner_references().to_vec());
+        let full = self.config_maps.get(&ObjectRef::new(name).within(ns));
+        (owners, full)
+    }
+}
+
+/// What the policy's namespace holds for it: the planner's input.
+pub fn observe(policy: &FallbackPolicy, ns: &str, caches: &Caches) -> Observed {
+    let mut observed = Observed::default();
+    for t in targets(&policy.spec) {
+        if let Some(name) = &t.trunk
+            && let Some(trunk) = caches.trunks.get(&ObjectRef::new(name).within(ns))
+            && let Some(trunk) = parsed(&trunk)
+        {
+            observed
+                .trunks
+                .insert(name.clone(), TrunkObservation::from_trunk(trunk));
+        }
+        if let Some(name) = &t.bot_pool
+            && let Some(pool) = caches.bot_pools.get(&ObjectRef::new(name).within(ns))
+            && let Some(pool) = parsed(&pool)
+        {
+            observed
+                .bot_pools
+                .insert(name.clone(), BotPoolObservation::from_bot_pool(pool));
+        }
+    }
+    observed.failback_approved_at = policy
+        .annotations()
+        .get(FAILBACK_ANNOTATION)
+        .and_then(|v| v.trim().parse::<jiff::Timestamp>().ok());
+    observed
+}
+
+/// Point the prober at the policy's static targets and read their health.
+pub fn probe_static_targets(
+    policy: &FallbackPolicy,
+    ns: &str,
+    observed: &mut Observed,
+    probes: &ProbeHub,
+) {
+    let owner = owner_key(ns, &policy.name_any());
+    let mut uris: Vec<String> = targets(&policy.spec)
+        .filter_map(|t| t.uri.clone())
+        .collect();
+    uris.sort();
+    uris.dedup();
+    if uris.is_empty() {
+        probes.remove(&owner);
+        return;
+    }
+    probes.set_targets(
+        &owner,
+        uris.iter()
+            .map(|uri| ProbeTarget {
+                uri: uri.clone(),
+                spec: ProbeSpec::default(),
+                tls: None,
+            })
+            .collect(),
+    );
+    for h in probes.health(&owner) {
+        observed.uris.insert(h.uri, h.state);
+    }
+}

@@ -1,0 +1,325 @@
+//! What every controller does the same way: guarded watches feeding caches, cleanup on
+//! deletions seen by those watches, status by server-side apply, and the handling of
+//! an object that cannot be read.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt, TryStreamExt};
+use kube::api::{Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::Context;
+use crate::crd::FIELD_MANAGER;
+
+/// An object as the watches deliver it: either the parsed object or, for one that does
+/// not match its type (an older CRD version, a hand-made object that bypassed the
+/// schema), its metadata and the parse error. One such object must not stall a watch:
+/// without the guard, one bad item fails the whole list and the cache never fills.
+pub type Guarded<K> = DeserializeGuard<K>;
+
+/// The parsed object of a guarded one, if it parsed.
+pub fn parsed<K>(guarded: &Guarded<K>) -> Option<&K> {
+    guarded.0.as_ref().ok()
+}
+
+/// A watch of `api`, with the shared watch backoff, guarded against unreadable objects.
+pub fn guarded_watch<K>(
+    api: Api<Guarded<K>>,
+    config: watcher::Config,
+) -> impl Stream<Item = watcher::Result<watcher::Event<Guarded<K>>>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    watcher(api, config).backoff(crate::backoff::WATCH)
+}
+
+/// A cache of `K` (guarded) filled by `stream`, and the stream of objects it touched
+/// (for `watches_stream`/`owns_stream`). The cache is current before an object is
+/// passed on, so a reconcile triggered by it reads the new version.
+pub fn cached<K>(
+    stream: impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+) -> (
+    Store<K>,
+    impl Stream<Item = watcher::Result<K>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    (store, stream.reflect(writer).touched_objects())
+}
+
+/// Calls `forget` for every object that left the watch: deleted (a `Delete` event), or
+/// gone when the watch re-listed (after a disconnect, deletions arrive as a new list:
+/// `known` names what the caller holds state for, compared with the store once the list
+/// is in). Event-driven: nothing polls.
+pub fn on_deleted<K, S>(
+    stream: S,
+    store: Store<K>,
+    known: impl Fn() -> Vec<(String, String)> + Send + 'static,
+    forget: impl Fn(&str, &str) + Send + 'static,
+) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    S: Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+{
+    stream.inspect_ok(move |event| match event {
+        watcher::Event::Delete(obj) => {
+            forget(&obj.namespace().unwrap_or_default(), &obj.name_any());
+        }
+        watcher::Event::InitDone => {
+            for (ns, name) in known() {
+                if store.get(&ObjectRef::new(&name).within(&ns)).is_none() {
+                    forget(&ns, &name);
+                }
+            }
+        }
+        _ => {}
+    })
+}
+
+/// Server-side apply `status` to the status subresource of `K` `ns/name` with the one
+/// field manager, while this replica leads. `None`: not leading (nothing written).
+///
+/// The body names `apiVersion` and `kind` (server-side apply needs them) and nothing
+/// but the status: fields other managers own are left alone, and fields this manager
+/// set before and leaves out now are removed.
+pub async fn apply_status<K, S>(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    status: &S,
+) -> Option<Result<(), kube::Error>>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+    S: Serialize,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let body = status_body::<K, S>(status);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let write = async move {
+        api.patch_status(name, &params, &Patch::Apply(&body))
+            .await
+            .map(|_| ())
+    };
+    ctx.while_leading(write).await
+}
+
+/// The server-side apply body of a status write.
+pub fn status_body<K: Resource<DynamicType = ()>, S: Serialize>(status: &S) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    })
+}
+
+/// Publish `event` about `reference` while leading; a failure is logged, not retried
+/// (the state it describes is already written).
+pub async fn publish(
+    ctx: &Context,
+    event: Event,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+) {
+    if let Some(Err(e)) = ctx
+        .while_leading(ctx.recorder.publish(&event, reference))
+        .await
+    {
+        tracing::warn!(error = %e, reason = %event.reason, "could not publish an event");
+    }
+}
+
+/// `s` cut to at most `max` characters (Event notes are limited to 1 kB).
+pub fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => s[..i].to_string(),
+        None => s.to_string(),
+    }
+}
+
+/// The reconcile of an object that does not parse: a Warning Event that says why
+/// (once per version: the controller waits for a change), counted as an error.
+pub async fn report_invalid<K>(
+    ctx: &Context,
+    controller: &'static str,
+    obj: &Guarded<K>,
+    error: &kube::core::error_boundary::InvalidObject,
+) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&crate::telemetry::ErrorLabels {
+            controller,
+            error: "invalid_object",
+        })
+        .inc();
+    tracing::warn!(
+        controller,
+        namespace = obj.namespace().unwrap_or_default(),
+        name = %obj.name_any(),
+        error = %error.error,
+        "object does not match its type: skipped until it changes"
+    );
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "InvalidObject".into(),
+        note: Some(truncate(
+            &format!(
+                "cannot read this {}: {}; fix the object (kubectl edit) — nothing else is affected",
+                K::kind(&()),
+                error.error
+            ),
+            1000,
+        )),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    publish(ctx, event, &obj.object_ref(&())).await;
+    Action::await_change()
+}
+
+/// Whether `store` holds its first complete list. Checked, never awaited inside a
+/// reconcile: kube's readiness future wakes only the last task that polled it, so two
+/// reconciles awaiting the same cache at once would leave one waiting forever.
+pub fn is_ready<K>(store: &Store<K>) -> bool
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    use futures::FutureExt;
+    store
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
+}
+
+/// How soon a reconcile that found a cache not filled yet looks again.
+pub const CACHE_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Every object in `store`, as reconcile requests (leadership gained, API back).
+pub fn all_of<K>(store: &Store<K>) -> Vec<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .state()
+        .iter()
+        .map(|o| ObjectRef::from_obj(o.as_ref()))
+        .collect()
+}
+
+/// Requests for every object in `store` each time leadership is gained or the API
+/// answers again after an outage; `on_leading` runs first on leadership (e.g. to forget
+/// in-memory state of an earlier term).
+pub fn everyone_on_recovery<K>(
+    ctx: &Arc<Context>,
+    store: Store<K>,
+    on_leading: impl Fn() + Send + 'static,
+) -> impl Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    futures::stream::select(
+        super::on_change(ctx.leading.clone(), |l| *l).map(move |()| on_leading()),
+        super::on_change(ctx.api_returned(), |_| true),
+    )
+    .flat_map(move |()| {
+        let all = all_of(&store);
+        tracing::debug!(objects = all.len(), kind = %K::kind(&()), "reconciling every object");
+        futures::stream::iter(all)
+    })
+}
+
+/// Keys `ns/name` of the objects a prober owner key names (`<prefix>/<ns>/<name>`).
+pub fn parse_owner_key<K>(prefix: &str, key: &str) -> Option<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let (ns, name) = key
+        .strip_prefix(prefix)?
+        .strip_prefix('/')?
+        .split_once('/')?;
+    Some(ObjectRef::new(name).within(ns))
+}
+
+/// The prober's change notifications for owners with `prefix`, as reconcile requests.
+/// A lagging receiver requeues everything in `store`.
+pub fn probe_changes<K>(
+    rx: tokio::sync::broadcast::Receiver<String>,
+    prefix: &'static str,
+    store: Store<K>,
+) -> impl Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    use tokio::sync::broadcast::error::RecvError;
+    futures::stream::unfold(rx, move |mut rx| {
+        let store = store.clone();
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok(key) => {
+                        if let Some(r) = parse_owner_key(prefix, &key) {
+                            return Some((vec![r], rx));
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => return Some((all_of(&store), rx)),
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        }
+    })
+    .flat_map(futures::stream::iter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{FallbackPolicy, Trunk};
+
+    #[test]
+    fn status_body_names_kind_and_carries_only_the_status() {
+        let body = status_body::<Trunk, _>(&serde_json::json!({ "healthyEndpoints": 1 }));
+        assert_eq!(body["apiVersion"], "lifeline.dev/v1alpha1");
+        assert_eq!(body["kind"], "Trunk");
+        assert_eq!(body["status"]["healthyEndpoints"], 1);
+        assert_eq!(body.as_object().map(|o| o.len()), Some(3));
+    }
+
+    #[test]
+    fn owner_keys_parse_only_their_prefix() {
+        let r = parse_owner_key::<Trunk>("trunk", "trunk/ns1/a").unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.namespace.as_deref()),
+            ("a", Some("ns1"))
+        );
+        assert!(parse_owner_key::<Trunk>("trunk", "policy/ns1/a").is_none());
+        assert!(parse_owner_key::<FallbackPolicy>("policy", "policyx/ns1/a").is_none());
+        assert!(parse_owner_key::<Trunk>("trunk", "trunk/ns1").is_none());
+    }
+
+    #[test]
+    fn an_unreadable_object_keeps_its_name() {
+        let bad: Guarded<Trunk> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "lifeline.dev/v1alpha1", "kind": "Trunk",
+            "metadata": { "name": "t1", "namespace": "n" },
+            "spec": { "region": 7 }
+        }))
+        .unwrap();
+        assert!(parsed(&bad).is_none());
+        assert_eq!(bad.name_any(), "t1");
+        assert_eq!(truncate("äöü", 2), "äö");
+    }
+}

@@ -1,0 +1,337 @@
+//! The Trunk controller: hands each Trunk's endpoints to the [`ProbeHub`] and writes
+//! what the probes found into `status`, on transitions only.
+//!
+//! - observe: the Trunk (from the controller's cache), the prober's health, and the
+//!   CA bundle of TLS endpoints (an in-memory cache, [`observe::CaBundles`]);
+//! - decide/status: [`status::next_status`] (pure) — the status to write, or none;
+//!   [`status::transitions`] — the endpoint changes that become Events;
+//! - apply: server-side apply of the status with lifeline's field manager, then Events.
+//!
+//! Probing is in-process state, so deletion needs no finalizer: the watch's delete
+//! events (and a re-list that no longer shows a Trunk) stop its probes.
+//!
+//! [`ProbeHub`]: crate::probe::ProbeHub
+
+pub mod observe;
+pub mod status;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+use super::runtime::{
+    Guarded, apply_status, everyone_on_recovery, guarded_watch, on_deleted, probe_changes, publish,
+    report_invalid, truncate,
+};
+use super::{Context, Retries};
+use crate::crd::{
+    EndpointState, TRUNK_FORBIDDEN, TRUNK_QUOTA_EXCEEDED, Trunk, TrunkStatus, find_condition,
+};
+use crate::probe::{ProbeTarget, RTT_REFRESH};
+pub use status::{next_status, reasons};
+
+/// Controller name in metric labels and logs.
+const CONTROLLER: &str = "trunk";
+
+/// What can go wrong in a reconcile (all transient: retried with the shared backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a request (transient).
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The object has no namespace (cannot happen for a namespaced kind).
+    #[error("trunk without a namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// Short static category for metric labels.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::NoNamespace => "invalid",
+        }
+    }
+}
+
+/// The hub owner key of a Trunk.
+pub fn owner_key(namespace: &str, name: &str) -> String {
+    format!("trunk/{namespace}/{name}")
+}
+
+type Key = (String, String);
+
+/// Controller state beyond the shared [`Context`].
+struct TrunkCtx {
+    ctx: Arc<Context>,
+    /// Trunks whose endpoints the hub probes (namespace, name).
+    known: Mutex<HashSet<Key>>,
+    /// When each Trunk's status was last written (for the RTT refresh limit).
+    last_write: Mutex<HashMap<Key, jiff::Timestamp>>,
+    /// Failed reconciles in a row, for the backoff.
+    retries: Retries,
+    /// CA bundles of TLS endpoints, read off the reconcile path.
+    ca_bundles: Arc<observe::CaBundles>,
+}
+
+impl TrunkCtx {
+    /// A Trunk left the watch (deleted, or out of scope): stop probing it.
+    fn forget(&self, ns: &str, name: &str) {
+        let key = (ns.to_string(), name.to_string());
+        if lock(&self.known).remove(&key) {
+            tracing::info!(namespace = %ns, name = %name, "trunk deleted: probes stopped");
+        }
+        self.ctx.probes.remove(&owner_key(ns, name));
+        self.ca_bundles.release(&key);
+        lock(&self.last_write).remove(&key);
+        self.retries.reset(&key);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Run the trunk controller until `shutdown` is cancelled.
+pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let (ca_bundles, bundle_changes) = observe::CaBundles::new();
+    let reader = tokio::spawn(ca_bundles.clone().run(ctx.client.clone(), shutdown.clone()));
+    let tctx = Arc::new(TrunkCtx {
+        ctx: ctx.clone(),
+        known: Mutex::default(),
+        last_write: Mutex::default(),
+        retries: Retries::new(crate::backoff::Backoff::new(
+            Duration::from_secs(1),
+            Duration::from_secs(300),
+        )),
+        ca_bundles,
+    });
+    let (store, writer) = reflector::store::<Guarded<Trunk>>();
+    let trunks = on_deleted(
+        guarded_watch(
+            ctx.api::<Guarded<Trunk>>(),
+            watcher::Config::default().any_semantic(),
+        )
+        .reflect(writer),
+        store.clone(),
+        {
+            let tctx = tctx.clone();
+            move || lock(&tctx.known).iter().cloned().collect()
+        },
+        {
+            let tctx = tctx.clone();
+            move |ns, name| tctx.forget(ns, name)
+        },
+    )
+    .applied_objects();
+    // Probe results, and — leadership gained or the API back after an outage — every
+    // Trunk at once (reads from the cache; writes only what differs from the status).
+    let changes = futures::stream::select(
+        probe_changes(ctx.probes.subscribe(), "trunk", store.clone()),
+        futures::stream::select(
+            everyone_on_recovery(&ctx, store.clone(), || {}),
+            bundle_changes,
+        ),
+    );
+    Controller::for_stream(trunks, store)
+        // Errors of any trigger stream pause them all for this backoff (kube's default
+        // grows to 30 s and would hold every reconcile after an API outage).
+        .trigger_backoff(crate::backoff::WATCH)
+        .reconcile_on(changes)
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(reconcile, error_policy, tctx.clone())
+        .for_each(|res| {
+            if let Err(e) = res {
+                // Objects that vanished before their reconcile are not worth a warning.
+                tracing::debug!(error = %e, "trunk reconcile did not run");
+            }
+            futures::future::ready(())
+        })
+        .await;
+    reader.abort();
+    for (ns, name) in lock(&tctx.known).drain() {
+        ctx.probes.remove(&owner_key(&ns, &name));
+    }
+}
+
+fn error_policy(trunk: Arc<Guarded<Trunk>>, error: &Error, tctx: Arc<TrunkCtx>) -> Action {
+    if let Error::Kube(e) = error
+        && super::is_unreachable(e)
+    {
+        tctx.ctx.api_call_failed();
+    }
+    let key = (trunk.namespace().unwrap_or_default(), trunk.name_any());
+    tctx.ctx
+        .reconcile_failed(CONTROLLER, &tctx.retries, key, error.category(), error)
+}
+
+async fn reconcile(obj: Arc<Guarded<Trunk>>, tctx: Arc<TrunkCtx>) -> Result<Action, Error> {
+    let ns = obj.namespace().ok_or(Error::NoNamespace)?;
+    let name = obj.name_any();
+    let trunk = match &obj.0 {
+        Ok(trunk) => trunk,
+        Err(invalid) => {
+            // Not probed: its endpoints cannot be read.
+            tctx.forget(&ns, &name);
+            return Ok(report_invalid(&tctx.ctx, CONTROLLER, &obj, invalid).await);
+        }
+    };
+    tctx.ctx
+        .reconcile_counted(
+            CONTROLLER,
+            &tctx.retries,
+            &ns,
+            &name,
+            reconcile_trunk(trunk, &tctx, &ns, &name),
+        )
+        .await
+}
+
+async fn reconcile_trunk(
+    trunk: &Trunk,
+    tctx: &TrunkCtx,
+    ns: &str,
+    name: &str,
+) -> Result<Action, Error> {
+    let ctx = &tctx.ctx;
+    let key = owner_key(ns, name);
+    let id = (ns.to_string(), name.to_string());
+    if trunk.metadata.deletion_timestamp.is_some() {
+        tctx.forget(ns, name);
+        return Ok(Action::await_change());
+    }
+
+    // Observe: hand the endpoints to the prober.
+    if trunk.spec.disabled {
+        ctx.probes.remove(&key);
+    } else {
+        let Some(tls) = tctx.ca_bundles.tls_settings(trunk, ns, name) else {
+            // Its CA bundle is being read; the reader reconciles it once it has.
+            lock(&tctx.known).insert(id);
+            return Ok(Action::await_change());
+        };
+        let targets = trunk
+            .spec
+            .endpoints
+            .iter()
+            .map(|e| ProbeTarget {
+                uri: e.uri.clone(),
+                spec: trunk.spec.probe.clone(),
+                tls: tls.clone(),
+            })
+            .collect();
+        ctx.probes.set_targets(&key, targets);
+        // A restarted or newly leading replica starts from what was published, not
+        // from Unknown (no-op for endpoints this process has probed already).
+        if let Some(status) = &trunk.status {
+            for e in &status.endpoints {
+                ctx.probes.seed(
+                    &key,
+                    &e.uri,
+                    e.state,
+                    e.last_transition_time.as_ref().map(|t| t.0),
+                );
+            }
+        }
+    }
+    // A changed CA bundle, like every other input, triggers the next pass.
+    let requeue = Action::await_change();
+    lock(&tctx.known).insert(id.clone());
+    if !ctx.is_leading() {
+        // Warm standby: probe, do not write.
+        return Ok(Action::await_change());
+    }
+    let published = trunk
+        .status
+        .as_ref()
+        .is_some_and(|s| !s.endpoints.is_empty());
+    if published && !trunk.spec.disabled && !ctx.probes.fully_probed(&key) {
+        // Seeded from the published status: write nothing until every endpoint has
+        // been measured by this process (the hub wakes us when the round completes).
+        return Ok(Action::await_change());
+    }
+
+    // Decide.
+    let now = jiff::Timestamp::now();
+    let health = ctx.probes.health(&key);
+    let old = trunk.status.clone().unwrap_or_default();
+    let rtt_due = lock(&tctx.last_write)
+        .get(&id)
+        .is_none_or(|at| now.duration_since(*at).unsigned_abs() >= RTT_REFRESH);
+    let Some(new) = next_status(trunk, &health, &old, rtt_due, now) else {
+        return Ok(requeue);
+    };
+
+    // Apply the status, then its Events.
+    let Some(written) = apply_status::<Trunk, _>(ctx, ns, name, &new).await else {
+        return Ok(Action::await_change());
+    };
+    written?;
+    lock(&tctx.last_write).insert(id, now);
+    tracing::info!(healthy = ?new.healthy_summary, "trunk status written");
+    let reference = trunk.object_ref(&());
+    for (uri, to, cause) in status::transitions(&old, &new, &health) {
+        let (type_, reason) = match to {
+            EndpointState::Up => (EventType::Normal, reasons::ENDPOINT_UP),
+            _ => (EventType::Warning, reasons::ENDPOINT_DOWN),
+        };
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(truncate(&format!("{uri} is {to}: {cause}"), 1000)),
+            action: "Probe".into(),
+            secondary: None,
+        };
+        // The status is written; a lost Event must not make us write it again.
+        publish(ctx, event, &reference).await;
+    }
+    for (type_, reason) in [
+        (TRUNK_FORBIDDEN, reasons::DESTINATION_DENIED),
+        (TRUNK_QUOTA_EXCEEDED, reasons::NAMESPACE_QUOTA),
+    ] {
+        let raised = |s: &TrunkStatus| {
+            find_condition(&s.conditions, type_).is_some_and(|c| c.status == "True")
+        };
+        if raised(&new) && !raised(&old) {
+            let note = find_condition(&new.conditions, type_).map(|c| truncate(&c.message, 1000));
+            let event = Event {
+                type_: EventType::Warning,
+                reason: reason.into(),
+                note,
+                action: "Probe".into(),
+                secondary: None,
+            };
+            publish(ctx, event, &reference).await;
+        }
+    }
+    Ok(requeue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::runtime::parse_owner_key;
+
+    #[test]
+    fn owner_keys_round_trip_and_backoff_grows() {
+        let r = parse_owner_key::<Trunk>("trunk", &owner_key("ns1", "a")).unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.namespace.as_deref()),
+            ("a", Some("ns1"))
+        );
+        assert!(parse_owner_key::<Trunk>("trunk", "policy/ns1/a").is_none());
+        let b = crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+        let backoff = |n| b.delay(n);
+        assert!(backoff(1) < Duration::from_millis(1300));
+        assert!(backoff(20) <= Duration::from_secs(360));
+        assert!(backoff(5) > backoff(1));
+    }
+}
