@@ -11,8 +11,6 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[path = "../tests/fixtures/sync/kamailio.rs"]
-mod kamailio;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,11 +18,12 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use lifeline::sync::dispatcher;
-use lifeline::sync::file::content_hash;
+use lifeline::routing::CONTENT_HASH_ANNOTATION;
+use lifeline::routing::content_hash;
+use lifeline::routing::dispatcher;
+use lifeline::sync::SyncArgs;
 use lifeline::sync::kamailio::KamailioRpc;
-use lifeline::sync::{CONTENT_HASH_ANNOTATION, SyncArgs};
-use lifeline::telemetry::Metrics;
+use lifeline::telemetry::SyncMetrics;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -74,15 +73,15 @@ async fn main() {
     };
     let ns = common::TestNamespace::create(client.clone(), "bench-sync", &[]).await;
     let api: Api<ConfigMap> = ns.api();
-    let dir = kamailio::TempDir::new("lifeline-bench-sync");
+    let dir = common::TempDir::new("lifeline-bench-sync");
     let file = dir.0.join("dispatcher.list");
     std::fs::write(&file, routing(0)).expect("initial dispatcher file");
-    let mut kam = kamailio::Kamailio::start("127.0.30.10", &file, &dir.0);
+    let mut kam = common::kamailio::Kamailio::edge("127.0.30.10", &file, &dir.0);
     kam.wait_ready(Duration::from_secs(20)).await;
     let rpc = KamailioRpc::new(&kam.rpc_url, Duration::from_secs(1)).expect("rpc client");
 
     let token = CancellationToken::new();
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(SyncMetrics::new());
     let args = SyncArgs {
         namespace: ns.name.clone(),
         configmap: CONFIGMAP.into(),
@@ -189,7 +188,7 @@ async fn main() {
     }
 }
 
-fn metric(metrics: &Metrics, name: &str) -> f64 {
+fn metric(metrics: &SyncMetrics, name: &str) -> f64 {
     metrics
         .encode()
         .lines()
@@ -199,11 +198,11 @@ fn metric(metrics: &Metrics, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn applied(metrics: &Metrics) -> f64 {
+fn applied(metrics: &SyncMetrics) -> f64 {
     metric(metrics, "lifeline_sync_applied_total")
 }
 
-fn duration_stats(metrics: &Metrics) -> (f64, f64) {
+fn duration_stats(metrics: &SyncMetrics) -> (f64, f64) {
     (
         metric(metrics, "lifeline_sync_duration_seconds_sum"),
         metric(metrics, "lifeline_sync_duration_seconds_count"),

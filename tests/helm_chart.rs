@@ -29,7 +29,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use lifeline::crd::{BotPool, FallbackPolicy, Trunk};
-use serde_yaml::Value;
+use serde_norway::Value;
 
 /// kube-score findings the chart keeps on purpose. Each is also explained in
 /// `charts/lifeline/README.md`.
@@ -122,7 +122,7 @@ fn helm_template(extra: &[&str]) -> String {
 /// The documents of a YAML stream, without empty ones.
 fn documents(yaml: &str) -> Vec<Value> {
     use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(yaml)
+    serde_norway::Deserializer::from_str(yaml)
         .map(|d| Value::deserialize(d).expect("valid YAML"))
         .filter(|v| !v.is_null())
         .collect()
@@ -506,7 +506,7 @@ fn service_account_kubeconfig(namespace: &str, sa: &str, dir: &Path) -> PathBuf 
             "1h",
         ],
     );
-    let admin: Value = serde_yaml::from_str(
+    let admin: Value = serde_norway::from_str(
         &std::fs::read_to_string(common::kubeconfig_path()).expect("admin kubeconfig"),
     )
     .expect("kubeconfig YAML");
@@ -523,7 +523,8 @@ fn service_account_kubeconfig(namespace: &str, sa: &str, dir: &Path) -> PathBuf 
         "current-context": sa,
     });
     let path = dir.join(format!("{namespace}-{sa}.kubeconfig"));
-    std::fs::write(&path, serde_yaml::to_string(&config).expect("YAML")).expect("write kubeconfig");
+    std::fs::write(&path, serde_norway::to_string(&config).expect("YAML"))
+        .expect("write kubeconfig");
     path
 }
 
@@ -566,7 +567,7 @@ fn minimal_example() -> Vec<serde_json::Value> {
                 .any(|l| l.contains("sip:") && l.contains("example.net")),
             "{file}: a SIP host outside loopback is left"
         );
-        docs.push(serde_yaml::from_str(&text).expect("example YAML"));
+        docs.push(serde_norway::from_str(&text).expect("example YAML"));
     }
     docs
 }
@@ -967,10 +968,12 @@ async fn removing_one_rule_shows_a_forbidden_error() {
 }
 
 /// Every metric name in the Grafana dashboard and in `docs/metrics.md` is one the
-/// operator exports, and every exported metric is documented.
+/// operator or sip-sync exports, and every exported metric is documented.
 #[test]
 fn dashboard_and_metrics_reference_match_the_registry() {
-    use lifeline::telemetry::{ControllerLabels, ErrorLabels, Metrics, ReasonLabels, StateLabels};
+    use lifeline::telemetry::{
+        ControllerLabels, ErrorLabels, Metrics, ReasonLabels, StateLabels, SyncMetrics,
+    };
     // Families appear in the output only once they have a child.
     let metrics = Metrics::new();
     let controller = "trunk";
@@ -989,8 +992,8 @@ fn dashboard_and_metrics_reference_match_the_registry() {
         .probes_failed
         .get_or_create(&ReasonLabels { reason: "timeout" })
         .inc();
-    metrics
-        .sync_failures
+    let sync = SyncMetrics::new();
+    sync.sync_failures
         .get_or_create(&ReasonLabels { reason: "rpc" })
         .inc();
     metrics
@@ -1007,7 +1010,8 @@ fn dashboard_and_metrics_reference_match_the_registry() {
             result: "delivered",
         })
         .inc();
-    let text = metrics.encode();
+    // Each process has its own registry; both export `lifeline_build_info`.
+    let text = format!("{}{}", metrics.encode(), sync.encode());
     let mut exported = std::collections::BTreeSet::new();
     let mut documented_names = Vec::new();
     for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
@@ -1091,7 +1095,7 @@ async fn rendered_crds_pass_the_api_server() {
         .join(format!("chart-crds-{}.yaml", rand::random::<u32>()));
     let stream: String = crds
         .iter()
-        .map(|d| format!("---\n{}", serde_yaml::to_string(d).expect("YAML")))
+        .map(|d| format!("---\n{}", serde_norway::to_string(d).expect("YAML")))
         .collect();
     std::fs::write(&file, stream).expect("write CRDs");
     let out = run_ok(

@@ -81,7 +81,7 @@ fn template(extra: &[&str]) -> Vec<Value> {
     args.extend_from_slice(extra);
     let yaml = helm_ok(&args);
     use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(&yaml)
+    serde_norway::Deserializer::from_str(&yaml)
         .map(|d| Value::deserialize(d).expect("valid YAML"))
         .filter(|v| !v.is_null())
         .collect()
@@ -270,7 +270,8 @@ fn service_account_kubeconfig(namespace: &str, sa: &str, dir: &Path) -> PathBuf 
     );
     let token = String::from_utf8(out.stdout).unwrap();
     let admin: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(common::kubeconfig_path()).unwrap()).unwrap();
+        serde_norway::from_str(&std::fs::read_to_string(common::kubeconfig_path()).unwrap())
+            .unwrap();
     let cluster = &admin["clusters"][0]["cluster"];
     let config = json!({
         "apiVersion": "v1", "kind": "Config",
@@ -281,7 +282,7 @@ fn service_account_kubeconfig(namespace: &str, sa: &str, dir: &Path) -> PathBuf 
         "current-context": sa,
     });
     let path = dir.join(format!("{sa}.kubeconfig"));
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    std::fs::write(&path, serde_norway::to_string(&config).unwrap()).unwrap();
     path
 }
 

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-use serde_yaml::Value;
+use serde_norway::Value;
 
 const PROMTOOL: &str = "promtool";
 
@@ -93,7 +93,7 @@ fn render(set: &[&str]) -> Vec<Value> {
         args.extend(["--set", s]);
     }
     let yaml = run_ok(helm(), &args, None);
-    serde_yaml::Deserializer::from_str(&yaml)
+    serde_norway::Deserializer::from_str(&yaml)
         .map(|d| Value::deserialize(d).expect("valid YAML"))
         .filter(|v| !v.is_null())
         .collect()
@@ -128,7 +128,7 @@ fn alert_names(rules: &[Value]) -> BTreeSet<String> {
 /// Alerts that some `alert_rule_test` in `file` expects to fire.
 fn alerts_fired_in(file: &Path) -> BTreeSet<String> {
     let text = std::fs::read_to_string(file).expect("read promtool test file");
-    let doc: Value = serde_yaml::from_str(&text).expect("test file is YAML");
+    let doc: Value = serde_norway::from_str(&text).expect("test file is YAML");
     let mut fired = BTreeSet::new();
     for test in doc["tests"].as_sequence().expect("tests") {
         for case in test["alert_rule_test"].as_sequence().unwrap_or(&Vec::new()) {
@@ -154,7 +154,7 @@ fn check_with_promtool(variant: &str, set: &[&str], test_files: &[&str]) {
     std::fs::create_dir_all(&dir).expect("create work dir");
     std::fs::write(
         dir.join("rules.yaml"),
-        serde_yaml::to_string(&rule["spec"]).expect("rules as YAML"),
+        serde_norway::to_string(&rule["spec"]).expect("rules as YAML"),
     )
     .expect("write rules.yaml");
     let mut fired = BTreeSet::new();
@@ -260,7 +260,7 @@ fn alerts_pass_promtool_with_aggregate_gauges_only() {
     let docs = render(&[]);
     let deployment = one_of_kind(&docs, "Deployment").expect("Deployment");
     let args =
-        serde_yaml::to_string(&deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+        serde_norway::to_string(&deployment["spec"]["template"]["spec"]["containers"][0]["args"])
             .unwrap();
     assert!(
         !args.contains("--no-object-metrics"),
@@ -556,7 +556,7 @@ fn documented_and_dashboard_queries_parse() {
     std::fs::create_dir_all(&dir).expect("create work dir");
     std::fs::write(
         dir.join("queries.yaml"),
-        serde_yaml::to_string(&file).expect("YAML"),
+        serde_norway::to_string(&file).expect("YAML"),
     )
     .expect("write queries.yaml");
     let out = run(

@@ -4,8 +4,6 @@
 //! Each test: its own namespace, its own Kamailio address, sip-sync in-process.
 
 mod common;
-#[path = "fixtures/sync/kamailio.rs"]
-mod kamailio;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,17 +12,19 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use lifeline::sync::dispatcher::{self, DispatcherList};
-use lifeline::sync::file::content_hash;
-use lifeline::sync::kamailio::KamailioRpc;
-use lifeline::sync::{
-    APPLIED_HASH_ANNOTATION, CONTENT_HASH_ANNOTATION, SYNC_ERROR_ANNOTATION, SyncArgs,
+use lifeline::routing::dispatcher::{self, DispatcherList};
+use lifeline::routing::{
+    APPLIED_HASH_ANNOTATION, CONTENT_HASH_ANNOTATION, SYNC_ERROR_ANNOTATION, content_hash,
 };
-use lifeline::telemetry::Metrics;
+use lifeline::sync::SyncArgs;
+use lifeline::sync::kamailio::KamailioRpc;
+use lifeline::telemetry::SyncMetrics;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use kamailio::{Kamailio, TempDir};
+use common::TempDir;
+use common::kamailio::Kamailio;
+use common::sip::{sipp_calls_succeed, sipp_uas};
 
 const CONFIGMAP: &str = "sip-routing";
 const WAIT: Duration = Duration::from_secs(20);
@@ -69,7 +69,7 @@ async fn loaded(rpc: &KamailioRpc) -> Option<DispatcherList> {
 /// sip-sync running in this process; cancelled on drop.
 struct SipSync {
     token: CancellationToken,
-    metrics: Arc<Metrics>,
+    metrics: Arc<SyncMetrics>,
 }
 
 impl SipSync {
@@ -85,7 +85,7 @@ impl SipSync {
         metrics_addr: Option<std::net::SocketAddr>,
     ) -> Self {
         let token = CancellationToken::new();
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(SyncMetrics::new());
         let args = SyncArgs {
             namespace: namespace.to_string(),
             configmap: CONFIGMAP.to_string(),
@@ -158,7 +158,7 @@ async fn configmap_changes_reach_kamailio_and_are_confirmed() {
     let file = dir.0.join("dispatcher.list");
     // Kamailio starts with a routing that lifeline knows nothing about.
     std::fs::write(&file, "9 sip:127.0.30.199:5080\n").unwrap();
-    let mut kamailio = Kamailio::start("127.0.30.1", &file, &dir.0);
+    let mut kamailio = Kamailio::edge("127.0.30.1", &file, &dir.0);
     kamailio.wait_ready(WAIT).await;
     let rpc = KamailioRpc::new(&kamailio.rpc_url, Duration::from_secs(1)).unwrap();
     let sync = SipSync::spawn(client, &ns.name, file.clone(), &kamailio.rpc_url);
@@ -198,7 +198,7 @@ async fn invalid_or_empty_lists_are_rejected_and_the_old_routing_stays() {
     let file = dir.0.join("dispatcher.list");
     let a = fixture("routing-a.list");
     std::fs::write(&file, "9 sip:127.0.30.199:5080\n").unwrap();
-    let mut kamailio = Kamailio::start("127.0.30.2", &file, &dir.0);
+    let mut kamailio = Kamailio::edge("127.0.30.2", &file, &dir.0);
     kamailio.wait_ready(WAIT).await;
     let rpc = KamailioRpc::new(&kamailio.rpc_url, Duration::from_secs(1)).unwrap();
     let sync = SipSync::spawn(client, &ns.name, file.clone(), &kamailio.rpc_url);
@@ -210,7 +210,7 @@ async fn invalid_or_empty_lists_are_rejected_and_the_old_routing_stays() {
         let error = common::eventually(WAIT, &format!("sync-error for {name}"), || async {
             annotation(&api, SYNC_ERROR_ANNOTATION)
                 .await
-                .filter(|e| e.contains(&content_hash(&fixture(name))[..12]))
+                .filter(|e| e.contains(&content_hash(fixture(name))[..12]))
         })
         .await;
         assert!(error.contains("rejected"), "{error}");
@@ -276,7 +276,7 @@ async fn sip_sync_retries_until_kamailio_starts() {
     assert_eq!(probe(probes, "/startupz").await, 200);
     assert_eq!(probe(probes, "/readyz").await, 503);
 
-    let mut kamailio = Kamailio::start("127.0.30.3", &file, &dir.0);
+    let mut kamailio = Kamailio::edge("127.0.30.3", &file, &dir.0);
     kamailio.wait_ready(WAIT).await;
     let rpc = KamailioRpc::new(rpc_url, Duration::from_secs(1)).unwrap();
     assert_applied(&api, &rpc, &a, "routing A after Kamailio started").await;
@@ -314,7 +314,7 @@ async fn calls_follow_the_applied_routing_and_fail_over() {
     let file = dir.0.join("dispatcher.list");
     std::fs::write(&file, "9 sip:127.0.30.199:5080\n").unwrap();
     // The caller (.42) is not in the routing list: declare it, as a deployment would.
-    let mut kamailio = Kamailio::start_with(
+    let mut kamailio = Kamailio::edge_with(
         "127.0.30.4",
         &file,
         &dir.0,
@@ -323,7 +323,7 @@ async fn calls_follow_the_applied_routing_and_fail_over() {
     kamailio.wait_ready(WAIT).await;
     let rpc = KamailioRpc::new(&kamailio.rpc_url, Duration::from_secs(1)).unwrap();
     let _sync = SipSync::spawn(client, &ns.name, file.clone(), &kamailio.rpc_url);
-    let _bots = kamailio::Sipp::uas("127.0.30.41", 5080);
+    let _bots = sipp_uas("127.0.30.41", 5080, None);
 
     // Set 1 prefers a carrier that is down (nothing listens on .40), then the bots.
     let routing = "# inbound: dead carrier first, bots second\n\
@@ -333,7 +333,7 @@ async fn calls_follow_the_applied_routing_and_fail_over() {
     assert_applied(&api, &rpc, routing, "routing with a dead first destination").await;
 
     let ok = tokio::task::spawn_blocking(|| {
-        kamailio::Sipp::calls_succeed("127.0.30.42", 5070, "127.0.30.4:5060", "inbound", 2)
+        sipp_calls_succeed("127.0.30.42", 5070, "127.0.30.4:5060", "inbound", 2)
     })
     .await
     .unwrap();
@@ -362,7 +362,7 @@ async fn a_restarted_sip_sync_does_not_reload_what_kamailio_already_runs() {
     let dir = TempDir::new("lifeline-sipsync-restart");
     let file = dir.0.join("dispatcher.list");
     std::fs::write(&file, "9 sip:127.0.30.199:5080\n").unwrap();
-    let mut kamailio = Kamailio::start("127.0.30.5", &file, &dir.0);
+    let mut kamailio = Kamailio::edge("127.0.30.5", &file, &dir.0);
     kamailio.wait_ready(WAIT).await;
     let rpc = KamailioRpc::new(&kamailio.rpc_url, Duration::from_secs(1)).unwrap();
     let first = SipSync::spawn(client.clone(), &ns.name, file.clone(), &kamailio.rpc_url);
@@ -475,7 +475,7 @@ async fn a_silently_dropped_destination_gets_bounded_reloads_and_a_clear_signal(
     let dir = TempDir::new("lifeline-sipsync-dropped");
     let file = dir.0.join("dispatcher.list");
     std::fs::write(&file, "9 sip:127.0.30.199:5080\n").unwrap();
-    let mut kamailio = Kamailio::start("127.0.30.9", &file, &dir.0);
+    let mut kamailio = Kamailio::edge("127.0.30.9", &file, &dir.0);
     kamailio.wait_ready(WAIT).await;
     let sync = SipSync::spawn(client, &ns.name, file.clone(), &kamailio.rpc_url);
     let dropped = format!(
@@ -526,7 +526,7 @@ async fn down_marks_survive_our_reloads_unless_the_destination_changed() {
     let dir = TempDir::new("lifeline-sipsync-marks");
     let file = dir.0.join("dispatcher.list");
     std::fs::write(&file, "9 sip:127.0.30.199:5080\n").unwrap();
-    let mut kamailio = Kamailio::start("127.0.30.10", &file, &dir.0);
+    let mut kamailio = Kamailio::edge("127.0.30.10", &file, &dir.0);
     kamailio.wait_ready(WAIT).await;
     let rpc = KamailioRpc::new(&kamailio.rpc_url, Duration::from_secs(1)).unwrap();
     let _sync = SipSync::spawn(client, &ns.name, file.clone(), &kamailio.rpc_url);

@@ -38,10 +38,9 @@ use crate::plan::{
     BotPoolObservation, FAILBACK_ANNOTATION, Observed, Plan, PlanEvent, TrunkObservation,
 };
 use crate::probe::ProbeTarget;
+use crate::routing::CONTENT_HASH_ANNOTATION;
 use crate::telemetry::{ErrorLabels, StateLabels};
 
-/// The annotation with the lowercase hex SHA-256 of the rendered routing.
-pub const CONTENT_HASH_ANNOTATION: &str = "lifeline.dev/content-hash";
 /// Label on the routing ConfigMap.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 
@@ -518,8 +517,8 @@ async fn reconcile_inner(
         plan_with_drills(policy, ns, name, &observed, previous.as_ref(), now, pctx);
 
     let format = policy.spec.routing_config_map.format;
-    let text = crate::render::render(format, &format!("{ns}/{name}"), &plan);
-    let hash = crate::render::content_hash(&text);
+    let text = crate::routing::render(format, &format!("{ns}/{name}"), &plan);
+    let hash = crate::routing::content_hash(&text);
     let routing = inspect_config_map(policy, ns, format, &hash, pctx).await?;
     let conflict = match &routing {
         Routing::Conflict(cm) => Some(cm.clone()),
@@ -629,7 +628,7 @@ async fn inspect_config_map(
 ) -> Result<Routing, Error> {
     let cm_name = &policy.spec.routing_config_map.name;
     let api: Api<ConfigMap> = Api::namespaced(pctx.ctx.client.clone(), ns);
-    let key = crate::render::data_key(format);
+    let key = crate::routing::data_key(format);
     let Some(existing) = api.get_opt(cm_name).await? else {
         return Ok(Routing::Stale);
     };
@@ -651,7 +650,7 @@ async fn inspect_config_map(
     let same_data = existing.data.as_ref().is_some_and(|d| {
         d.len() == 1
             && d.get(key)
-                .is_some_and(|text| crate::render::content_hash(text) == hash)
+                .is_some_and(|text| crate::routing::content_hash(text) == hash)
     });
     if !same_data && same_hash {
         tracing::warn!(configmap = %cm_name, "routing data was edited by hand; restoring it");
@@ -674,7 +673,7 @@ async fn apply_config_map(
 ) -> Result<(), Error> {
     let cm_name = &policy.spec.routing_config_map.name;
     let api: Api<ConfigMap> = Api::namespaced(pctx.ctx.client.clone(), ns);
-    let key = crate::render::data_key(format);
+    let key = crate::routing::data_key(format);
     let owner = policy.controller_owner_ref(&());
     let cm = json!({
         "apiVersion": "v1",
