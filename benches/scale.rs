@@ -28,9 +28,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::UdpSocket;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
@@ -44,6 +44,7 @@ use tokio::sync::mpsc;
 
 use common::TestNamespace;
 use common::operator::{Operator, sample};
+use common::sip::{Silenced, spawn_options_responder};
 
 const RESPONDERS: [&str; 4] = ["127.0.13.1", "127.0.13.2", "127.0.13.3", "127.0.13.4"];
 /// The flipped Trunk's endpoint user (its responder drops requests while silenced).
@@ -95,47 +96,11 @@ fn main() {
 // ---------------------------------------------------------------------------------
 // Responders: answer SIP OPTIONS with 200, except for silenced users
 
-type Silenced = Arc<RwLock<HashSet<String>>>;
-
-fn start_responders(silenced: Silenced) {
+fn start_responders(silenced: &Silenced) {
     for ip in RESPONDERS {
         let sock = UdpSocket::bind((ip, 5060)).expect("bind responder (127.0.13.x:5060 free?)");
-        let silenced = silenced.clone();
         // Detached: the sockets close when the bench process exits.
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65_536];
-            let mut reply = String::with_capacity(1024);
-            while let Ok((n, from)) = sock.recv_from(&mut buf) {
-                let req = String::from_utf8_lossy(&buf[..n]);
-                let user = req
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|uri| uri.strip_prefix("sip:"))
-                    .and_then(|rest| rest.split_once('@'))
-                    .map(|(u, _)| u);
-                if let Some(u) = user
-                    && silenced.read().unwrap().contains(u)
-                {
-                    continue;
-                }
-                reply.clear();
-                reply.push_str("SIP/2.0 200 OK\r\n");
-                for line in req.lines() {
-                    if ["Via:", "From:", "Call-ID:", "CSeq:"]
-                        .iter()
-                        .any(|h| line.starts_with(h))
-                    {
-                        reply.push_str(line);
-                        reply.push_str("\r\n");
-                    } else if line.starts_with("To:") {
-                        reply.push_str(line);
-                        reply.push_str(";tag=bench\r\n");
-                    }
-                }
-                reply.push_str("Content-Length: 0\r\n\r\n");
-                let _ = sock.send_to(reply.as_bytes(), from);
-            }
-        });
+        spawn_options_responder(sock, silenced.clone());
     }
 }
 
@@ -446,7 +411,7 @@ async fn run(sizes: Sizes) {
     };
     common::install_crds(&client).await;
     let silenced: Silenced = Arc::default();
-    start_responders(silenced.clone());
+    start_responders(&silenced);
     let namespaces = populate(&client, &sizes).await;
     let policies_total = sizes.policies + 1;
 

@@ -12,7 +12,6 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -21,13 +20,11 @@ use kube::api::{Patch, PatchParams};
 use lifeline::routing::CONTENT_HASH_ANNOTATION;
 use lifeline::routing::content_hash;
 use lifeline::routing::dispatcher;
-use lifeline::sync::SyncArgs;
 use lifeline::sync::kamailio::KamailioRpc;
 use lifeline::telemetry::SyncMetrics;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
-const CONFIGMAP: &str = "sip-routing";
+const CONFIGMAP: &str = common::sync::ROUTING_CONFIGMAP;
 const MOUNTED_VOLUME_SYNC: Duration = Duration::from_secs(60);
 
 /// A routing as the operator would render it for round `i`: two regions' carriers
@@ -80,25 +77,8 @@ async fn main() {
     kam.wait_ready(Duration::from_secs(20)).await;
     let rpc = KamailioRpc::new(&kam.rpc_url, Duration::from_secs(1)).expect("rpc client");
 
-    let token = CancellationToken::new();
-    let metrics = Arc::new(SyncMetrics::new());
-    let args = SyncArgs {
-        namespace: ns.name.clone(),
-        configmap: CONFIGMAP.into(),
-        key: "dispatcher.list".into(),
-        file: file.clone(),
-        rpc_url: kam.rpc_url.clone(),
-        rpc_timeout_ms: 1000,
-        max_backoff_ms: 1000,
-        metrics_addr: None,
-        watch_list: false,
-    };
-    tokio::spawn(lifeline::sync::run_with_client(
-        client,
-        args,
-        metrics.clone(),
-        token.clone(),
-    ));
+    let sync = common::sync::SipSync::spawn(client, &ns.name, file.clone(), &kam.rpc_url);
+    let metrics = sync.metrics.clone();
 
     let params = PatchParams::apply("lifeline-bench").force();
     let mut latencies = Vec::with_capacity(rounds);
@@ -148,7 +128,7 @@ async fn main() {
             with_api_call.push(done - before_call);
         }
     }
-    token.cancel();
+    drop(sync);
 
     latencies.sort();
     with_api_call.sort();

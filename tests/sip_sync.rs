@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -16,17 +15,15 @@ use lifeline::routing::dispatcher::{self, DispatcherList};
 use lifeline::routing::{
     APPLIED_HASH_ANNOTATION, CONTENT_HASH_ANNOTATION, SYNC_ERROR_ANNOTATION, content_hash,
 };
-use lifeline::sync::SyncArgs;
 use lifeline::sync::kamailio::KamailioRpc;
-use lifeline::telemetry::SyncMetrics;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 use common::TempDir;
 use common::kamailio::Kamailio;
 use common::sip::{sipp_calls_succeed, sipp_uas};
+use common::sync::{ROUTING_CONFIGMAP, SipSync};
 
-const CONFIGMAP: &str = "sip-routing";
+const CONFIGMAP: &str = ROUTING_CONFIGMAP;
 const WAIT: Duration = Duration::from_secs(20);
 
 fn fixture(name: &str) -> String {
@@ -64,63 +61,6 @@ async fn annotation(api: &Api<ConfigMap>, key: &str) -> Option<String> {
 
 async fn loaded(rpc: &KamailioRpc) -> Option<DispatcherList> {
     rpc.list_dispatcher().await.ok()
-}
-
-/// sip-sync running in this process; cancelled on drop.
-struct SipSync {
-    token: CancellationToken,
-    metrics: Arc<SyncMetrics>,
-}
-
-impl SipSync {
-    fn spawn(client: kube::Client, namespace: &str, file: PathBuf, rpc_url: &str) -> Self {
-        Self::spawn_with_probes(client, namespace, file, rpc_url, None)
-    }
-
-    fn spawn_with_probes(
-        client: kube::Client,
-        namespace: &str,
-        file: PathBuf,
-        rpc_url: &str,
-        metrics_addr: Option<std::net::SocketAddr>,
-    ) -> Self {
-        let token = CancellationToken::new();
-        let metrics = Arc::new(SyncMetrics::new());
-        let args = SyncArgs {
-            namespace: namespace.to_string(),
-            configmap: CONFIGMAP.to_string(),
-            key: "dispatcher.list".to_string(),
-            file,
-            rpc_url: rpc_url.to_string(),
-            rpc_timeout_ms: 1000,
-            max_backoff_ms: 1000,
-            metrics_addr,
-            watch_list: false,
-        };
-        tokio::spawn(lifeline::sync::run_with_client(
-            client,
-            args,
-            metrics.clone(),
-            token.clone(),
-        ));
-        Self { token, metrics }
-    }
-
-    fn metric(&self, line_prefix: &str) -> f64 {
-        self.metrics
-            .encode()
-            .lines()
-            .find(|l| l.starts_with(line_prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    }
-}
-
-impl Drop for SipSync {
-    fn drop(&mut self) {
-        self.token.cancel();
-    }
 }
 
 async fn probe(addr: &str, path: &str) -> u16 {

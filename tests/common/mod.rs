@@ -4,7 +4,8 @@
 //! - [`harness`]: controllers running in the test process in such a namespace;
 //! - [`process`]: the guard of every process a test starts, scratch directories;
 //! - [`sip`]: sipp and dnsmasq peers; [`kamailio`]: Kamailio as edge or carrier;
-//! - [`operator`]: the `lifeline operator` binary as a child process.
+//! - [`operator`]: the `lifeline operator` binary as a child process; [`sync`]:
+//!   `lifeline sip-sync` in the test process.
 //!
 //! Each test gets its own namespace, deleted when the guard drops, even when the test
 //! panics. When the control plane is not running, `TestEnv::connect` panics with a
@@ -16,6 +17,7 @@ pub mod kamailio;
 pub mod operator;
 pub mod process;
 pub mod sip;
+pub mod sync;
 
 pub use harness::{Controller, Harness};
 pub use process::{Process, TempDir, free_port, wait_bound};
