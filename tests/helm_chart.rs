@@ -15,9 +15,10 @@
 
 mod common;
 
+use common::tools::{helm, run, run_ok, tool};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{TestNamespace, eventually};
@@ -53,59 +54,6 @@ fn chart() -> PathBuf {
     root().join("charts/lifeline")
 }
 
-struct Tools {
-    helm: PathBuf,
-    kube_score: PathBuf,
-}
-
-/// Build helm and kube-score once per test binary (a no-op when already built).
-fn tools() -> &'static Tools {
-    static TOOLS: OnceLock<Tools> = OnceLock::new();
-    TOOLS.get_or_init(|| {
-        let out = Command::new(root().join("scripts/tools.sh"))
-            .output()
-            .expect("run scripts/tools.sh");
-        assert!(
-            out.status.success(),
-            "scripts/tools.sh failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let bin = root().join("target/tools/bin");
-        Tools {
-            helm: bin.join("helm"),
-            kube_score: bin.join("kube-score"),
-        }
-    })
-}
-
-/// Run a command with the testenv kubeconfig; return its output (not checked).
-fn run(program: &Path, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .env("KUBECONFIG", common::kubeconfig_path())
-        .env("HELM_CACHE_HOME", root().join("target/tools/helm/cache"))
-        .env("HELM_CONFIG_HOME", root().join("target/tools/helm/config"))
-        .env("HELM_DATA_HOME", root().join("target/tools/helm/data"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()))
-}
-
-/// Run a command and return its stdout; panic with both streams when it fails.
-fn run_ok(program: &Path, args: &[&str]) -> String {
-    let out = run(program, args);
-    assert!(
-        out.status.success(),
-        "{} {} failed:\n{}{}",
-        program.display(),
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
-
 fn helm_template(extra: &[&str]) -> String {
     let chart = chart();
     let mut args = vec![
@@ -116,7 +64,7 @@ fn helm_template(extra: &[&str]) -> String {
         "lifeline-system",
     ];
     args.extend_from_slice(extra);
-    run_ok(&tools().helm, &args)
+    run_ok(&helm(), &args)
 }
 
 /// The documents of a YAML stream, without empty ones.
@@ -149,7 +97,7 @@ fn helm_lint_passes() {
     ] {
         let mut args = vec!["lint", "--strict", chart];
         args.extend(values.iter().copied());
-        let out = run_ok(&tools().helm, &args);
+        let out = run_ok(&helm(), &args);
         assert!(out.contains("0 chart(s) failed"), "{out}");
     }
 }
@@ -167,7 +115,7 @@ fn values_schema_rejects_bad_values() {
         ("networkPolicy.sipProbe.ports={70000}", "ports"),
     ] {
         let out = run(
-            &tools().helm,
+            &helm(),
             &[
                 "template",
                 "x",
@@ -259,7 +207,7 @@ fn kube_score_criticals(manifests: &str, accept_no_network_policy: bool) -> Vec<
     let file = dir.join(format!("kube-score-{}.yaml", rand::random::<u32>()));
     std::fs::write(&file, manifests).expect("write manifests");
     let out = run(
-        &tools().kube_score,
+        &tool("kube-score"),
         &[
             "score",
             "--output-format",
@@ -398,7 +346,7 @@ impl Release {
             "crds.install=false",
         ];
         args.extend_from_slice(extra);
-        run_ok(&tools().helm, &args);
+        run_ok(&helm(), &args);
         Self {
             name: name.into(),
             namespace: namespace.into(),
@@ -409,7 +357,7 @@ impl Release {
 impl Drop for Release {
     fn drop(&mut self) {
         let out = run(
-            &tools().helm,
+            &helm(),
             &["uninstall", &self.name, "--namespace", &self.namespace],
         );
         if !out.status.success() {
@@ -617,7 +565,7 @@ async fn setup(client: &Client, prefix: &str, extra: &[&str]) -> (TestNamespace,
         &[("pod-security.kubernetes.io/enforce", "restricted")],
     )
     .await;
-    let _ = tools();
+    let _ = helm();
     let release = Release::install(
         &format!("lifeline-{}", &ns.name[ns.name.len() - 8..]),
         &ns.name,
@@ -1193,7 +1141,7 @@ async fn optional_objects_pass_the_api_server() {
     let chart = chart();
     let watch = format!("watchNamespace={}", ns.name);
     let rendered = run_ok(
-        &tools().helm,
+        &helm(),
         &[
             "template",
             "lifeline",

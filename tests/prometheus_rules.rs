@@ -17,10 +17,11 @@
 
 mod common;
 
+use common::tools::{helm, run_in as run, run_ok_in as run_ok};
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::Command;
 
 use serde_norway::Value;
 
@@ -28,54 +29,6 @@ const PROMTOOL: &str = "promtool";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Build helm once per test binary (a no-op when already built).
-fn helm() -> &'static Path {
-    static HELM: OnceLock<PathBuf> = OnceLock::new();
-    HELM.get_or_init(|| {
-        let out = Command::new(root().join("scripts/tools.sh"))
-            .output()
-            .expect("run scripts/tools.sh");
-        assert!(
-            out.status.success(),
-            "scripts/tools.sh failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        root().join("target/tools/bin/helm")
-    })
-}
-
-fn run(program: &Path, args: &[&str], dir: Option<&Path>) -> Output {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env("HELM_CACHE_HOME", root().join("target/tools/helm/cache"))
-        .env("HELM_CONFIG_HOME", root().join("target/tools/helm/config"))
-        .env("HELM_DATA_HOME", root().join("target/tools/helm/data"))
-        .stdin(Stdio::null());
-    if let Some(dir) = dir {
-        cmd.current_dir(dir);
-    }
-    cmd.output().unwrap_or_else(|e| {
-        panic!(
-            "run {} (`make deps` installs promtool, `make tools` helm): {e}",
-            program.display()
-        )
-    })
-}
-
-fn run_ok(program: &Path, args: &[&str], dir: Option<&Path>) -> String {
-    let out = run(program, args, dir);
-    assert!(
-        out.status.success(),
-        "{} {} failed:\n{}{}",
-        program.display(),
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
 /// `helm template` of the chart with `--set` values; the documents, without empty ones.
@@ -92,7 +45,7 @@ fn render(set: &[&str]) -> Vec<Value> {
     for s in set {
         args.extend(["--set", s]);
     }
-    let yaml = run_ok(helm(), &args, None);
+    let yaml = run_ok(&helm(), &args, None);
     serde_norway::Deserializer::from_str(&yaml)
         .map(|d| Value::deserialize(d).expect("valid YAML"))
         .filter(|v| !v.is_null())
@@ -329,7 +282,7 @@ fn values_shape_the_alerts() {
     // A misspelt alert name is refused by the schema, with the field named.
     let chart = root().join("charts/lifeline");
     let out = run(
-        helm(),
+        &helm(),
         &[
             "template",
             "lifeline",
@@ -440,7 +393,7 @@ fn helm_lint_with_monitoring_enabled() {
         "prometheusRule.enabled=true,objectMetrics.enabled=false",
     ] {
         let out = run_ok(
-            helm(),
+            &helm(),
             &[
                 "lint",
                 "--strict",
@@ -471,7 +424,7 @@ async fn dashboard_configmap_passes_the_api_server() {
     let ns = common::TestNamespace::create(client, "dashboard-dryrun", &[]).await;
     let chart = root().join("charts/lifeline");
     let rendered = run_ok(
-        helm(),
+        &helm(),
         &[
             "template",
             "lifeline",

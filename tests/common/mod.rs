@@ -18,6 +18,7 @@ pub mod operator;
 pub mod process;
 pub mod sip;
 pub mod sync;
+pub mod tools;
 
 pub use harness::{Controller, Harness};
 pub use process::{Process, TempDir, free_port, wait_bound};
