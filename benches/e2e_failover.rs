@@ -21,21 +21,20 @@ use std::net::UdpSocket;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use lifeline::crd::{EndpointState, FallbackPolicy, Trunk};
 use lifeline::routing::dispatcher::Destination;
 use lifeline::sync::kamailio::KamailioRpc;
 use serde_json::json;
-use tokio::sync::mpsc;
 
 use common::TempDir;
 use common::kamailio::Kamailio;
 use common::process::Process;
 use common::sip::{Silenced, spawn_options_responder};
 use common::sync::ROUTING_CONFIGMAP;
+use common::watch::{timestamped, weighted_set1};
 
 const CARRIER: &str = "127.0.14.1";
 const EDGE: &str = "127.0.14.10";
@@ -161,40 +160,15 @@ async fn run(flips: usize) {
         &logs.join("e2e-sip-sync.log"),
     );
 
-    // Watches: the primary Trunk's endpoint state, the routing ConfigMap's set 1.
-    let (status_tx, mut status_rx) = mpsc::unbounded_channel::<(Instant, EndpointState)>();
-    let cfg = watcher::Config::default().fields("metadata.name=primary");
-    tokio::spawn(async move {
-        let mut s = watcher(trunks, cfg)
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        let mut last = None;
-        while let Some(next) = s.next().await {
-            let Ok(t) = next else { continue };
-            let state = t.status.and_then(|s| s.endpoints.first().map(|e| e.state));
-            if state.is_some() && state != last {
-                last = state;
-                let _ = status_tx.send((Instant::now(), state.unwrap_or_default()));
-            }
-        }
-    });
-    let (cm_tx, mut cm_rx) = mpsc::unbounded_channel::<(Instant, String)>();
-    let cfg = watcher::Config::default().fields(&format!("metadata.name={ROUTING_CONFIGMAP}"));
-    let cms: Api<ConfigMap> = ns.api();
-    tokio::spawn(async move {
-        let mut s = watcher(cms, cfg)
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        while let Some(Ok(cm)) = s.next().await {
-            let text = cm
-                .data
-                .and_then(|d| d.get("dispatcher.list").cloned())
-                .unwrap_or_default();
-            let _ = cm_tx.send((Instant::now(), text));
-        }
-    });
+    // Watches: the primary Trunk, the routing ConfigMap.
+    let mut status_rx = timestamped(
+        trunks,
+        watcher::Config::default().fields("metadata.name=primary"),
+    );
+    let mut cm_rx = timestamped(
+        ns.api::<ConfigMap>(),
+        watcher::Config::default().fields(&format!("metadata.name={ROUTING_CONFIGMAP}")),
+    );
 
     // Start: both Up, Kamailio routes set 1 through the primary (standby listed too).
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -252,25 +226,27 @@ async fn run(flips: usize) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         };
         let status_at = loop {
-            let (at, state) = tokio::time::timeout(Duration::from_secs(5), status_rx.recv())
+            let (at, trunk) = tokio::time::timeout(Duration::from_secs(5), status_rx.recv())
                 .await
                 .expect("status event")
                 .expect("watch alive");
-            if state == want {
+            let state = trunk
+                .status
+                .and_then(|s| s.endpoints.first().map(|e| e.state));
+            if state == Some(want) {
                 break at;
             }
         };
         let cm_at = loop {
-            let (at, text) = tokio::time::timeout(Duration::from_secs(5), cm_rx.recv())
+            let (at, cm) = tokio::time::timeout(Duration::from_secs(5), cm_rx.recv())
                 .await
                 .expect("ConfigMap event")
                 .expect("watch alive");
-            let weighted: Vec<&str> = text
-                .lines()
-                .filter(|l| l.starts_with("1 ") && l.contains(";weight="))
-                .filter_map(|l| l.split_whitespace().nth(1))
-                .collect();
-            if weighted == [if down { STANDBY } else { PRIMARY }] {
+            let text = cm
+                .data
+                .and_then(|d| d.get("dispatcher.list").cloned())
+                .unwrap_or_default();
+            if weighted_set1(&text) == [if down { STANDBY } else { PRIMARY }] {
                 break at;
             }
         };

@@ -15,6 +15,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use common::watch::weighted_set1;
 use common::{Controller, Harness};
 
 use std::sync::Arc;
@@ -34,13 +35,6 @@ fn env_num(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn weighted_set1(text: &str) -> Vec<String> {
-    text.lines()
-        .filter(|l| l.starts_with("1 ") && l.contains(";weight="))
-        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
-        .collect()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

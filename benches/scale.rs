@@ -36,15 +36,15 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use lifeline::crd::{BotPool, EndpointState, FallbackPolicy, Trunk};
 use serde_json::json;
-use tokio::sync::mpsc;
 
 use common::TestNamespace;
 use common::operator::{Operator, sample};
 use common::sip::{Silenced, spawn_options_responder};
+use common::watch::{timestamped, weighted_set1};
 
 const RESPONDERS: [&str; 4] = ["127.0.13.1", "127.0.13.2", "127.0.13.3", "127.0.13.4"];
 /// The flipped Trunk's endpoint user (its responder drops requests while silenced).
@@ -259,61 +259,23 @@ async fn populate(client: &Client, sizes: &Sizes) -> Vec<TestNamespace> {
 // ---------------------------------------------------------------------------------
 // Observation
 
-/// Every routing ConfigMap version the watch delivers: (time, namespace/name, text).
-type RoutingEvent = (Instant, String, String);
-
-fn watch_routing(client: Client, tx: mpsc::UnboundedSender<RoutingEvent>) {
-    let api: Api<ConfigMap> = Api::all(client);
-    let cfg = watcher::Config::default().labels("app.kubernetes.io/managed-by=lifeline");
-    tokio::spawn(async move {
-        let mut s = watcher(api, cfg)
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        while let Some(next) = s.next().await {
-            let Ok(cm) = next else { continue };
-            let key = format!("{}/{}", cm.namespace().unwrap_or_default(), cm.name_any());
-            let text = cm
-                .data
-                .and_then(|d| d.get("dispatcher.list").cloned())
-                .unwrap_or_default();
-            if tx.send((Instant::now(), key, text)).is_err() {
-                return;
-            }
-        }
-    });
+/// A routing ConfigMap as `(namespace/name, dispatcher list)`.
+fn routing(cm: &ConfigMap) -> (String, String) {
+    let key = format!("{}/{}", cm.namespace().unwrap_or_default(), cm.name_any());
+    let text = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get("dispatcher.list").cloned())
+        .unwrap_or_default();
+    (key, text)
 }
 
-/// The flip Trunk's endpoint state each time the watch delivers a change of it.
-fn watch_flip_trunk(api: Api<Trunk>, tx: mpsc::UnboundedSender<(Instant, EndpointState)>) {
-    let cfg = watcher::Config::default().fields("metadata.name=flip-a");
-    tokio::spawn(async move {
-        let mut s = watcher(api, cfg)
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        let mut last = None;
-        while let Some(next) = s.next().await {
-            let Ok(t) = next else { continue };
-            let state = t
-                .status
-                .and_then(|s| s.endpoints.first().map(|e| e.state))
-                .unwrap_or(EndpointState::Unknown);
-            if last != Some(state) {
-                last = Some(state);
-                if tx.send((Instant::now(), state)).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-}
-
-fn weighted_set1(text: &str) -> Vec<&str> {
-    text.lines()
-        .filter(|l| l.starts_with("1 ") && l.contains(";weight="))
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .collect()
+fn endpoint_state(trunk: &Trunk) -> EndpointState {
+    trunk
+        .status
+        .as_ref()
+        .and_then(|s| s.endpoints.first().map(|e| e.state))
+        .unwrap_or_default()
 }
 
 /// `apiserver_request_total` summed by (verb, resource), watches left out.
@@ -415,10 +377,14 @@ async fn run(sizes: Sizes) {
     let namespaces = populate(&client, &sizes).await;
     let policies_total = sizes.policies + 1;
 
-    let (cm_tx, mut cm_rx) = mpsc::unbounded_channel();
-    watch_routing(client.clone(), cm_tx);
-    let (trunk_tx, mut trunk_rx) = mpsc::unbounded_channel();
-    watch_flip_trunk(namespaces[0].api::<Trunk>(), trunk_tx);
+    let mut cm_rx = timestamped(
+        Api::<ConfigMap>::all(client.clone()),
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=lifeline"),
+    );
+    let mut trunk_rx = timestamped(
+        namespaces[0].api::<Trunk>(),
+        watcher::Config::default().fields("metadata.name=flip-a"),
+    );
 
     // The operator, cluster-wide, as the chart runs it (leader election on).
     let addr = format!("127.0.0.1:{}", common::free_port("127.0.0.1"));
@@ -454,13 +420,14 @@ async fn run(sizes: Sizes) {
     let deadline = started + Duration::from_secs(300);
     while first_seen.len() < policies_total {
         let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(Some((at, key, text))) = tokio::time::timeout(left, cm_rx.recv()).await else {
+        let Ok(Some((at, cm))) = tokio::time::timeout(left, cm_rx.recv()).await else {
             operator.process.assert_running();
             panic!(
                 "only {} of {policies_total} routing ConfigMaps after 300 s",
                 first_seen.len()
             );
         };
+        let (key, text) = routing(&cm);
         first_seen.entry(key.clone()).or_insert(at);
         latest.insert(key, text);
     }
@@ -473,9 +440,9 @@ async fn run(sizes: Sizes) {
     let mut last_change = Instant::now();
     let mut changes = 0usize;
     let settle_deadline = Instant::now() + Duration::from_secs(180);
-    while let Ok(Some((at, key, text))) =
-        tokio::time::timeout(Duration::from_secs(5), cm_rx.recv()).await
+    while let Ok(Some((at, cm))) = tokio::time::timeout(Duration::from_secs(5), cm_rx.recv()).await
     {
+        let (key, text) = routing(&cm);
         if latest.get(&key) != Some(&text) {
             last_change = at;
             changes += 1;
@@ -523,11 +490,11 @@ async fn run(sizes: Sizes) {
             EndpointState::Up
         };
         let status_at = loop {
-            let (at, state) = tokio::time::timeout(Duration::from_secs(20), trunk_rx.recv())
+            let (at, trunk) = tokio::time::timeout(Duration::from_secs(20), trunk_rx.recv())
                 .await
                 .expect("flip-a status within 20 s")
                 .expect("trunk watch alive");
-            if state == want_state {
+            if endpoint_state(&trunk) == want_state {
                 break at;
             }
         };
@@ -537,10 +504,11 @@ async fn run(sizes: Sizes) {
             endpoint(FLIP_USER, 0)
         };
         let routed_at = loop {
-            let (at, key, text) = tokio::time::timeout(Duration::from_secs(20), cm_rx.recv())
+            let (at, cm) = tokio::time::timeout(Duration::from_secs(20), cm_rx.recv())
                 .await
                 .expect("routing rewritten within 20 s")
                 .expect("ConfigMap watch alive");
+            let (key, text) = routing(&cm);
             if key == flip_key && weighted_set1(&text) == [want.as_str()] {
                 break at;
             }

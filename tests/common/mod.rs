@@ -19,6 +19,7 @@ pub mod process;
 pub mod sip;
 pub mod sync;
 pub mod tools;
+pub mod watch;
 
 pub use harness::{Controller, Harness};
 pub use process::{Process, TempDir, free_port, wait_bound};
