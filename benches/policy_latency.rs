@@ -15,6 +15,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use common::watch::weighted_set1;
+use common::{Controller, Harness};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,20 +29,12 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use lifeline::crd::{FallbackPolicy, Trunk};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn weighted_set1(text: &str) -> Vec<String> {
-    text.lines()
-        .filter(|l| l.starts_with("1 ") && l.contains(";weight="))
-        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
-        .collect()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -78,16 +73,10 @@ async fn wait_for(
 async fn main() {
     let flips = env_num("LIFELINE_BENCH_FLIPS", 50);
     let quiet = Duration::from_secs(env_num("LIFELINE_BENCH_QUIET_SECS", 60));
-    let Some(client) = common::client().await else {
+    let Some(harness) = Harness::start("bench-policy", &[], &[Controller::Policy]).await else {
         return;
     };
-    common::install_crds(&client).await;
-    let ns = common::TestNamespace::create(client.clone(), "bench-policy", &[]).await;
-    let metrics = Arc::new(lifeline::telemetry::Metrics::new());
-    let ctx =
-        lifeline::controller::Context::new(client.clone(), metrics.clone(), Some(ns.name.clone()));
-    let stop = CancellationToken::new();
-    tokio::spawn(lifeline::controller::policy::run(ctx.clone(), stop.clone()));
+    let (ns, metrics) = (&harness.ns, harness.metrics());
 
     let trunks: Api<Trunk> = ns.api();
     for (name, uri) in [
@@ -224,6 +213,4 @@ async fn main() {
             "CHANGED"
         },
     );
-    stop.cancel();
-    ctx.probes.shutdown();
 }

@@ -18,6 +18,9 @@
 //! /usr/sbin/kamcmd, kamailio-tls-modules and openssl; binds 127.0.11.0/24).
 //! `PROBE_10K_SECONDS` changes the 20 s windows.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
@@ -550,29 +553,7 @@ fn responder() {
         .iter()
         .map(|ip| {
             let sock = UdpSocket::bind((*ip, 5060)).expect("bind responder");
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 65_536];
-                let mut reply = String::with_capacity(1024);
-                while let Ok((n, from)) = sock.recv_from(&mut buf) {
-                    let req = String::from_utf8_lossy(&buf[..n]);
-                    reply.clear();
-                    reply.push_str("SIP/2.0 200 OK\r\n");
-                    for line in req.lines() {
-                        let keep = ["Via:", "From:", "Call-ID:", "CSeq:"]
-                            .iter()
-                            .any(|h| line.starts_with(h));
-                        if keep {
-                            reply.push_str(line);
-                            reply.push_str("\r\n");
-                        } else if line.starts_with("To:") {
-                            reply.push_str(line);
-                            reply.push_str(";tag=bench\r\n");
-                        }
-                    }
-                    reply.push_str("Content-Length: 0\r\n\r\n");
-                    let _ = sock.send_to(reply.as_bytes(), from);
-                }
-            })
+            common::sip::spawn_options_responder(sock, Default::default())
         })
         .collect();
     println!("ready");

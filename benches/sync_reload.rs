@@ -11,24 +11,20 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[path = "../tests/fixtures/sync/kamailio.rs"]
-mod kamailio;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use lifeline::sync::dispatcher;
-use lifeline::sync::file::content_hash;
+use lifeline::routing::CONTENT_HASH_ANNOTATION;
+use lifeline::routing::content_hash;
+use lifeline::routing::dispatcher;
 use lifeline::sync::kamailio::KamailioRpc;
-use lifeline::sync::{CONTENT_HASH_ANNOTATION, SyncArgs};
-use lifeline::telemetry::Metrics;
+use lifeline::telemetry::SyncMetrics;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
-const CONFIGMAP: &str = "sip-routing";
+const CONFIGMAP: &str = common::sync::ROUTING_CONFIGMAP;
 const MOUNTED_VOLUME_SYNC: Duration = Duration::from_secs(60);
 
 /// A routing as the operator would render it for round `i`: two regions' carriers
@@ -74,33 +70,15 @@ async fn main() {
     };
     let ns = common::TestNamespace::create(client.clone(), "bench-sync", &[]).await;
     let api: Api<ConfigMap> = ns.api();
-    let dir = kamailio::TempDir::new("lifeline-bench-sync");
+    let dir = common::TempDir::new("lifeline-bench-sync");
     let file = dir.0.join("dispatcher.list");
     std::fs::write(&file, routing(0)).expect("initial dispatcher file");
-    let mut kam = kamailio::Kamailio::start("127.0.30.10", &file, &dir.0);
+    let mut kam = common::kamailio::Kamailio::edge("127.0.30.10", &file, &dir.0);
     kam.wait_ready(Duration::from_secs(20)).await;
     let rpc = KamailioRpc::new(&kam.rpc_url, Duration::from_secs(1)).expect("rpc client");
 
-    let token = CancellationToken::new();
-    let metrics = Arc::new(Metrics::new());
-    let args = SyncArgs {
-        namespace: ns.name.clone(),
-        configmap: CONFIGMAP.into(),
-        key: "dispatcher.list".into(),
-        file: file.clone(),
-        rpc_url: kam.rpc_url.clone(),
-        rpc_timeout_ms: 1000,
-        max_backoff_ms: 1000,
-        metrics_addr: None,
-        watch_list: false,
-        report: Default::default(),
-    };
-    tokio::spawn(lifeline::sync::run_with_client(
-        client,
-        args,
-        metrics.clone(),
-        token.clone(),
-    ));
+    let sync = common::sync::SipSync::spawn(client, &ns.name, file.clone(), &kam.rpc_url);
+    let metrics = sync.metrics.clone();
 
     let params = PatchParams::apply("lifeline-bench").force();
     let mut latencies = Vec::with_capacity(rounds);
@@ -150,7 +128,7 @@ async fn main() {
             with_api_call.push(done - before_call);
         }
     }
-    token.cancel();
+    drop(sync);
 
     latencies.sort();
     with_api_call.sort();
@@ -190,7 +168,7 @@ async fn main() {
     }
 }
 
-fn metric(metrics: &Metrics, name: &str) -> f64 {
+fn metric(metrics: &SyncMetrics, name: &str) -> f64 {
     metrics
         .encode()
         .lines()
@@ -200,11 +178,11 @@ fn metric(metrics: &Metrics, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn applied(metrics: &Metrics) -> f64 {
+fn applied(metrics: &SyncMetrics) -> f64 {
     metric(metrics, "lifeline_sync_applied_total")
 }
 
-fn duration_stats(metrics: &Metrics) -> (f64, f64) {
+fn duration_stats(metrics: &SyncMetrics) -> (f64, f64) {
     (
         metric(metrics, "lifeline_sync_duration_seconds_sum"),
         metric(metrics, "lifeline_sync_duration_seconds_count"),

@@ -1,12 +1,15 @@
 //! lifeline keeps a contact center reachable when the network under it fails.
 //!
 //! A module per concept: `crd` is the public API, `probe` the SIP OPTIONS prober,
-//! `plan` the pure fallback planner, `render` the routing renderers, `controller` the
-//! reconcilers, `notify` the alerts and webhook payloads of Notifiers, `drill` the
-//! schedule and outcome rules of failover drills, `operator` the process that runs
-//! them, `sync` the Kamailio sidecar,
-//! `status` the `lifeline status` table and `telemetry` logs and metrics.
+//! `plan` the pure fallback planner, `routing` the contract with the SIP edge (ConfigMap
+//! key, content hash, annotations, the dispatcher format rendered and parsed),
+//! `controller` the reconcilers, `notify` the alerts and webhook payloads of Notifiers,
+//! `drill` the schedule and outcome rules of failover drills, `operator` the process
+//! that runs them, `sync` the Kamailio sidecar, `admin` the `/metrics` and probe server
+//! both processes run, `status` the `lifeline status` table and `telemetry` logs and
+//! metrics.
 
+pub mod admin;
 pub mod backoff;
 pub mod controller;
 pub mod crd;
@@ -15,7 +18,7 @@ pub mod notify;
 pub mod operator;
 pub mod plan;
 pub mod probe;
-pub mod render;
+pub mod routing;
 pub mod status;
 pub mod sync;
 pub mod telemetry;

@@ -16,16 +16,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::admin::Admin;
 use crate::controller::{self, Context};
 use crate::crd::{BotPool, FallbackPolicy, Trunk};
 use crate::telemetry::Metrics;
@@ -208,14 +205,9 @@ pub enum Error {
     /// A `--probe-allow`/`--probe-deny` rule is invalid.
     #[error("{0}")]
     ProbeRule(#[from] crate::probe::policy::RuleError),
-    /// The HTTP server could not bind or serve.
-    #[error("http server on {addr}: {source}")]
-    Http {
-        /// The address.
-        addr: SocketAddr,
-        /// The cause.
-        source: std::io::Error,
-    },
+    /// The admin HTTP server could not bind or serve.
+    #[error(transparent)]
+    Http(#[from] crate::admin::Error),
 }
 
 /// Health of the process, as `/healthz` and `/readyz` report it.
@@ -228,54 +220,6 @@ impl Health {
     /// Whether the CRDs are established and the first lists succeeded.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
-    }
-}
-
-struct HttpState {
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-}
-
-/// Serve `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown`.
-pub async fn serve_http(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready_handler))
-        .with_state(Arc::new(HttpState { metrics, health }));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Http { addr, source })?;
-    info!(%addr, "serving /metrics, /healthz and /readyz");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .map_err(|source| Error::Http { addr, source })
-}
-
-async fn metrics_handler(State(state): State<Arc<HttpState>>) -> impl axum::response::IntoResponse {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-}
-
-async fn ready_handler(State(state): State<Arc<HttpState>>) -> (StatusCode, &'static str) {
-    if state.health.is_ready() {
-        (StatusCode::OK, "ok")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "waiting for CRDs and the first watch",
-        )
     }
 }
 
@@ -398,12 +342,16 @@ pub async fn run_with_client(
     }
     let metrics = Arc::new(metrics);
     let health = Arc::new(Health::default());
-    let http = tokio::spawn(serve_http(
-        args.metrics_addr,
-        metrics.clone(),
-        health.clone(),
-        shutdown.clone(),
-    ));
+    let ready = health.clone();
+    let http = Admin::new(metrics.clone())
+        .probe(
+            "/readyz",
+            move || ready.is_ready(),
+            "waiting for CRDs and the first watch",
+        )
+        .bind(args.metrics_addr)
+        .await?;
+    let http = tokio::spawn(http.serve(shutdown.clone()));
 
     for ns in &namespaces {
         if !wait_for_api(&client, ns.as_deref(), &shutdown).await {
@@ -536,9 +484,11 @@ fn default_identity() -> String {
     )
 }
 
-async fn finish_http(http: tokio::task::JoinHandle<Result<(), Error>>) -> Result<(), Error> {
+async fn finish_http(
+    http: tokio::task::JoinHandle<Result<(), crate::admin::Error>>,
+) -> Result<(), Error> {
     match http.await {
-        Ok(result) => result,
+        Ok(result) => Ok(result?),
         Err(e) => {
             error!(error = %e, "http server task failed");
             Ok(())

@@ -303,7 +303,7 @@ mod tests {
             .join("tests/fixtures/sync/status")
             .join(name);
         let text = std::fs::read_to_string(&path).unwrap();
-        serde_yaml::Deserializer::from_str(&text)
+        serde_norway::Deserializer::from_str(&text)
             .map(|doc| K::deserialize(doc).unwrap())
             .collect()
     }

@@ -2,7 +2,9 @@
 //!
 //! Every metric is registered here, with a `lifeline_` prefix and labels drawn from
 //! small fixed sets (controller names, error categories, states) so that cardinality
-//! stays bounded no matter how many objects a cluster has.
+//! stays bounded no matter how many objects a cluster has. Each process has its own
+//! registry: [`Metrics`] for the operator, [`SyncMetrics`] for sip-sync, so neither
+//! exports the other's (always zero) series. Both carry `lifeline_build_info`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -91,7 +93,35 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
-/// All metrics of the operator and the sidecar.
+/// A process's registry, as the admin server's `/metrics` encodes it.
+pub trait Exposition: Send + Sync + 'static {
+    /// The registry.
+    fn registry(&self) -> &Registry;
+
+    /// The registry in the Prometheus (OpenMetrics) text format.
+    fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, self.registry());
+        out
+    }
+}
+
+/// A registry with the `lifeline_` prefix and `lifeline_build_info`.
+fn new_registry() -> Registry {
+    let mut registry = Registry::with_prefix("lifeline");
+    registry.register(
+        "build",
+        "Version and source revision of the running binary",
+        Info::new(vec![
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("revision", REVISION),
+        ]),
+    );
+    registry
+}
+
+/// The metrics of the operator process.
 pub struct Metrics {
     /// The registry `/metrics` encodes.
     pub registry: Registry,
@@ -113,15 +143,6 @@ pub struct Metrics {
     pub failbacks: Counter,
     /// Routing ConfigMap writes.
     pub configmap_writes: Counter,
-    /// sip-sync: routing versions applied to Kamailio and confirmed.
-    pub sync_applied: Counter,
-    /// sip-sync: failed apply attempts by reason.
-    pub sync_failures: Family<ReasonLabels, Counter>,
-    /// sip-sync: time from seeing a ConfigMap change to a confirmed reload.
-    pub sync_duration: Histogram,
-    /// sip-sync: 1 while Kamailio does not load every destination of the current
-    /// routing and sip-sync has stopped reloading it (see `sync::MAX_UNCONFIRMED`).
-    pub sync_unconfirmed: Gauge,
     /// 1 while this process holds the leader Lease.
     pub leader: Gauge,
     /// Round trip of answered SIP OPTIONS probes (millisecond resolution).
@@ -139,7 +160,7 @@ impl Default for Metrics {
 impl Metrics {
     /// Create and register every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("lifeline");
+        let mut registry = new_registry();
         let reconcile_duration =
             Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 2.0, 14))
@@ -152,10 +173,6 @@ impl Metrics {
         let failovers = Counter::default();
         let failbacks = Counter::default();
         let configmap_writes = Counter::default();
-        let sync_applied = Counter::default();
-        let sync_failures = Family::<ReasonLabels, Counter>::default();
-        let sync_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
-        let sync_unconfirmed = Gauge::default();
         let leader = Gauge::default();
         // 1 ms doubling to ~8 s: loopback and LAN peers land in the first buckets,
         // carriers in the tens of milliseconds, the longest probe timeouts at the top.
@@ -199,6 +216,79 @@ impl Metrics {
             configmap_writes.clone(),
         );
         registry.register(
+            "leader",
+            "1 while this process holds the leader Lease",
+            leader.clone(),
+        );
+        registry.register(
+            "notifications",
+            "Notifier webhook attempts by result (delivered, failed)",
+            notifications.clone(),
+        );
+        registry.register(
+            "probe_rtt_seconds",
+            "Round trip of answered SIP OPTIONS probes",
+            probe_rtt.clone(),
+        );
+        Self {
+            registry,
+            reconcile_duration,
+            reconcile_errors,
+            probes_sent,
+            probes_failed,
+            endpoints,
+            regions,
+            failovers,
+            failbacks,
+            configmap_writes,
+            leader,
+            probe_rtt,
+            notifications,
+        }
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        Exposition::encode(self)
+    }
+}
+
+impl Exposition for Metrics {
+    fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+/// The metrics of the sip-sync process.
+pub struct SyncMetrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+    /// Routing versions applied to Kamailio and confirmed.
+    pub sync_applied: Counter,
+    /// Failed apply attempts by reason.
+    pub sync_failures: Family<ReasonLabels, Counter>,
+    /// Time from seeing a ConfigMap change to a confirmed reload.
+    pub sync_duration: Histogram,
+    /// 1 while Kamailio does not load every destination of the current routing and
+    /// sip-sync has stopped reloading it (see `sync::MAX_UNCONFIRMED`).
+    pub sync_unconfirmed: Gauge,
+}
+
+impl Default for SyncMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SyncMetrics {
+    /// Create and register every sip-sync metric (`lifeline_sync_*`).
+    pub fn new() -> Self {
+        let mut registry = new_registry();
+        let sync_applied = Counter::default();
+        let sync_failures = Family::<ReasonLabels, Counter>::default();
+        let sync_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let sync_unconfirmed = Gauge::default();
+        registry.register(
             "sync_applied",
             "Routing versions reloaded into Kamailio and confirmed",
             sync_applied.clone(),
@@ -218,56 +308,24 @@ impl Metrics {
             "1 while Kamailio drops destinations of the current routing and sip-sync stopped reloading it",
             sync_unconfirmed.clone(),
         );
-        registry.register(
-            "leader",
-            "1 while this process holds the leader Lease",
-            leader.clone(),
-        );
-        registry.register(
-            "notifications",
-            "Notifier webhook attempts by result (delivered, failed)",
-            notifications.clone(),
-        );
-        registry.register(
-            "probe_rtt_seconds",
-            "Round trip of answered SIP OPTIONS probes",
-            probe_rtt.clone(),
-        );
-        registry.register(
-            "build",
-            "Version and source revision of the running binary",
-            Info::new(vec![
-                ("version", env!("CARGO_PKG_VERSION")),
-                ("revision", REVISION),
-            ]),
-        );
         Self {
             registry,
-            reconcile_duration,
-            reconcile_errors,
-            probes_sent,
-            probes_failed,
-            endpoints,
-            regions,
-            failovers,
-            failbacks,
-            configmap_writes,
             sync_applied,
             sync_failures,
             sync_duration,
             sync_unconfirmed,
-            leader,
-            probe_rtt,
-            notifications,
         }
     }
 
     /// The registry in the Prometheus text format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        Exposition::encode(self)
+    }
+}
+
+impl Exposition for SyncMetrics {
+    fn registry(&self) -> &Registry {
+        &self.registry
     }
 }
 

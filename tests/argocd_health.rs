@@ -33,8 +33,8 @@ fn sample(kind: &str, input_path: &str) -> Value {
     let path = kind_dir(kind).join(input_path);
     let text =
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let yaml: serde_yaml::Value =
-        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let yaml: serde_norway::Value =
+        serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::to_value(yaml).expect("YAML sample converts to JSON")
 }
 
@@ -43,9 +43,9 @@ fn health_tests(kind: &str) -> Vec<(String, Health)> {
     let path = kind_dir(kind).join("health_test.yaml");
     let text =
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let doc: serde_yaml::Value =
-        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let field = |v: &serde_yaml::Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
+    let doc: serde_norway::Value =
+        serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let field = |v: &serde_norway::Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
     doc["tests"]
         .as_sequence()
         .unwrap_or_else(|| panic!("{} has no tests list", path.display()))
@@ -403,9 +403,9 @@ fn readme_yaml_examples_parse() {
     while let Some(start) = rest.find("```yaml\n") {
         let body = &rest[start + 8..];
         let end = body.find("```").expect("closed code block");
-        for doc in serde_yaml::Deserializer::from_str(&body[..end]) {
+        for doc in serde_norway::Deserializer::from_str(&body[..end]) {
             use serde::Deserialize;
-            serde_yaml::Value::deserialize(doc)
+            serde_norway::Value::deserialize(doc)
                 .unwrap_or_else(|e| panic!("YAML example does not parse: {e}\n{}", &body[..end]));
         }
         blocks += 1;

@@ -9,10 +9,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestNamespace, eventually};
+use common::{Controller, Harness, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
@@ -21,9 +20,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use lifeline::crd::{BotPool, FIELD_MANAGER, FallbackPolicy, find_condition};
-use lifeline::telemetry::Metrics;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 const POOL: &str = "cologne-bots";
 const WAIT: Duration = Duration::from_secs(30);
@@ -34,45 +31,22 @@ fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
         env!("CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(&path).expect("fixture readable");
-    serde_yaml::from_str(&text).expect("fixture parses")
+    serde_norway::from_str(&text).expect("fixture parses")
 }
 
-/// A namespace with the controller running in it; stops the controller on drop.
-struct Harness {
-    token: CancellationToken,
-    metrics: Arc<Metrics>,
-    ns: TestNamespace,
+/// A namespace enforcing the "restricted" Pod Security profile, with the BotPool
+/// controller running in it.
+async fn start(prefix: &str) -> Option<Harness> {
+    Harness::start(
+        prefix,
+        &[("pod-security.kubernetes.io/enforce", "restricted")],
+        &[Controller::BotPool],
+    )
+    .await
 }
 
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.token.cancel();
-    }
-}
-
+/// What the tests here read and write through the harness.
 impl Harness {
-    async fn start(prefix: &str) -> Option<Self> {
-        lifeline::telemetry::init_logging(lifeline::telemetry::LogFormat::Plain);
-        let client = common::client().await?;
-        common::install_crds(&client).await;
-        let ns = TestNamespace::create(
-            client.clone(),
-            prefix,
-            &[("pod-security.kubernetes.io/enforce", "restricted")],
-        )
-        .await;
-        let metrics = Arc::new(Metrics::new());
-        let ctx =
-            lifeline::controller::Context::new(client, metrics.clone(), Some(ns.name.clone()));
-        let token = CancellationToken::new();
-        tokio::spawn(lifeline::controller::botpool::run(ctx, token.clone()));
-        Some(Self { token, metrics, ns })
-    }
-
-    fn client(&self) -> Client {
-        self.ns.client.clone()
-    }
-
     async fn create_pool(&self, pool: BotPool) {
         self.ns
             .api::<BotPool>()
@@ -150,7 +124,7 @@ impl Harness {
 
     /// Completed reconciles so far (the duration histogram's sample count).
     fn reconciles(&self) -> u64 {
-        let text = self.metrics.encode();
+        let text = self.metrics().encode();
         text.lines()
             .find(|l| {
                 l.starts_with("lifeline_reconcile_duration_seconds_count{controller=\"botpool\"}")
@@ -188,7 +162,7 @@ async fn events_for(client: &Client, ns: &str, reason: &str) -> Vec<Event> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_comes_up_under_restricted_profile_and_scales_with_demand() {
-    let Some(h) = Harness::start("bp-scale").await else {
+    let Some(h) = start("bp-scale").await else {
         return;
     };
     let ns: Namespace = Api::all(h.client()).get(&h.ns.name).await.unwrap();
@@ -309,7 +283,7 @@ async fn pool_comes_up_under_restricted_profile_and_scales_with_demand() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_flips_show_in_status() {
-    let Some(h) = Harness::start("bp-ready").await else {
+    let Some(h) = start("bp-ready").await else {
         return;
     };
     h.create_pool(fixture("pool.yaml")).await;
@@ -374,7 +348,7 @@ fn lifeline_owns_replicas(d: &Deployment) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hpa_floor_follows_demand_and_never_owns_replicas() {
-    let Some(h) = Harness::start("bp-hpa").await else {
+    let Some(h) = start("bp-hpa").await else {
         return;
     };
     let hpas = h.ns.api::<HorizontalPodAutoscaler>();
@@ -462,7 +436,7 @@ async fn hpa_floor_follows_demand_and_never_owns_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switching_to_hpa_floor_keeps_the_running_bots() {
-    let Some(h) = Harness::start("bp-switch").await else {
+    let Some(h) = start("bp-switch").await else {
         return;
     };
     let mut pool: BotPool = fixture("pool.yaml");
@@ -505,7 +479,7 @@ async fn switching_to_hpa_floor_keeps_the_running_bots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hpa_floor_without_hpa_is_reported() {
-    let Some(h) = Harness::start("bp-nohpa").await else {
+    let Some(h) = start("bp-nohpa").await else {
         return;
     };
     let mut pool: BotPool = fixture("pool.yaml");
@@ -526,7 +500,7 @@ async fn hpa_floor_without_hpa_is_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_is_undone_and_deletion_collects_everything() {
-    let Some(h) = Harness::start("bp-drift").await else {
+    let Some(h) = start("bp-drift").await else {
         return;
     };
     h.create_pool(fixture("pool.yaml")).await;
@@ -583,7 +557,7 @@ async fn drift_is_undone_and_deletion_collects_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_spec_becomes_a_condition_without_hot_requeue() {
-    let Some(h) = Harness::start("bp-invalid").await else {
+    let Some(h) = start("bp-invalid").await else {
         return;
     };
     // Requests above limits: the schema cannot tell, the API server rejects it.

@@ -18,12 +18,14 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TestNamespace, eventually};
+use common::operator::Operator;
+use common::sip::sipp_options;
+use common::{Process, TestNamespace, eventually};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -44,129 +46,22 @@ const FAILURE_THRESHOLD: u64 = 3;
 // ---------------------------------------------------------------------------------
 // Processes
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// A sipp process answering every OPTIONS with 200 on `ip:5060` (UDP), killed with
-/// its process group on drop.
-struct SipPeer {
-    child: Child,
-}
-
-impl SipPeer {
-    fn start(ip: &str) -> Self {
-        use std::os::unix::process::CommandExt;
-        let scenario = fixtures().join("sip/uas_options_200.xml");
-        let mut child = Command::new("sipp")
-            .args(["-sf", scenario.to_str().unwrap(), "-i", ip, "-p", "5060"])
-            .args(["-t", "u1", "-nostdin", "-m", "20000", "-timeout", "900s"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("start sipp (apt-get install sip-tester)");
-        std::thread::sleep(Duration::from_millis(300));
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("sipp on {ip} exited at start-up: {status}");
-        }
-        Self { child }
-    }
-}
-
-impl Drop for SipPeer {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One `lifeline operator` process; killed on drop.
-struct Operator {
-    child: Child,
-    metrics: String,
-    identity: String,
-}
-
-impl Operator {
-    fn start(ns: &str, identity: &str, ip: &str, kubeconfig: &Path) -> Self {
-        let root = env!("CARGO_MANIFEST_DIR");
-        let log = std::fs::File::create(format!("{root}/target/chaos-{ns}-{identity}.log"))
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_lifeline"))
-            .args([
-                "operator",
-                "--namespace",
-                ns,
-                "--leader-election-namespace",
-                ns,
-            ])
-            .args(["--identity", identity])
-            .args(["--lease-duration-seconds", &LEASE_SECONDS.to_string()])
-            .args(["--metrics-addr", &format!("{ip}:19180")])
-            .env("KUBECONFIG", kubeconfig)
-            // Loopback is denied by default; the test's carriers live there.
-            .env("LIFELINE_PROBE_ALLOW", "127.0.0.0/8")
-            // Events then name the replica that reported them.
-            .env("POD_NAME", identity)
-            .env("RUST_LOG", "info,kube=warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start lifeline operator");
-        Self {
-            child,
-            metrics: format!("http://{ip}:19180/metrics"),
-            identity: identity.into(),
-        }
-    }
-
-    async fn metric(&self, name: &str) -> Option<f64> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(500))
-            .build()
-            .ok()?;
-        let text = client
-            .get(&self.metrics)
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines()
-            .find(|l| l.starts_with(&format!("{name} ")))?
-            .rsplit(' ')
-            .next()?
-            .parse()
-            .ok()
-    }
-
-    async fn is_leader(&self) -> Option<bool> {
-        self.metric("lifeline_leader").await.map(|v| v == 1.0)
-    }
-
-    fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status();
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// One `lifeline operator` replica with its metrics on `ip:19180`, talking to the API
+/// server through `kubeconfig` (directly, or through a test's proxy).
+fn start_operator(ns: &str, identity: &str, ip: &str, kubeconfig: &Path) -> Operator {
+    let addr = format!("{ip}:19180");
+    let mut cmd = common::operator::command(ns, &addr);
+    cmd.args(["--leader-election-namespace", ns, "--identity", identity])
+        .args(["--lease-duration-seconds", &LEASE_SECONDS.to_string()])
+        .env("KUBECONFIG", kubeconfig)
+        // Events then name the replica that reported them.
+        .env("POD_NAME", identity)
+        .env("RUST_LOG", "info,kube=warn");
+    let log = format!(
+        "{}/target/chaos-{ns}-{identity}.log",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    Operator::spawn(identity, &mut cmd, &addr, Some(Path::new(&log)))
 }
 
 // ---------------------------------------------------------------------------------
@@ -294,7 +189,7 @@ async fn pump(
 /// Addresses of one case's SIP peers: 127.0.<net>.1-4 answer, .9 never does.
 struct Workload {
     ns: TestNamespace,
-    peers: Vec<SipPeer>,
+    peers: Vec<Process>,
     net: u8,
 }
 
@@ -312,7 +207,7 @@ impl Workload {
         )
         .await;
         let peers = (1..=4)
-            .map(|h| SipPeer::start(&format!("127.0.{net}.{h}")))
+            .map(|h| sipp_options(200, &format!("127.0.{net}.{h}"), 5060, "u1"))
             .collect();
         let w = Self { ns, peers, net };
         // Margins for a loaded machine: a live peer on loopback answers in
@@ -669,8 +564,8 @@ async fn handover(
 ) -> Duration {
     let replicas = w.replicas().await;
     let since = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
-    let sampler = Sampler::start(w, vec![leader.metrics.clone(), standby.metrics.clone()]).await;
-    leader.signal(sig);
+    let sampler = Sampler::start(w, vec![leader.metrics_url(), standby.metrics_url()]).await;
+    leader.process.signal(sig);
     let stopped = Instant::now();
     eventually(WAIT, "the standby takes over", || async {
         (standby.is_leader().await == Some(true)).then_some(())
@@ -714,16 +609,12 @@ async fn leader_sigkill_and_sigterm_move_nothing() {
     };
     let w = Workload::start(client, "chaos-handover", 71).await;
     let kubeconfig = common::kubeconfig_path();
-    let a = Operator::start(&w.ns.name, "op-a", "127.0.71.101", &kubeconfig);
-    let b = Operator::start(&w.ns.name, "op-b", "127.0.71.102", &kubeconfig);
+    let a = start_operator(&w.ns.name, "op-a", "127.0.71.101", &kubeconfig);
+    let b = start_operator(&w.ns.name, "op-b", "127.0.71.102", &kubeconfig);
     w.wait_steady().await;
     let both = [&a, &b];
     let leader = leader_of(&both).await;
-    let standby = if leader.identity == a.identity {
-        &b
-    } else {
-        &a
-    };
+    let standby = if leader.name == a.name { &b } else { &a };
     // Let the standby probe for a while: it must be warm, not just started.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -734,7 +625,7 @@ async fn leader_sigkill_and_sigterm_move_nothing() {
     );
 
     // A rolling upgrade: a new replica joins, the leader gets SIGTERM.
-    let c = Operator::start(&w.ns.name, "op-c", "127.0.71.103", &kubeconfig);
+    let c = start_operator(&w.ns.name, "op-c", "127.0.71.103", &kubeconfig);
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(c.is_leader().await, Some(false), "the new replica waits");
     let term = handover(&w, standby, &c, "TERM", "SIGTERM").await;
@@ -776,12 +667,12 @@ async fn a_partitioned_leader_stops_writing_before_its_lease_expires() {
     let w = Workload::start(client, "chaos-partition", 72).await;
     let proxy = Proxy::start(&format!("partition-{}", w.ns.name)).await;
     // The leader talks to the API through the proxy; the standby directly.
-    let mut a = Operator::start(&w.ns.name, "op-a", "127.0.72.101", &proxy.kubeconfig);
+    let mut a = start_operator(&w.ns.name, "op-a", "127.0.72.101", &proxy.kubeconfig);
     eventually(WAIT, "op-a leads", || async {
         (a.is_leader().await == Some(true)).then_some(())
     })
     .await;
-    let b = Operator::start(
+    let b = start_operator(
         &w.ns.name,
         "op-b",
         "127.0.72.102",
@@ -797,7 +688,7 @@ async fn a_partitioned_leader_stops_writing_before_its_lease_expires() {
             .as_ref()
             .and_then(|s| Some((s.holder_identity.clone()?, s.renew_time.clone()?.0)))
     };
-    let sampler = Sampler::start(&w, vec![a.metrics.clone(), b.metrics.clone()]).await;
+    let sampler = Sampler::start(&w, vec![a.metrics_url(), b.metrics_url()]).await;
     proxy.set(BLACKHOLE);
     let cut = Instant::now();
     // Follow the Lease (directly): the last renewal by op-a gives its expiry.
@@ -843,7 +734,10 @@ async fn a_partitioned_leader_stops_writing_before_its_lease_expires() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(sampler.two_leaders(), 0, "two replicas wrote at once");
     assert_eq!(sampler.writes(), 0, "the handover rewrote the routing");
-    assert!(a.running(), "the partitioned replica must not crash");
+    assert!(
+        a.process.running(),
+        "the partitioned replica must not crash"
+    );
     // Healed: op-a stays a standby (the Lease is op-b's).
     proxy.set(PASS);
     tokio::time::sleep(Duration::from_secs(LEASE_SECONDS)).await;
@@ -870,13 +764,16 @@ async fn api_outage(w: &Workload, proxy: &Proxy, op: &mut Operator, outage: Dura
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
     // The carrier dies during the outage (its sipp stops answering).
-    let peer_pid = w.peers[0].child.id().to_string();
+    let peer_pid = w.peers[0].id().to_string();
     let _ = Command::new("kill").args(["-STOP", &peer_pid]).status();
     let remaining = outage.saturating_sub(started.elapsed());
     tokio::time::sleep(remaining).await;
     // Meanwhile: the routing is the last known good one (nobody could change it), and
     // the operator is alive.
-    assert!(op.running(), "the operator crashed during the API outage");
+    assert!(
+        op.process.running(),
+        "the operator crashed during the API outage"
+    );
     assert_eq!(
         w.routing().await.unwrap().resource_version(),
         before.resource_version()
@@ -893,7 +790,10 @@ async fn api_outage(w: &Workload, proxy: &Proxy, op: &mut Operator, outage: Dura
     )
     .await;
     let catch_up = back.elapsed();
-    assert!(op.running(), "the operator crashed after the API outage");
+    assert!(
+        op.process.running(),
+        "the operator crashed after the API outage"
+    );
     // Revive the carrier for the next round.
     let _ = Command::new("kill").args(["-CONT", &peer_pid]).status();
     catch_up
@@ -913,7 +813,7 @@ async fn api_outages_of_30_and_120_s_with_a_carrier_dying() {
     };
     let w = Workload::start(client, "chaos-outage", 73).await;
     let proxy = Proxy::start(&format!("outage-{}", w.ns.name)).await;
-    let mut op = Operator::start(&w.ns.name, "op-a", "127.0.73.101", &proxy.kubeconfig);
+    let mut op = start_operator(&w.ns.name, "op-a", "127.0.73.101", &proxy.kubeconfig);
     w.wait_steady().await;
     // period × failureThreshold + 5 s.
     let bound = Duration::from_secs(PROBE_PERIOD * FAILURE_THRESHOLD + 5);
@@ -942,7 +842,7 @@ async fn a_kill_between_status_and_routing_write_loses_no_transition() {
     };
     let mut w = Workload::start(client.clone(), "chaos-kill", 74).await;
     let kubeconfig = common::kubeconfig_path();
-    let op = Operator::start(&w.ns.name, "op-a", "127.0.74.101", &kubeconfig);
+    let op = start_operator(&w.ns.name, "op-a", "127.0.74.101", &kubeconfig);
     w.wait_steady().await;
 
     // The API refuses routing writes in this namespace: the operator can write the
@@ -1014,7 +914,7 @@ async fn a_kill_between_status_and_routing_write_loses_no_transition() {
         "the status holds the new routing's hash"
     );
     // SIGKILL now: the routing write never happened.
-    op.signal("KILL");
+    op.process.signal("KILL");
     drop(op);
     assert_eq!(
         w.routing().await.unwrap().resource_version(),
@@ -1030,7 +930,7 @@ async fn a_kill_between_status_and_routing_write_loses_no_transition() {
 
     // A new operator: region state and routing agree, the transition is kept once.
     let restarted_at = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
-    let _op2 = Operator::start(&w.ns.name, "op-b", "127.0.74.102", &kubeconfig);
+    let _op2 = start_operator(&w.ns.name, "op-b", "127.0.74.102", &kubeconfig);
     let started = Instant::now();
     eventually(WAIT, "routing agrees with the status", || async {
         let p = w.policy().await;

@@ -36,7 +36,7 @@ fn helm(args: &[&str]) -> std::process::Output {
         .expect("run helm")
 }
 
-fn render(args: &[&str]) -> Vec<serde_yaml::Value> {
+fn render(args: &[&str]) -> Vec<serde_norway::Value> {
     let out = helm(args);
     assert!(
         out.status.success(),
@@ -44,15 +44,15 @@ fn render(args: &[&str]) -> Vec<serde_yaml::Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
+    serde_norway::Deserializer::from_str(&text)
         .filter_map(|d| {
-            let v = serde_yaml::Value::deserialize(d).ok()?;
+            let v = serde_norway::Value::deserialize(d).ok()?;
             (!v.is_null()).then_some(v)
         })
         .collect()
 }
 
-fn env_of(docs: &[serde_yaml::Value]) -> Vec<(String, String)> {
+fn env_of(docs: &[serde_norway::Value]) -> Vec<(String, String)> {
     let deploy = docs
         .iter()
         .find(|d| d["kind"] == "Deployment")

@@ -81,7 +81,7 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 
 fn yaml_docs(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::Deserializer::from_str(&text)
+    serde_norway::Deserializer::from_str(&text)
         .map(|d| {
             <Value as serde::Deserialize>::deserialize(d)
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()))

@@ -10,14 +10,15 @@
 //! Everything else is answered 403 with a `lifeline-refused` log line, and no peer
 //! behind the edge sees it (each peer logs every message it receives).
 
-#[path = "fixtures/sync/kamailio.rs"]
-mod kamailio;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kamailio::{Kamailio, Sipp, TempDir};
+use common::TempDir;
+use common::kamailio::Kamailio;
+use common::sip::sipp_uas;
 
 const EDGE: &str = "127.0.70.1";
 const BOTS: &str = "127.0.70.21";
@@ -104,11 +105,11 @@ fn only_declared_peers_call_and_only_trusted_sources_choose_the_set() {
     .unwrap();
     let bots_log = dir.0.join("bots.msg");
     let carrier_log = dir.0.join("carrier.msg");
-    let _bots = Sipp::uas_logged(BOTS, 5080, Some(&bots_log));
-    let _carrier = Sipp::uas_logged(CARRIER, 5080, Some(&carrier_log));
+    let _bots = sipp_uas(BOTS, 5080, Some(&bots_log));
+    let _carrier = sipp_uas(CARRIER, 5080, Some(&carrier_log));
     let allow = format!("ALLOW_FROM=\"{SBC}/32\"");
     let trust = format!("TRUST_HINTS_FROM=\"{PBX}/32\"");
-    let mut kam = Kamailio::start_with(EDGE, &list, &dir.0, &[&allow, &trust]);
+    let mut kam = Kamailio::edge_with(EDGE, &list, &dir.0, &[&allow, &trust]);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -15,9 +15,10 @@
 
 mod common;
 
+use common::tools::{helm, run, run_ok, tool};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{TestNamespace, eventually};
@@ -29,7 +30,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use lifeline::crd::{BotPool, FallbackPolicy, Trunk};
-use serde_yaml::Value;
+use serde_norway::Value;
 
 /// kube-score findings the chart keeps on purpose. Each is also explained in
 /// `charts/lifeline/README.md`.
@@ -53,59 +54,6 @@ fn chart() -> PathBuf {
     root().join("charts/lifeline")
 }
 
-struct Tools {
-    helm: PathBuf,
-    kube_score: PathBuf,
-}
-
-/// Build helm and kube-score once per test binary (a no-op when already built).
-fn tools() -> &'static Tools {
-    static TOOLS: OnceLock<Tools> = OnceLock::new();
-    TOOLS.get_or_init(|| {
-        let out = Command::new(root().join("scripts/tools.sh"))
-            .output()
-            .expect("run scripts/tools.sh");
-        assert!(
-            out.status.success(),
-            "scripts/tools.sh failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let bin = root().join("target/tools/bin");
-        Tools {
-            helm: bin.join("helm"),
-            kube_score: bin.join("kube-score"),
-        }
-    })
-}
-
-/// Run a command with the testenv kubeconfig; return its output (not checked).
-fn run(program: &Path, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .env("KUBECONFIG", common::kubeconfig_path())
-        .env("HELM_CACHE_HOME", root().join("target/tools/helm/cache"))
-        .env("HELM_CONFIG_HOME", root().join("target/tools/helm/config"))
-        .env("HELM_DATA_HOME", root().join("target/tools/helm/data"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()))
-}
-
-/// Run a command and return its stdout; panic with both streams when it fails.
-fn run_ok(program: &Path, args: &[&str]) -> String {
-    let out = run(program, args);
-    assert!(
-        out.status.success(),
-        "{} {} failed:\n{}{}",
-        program.display(),
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
-
 fn helm_template(extra: &[&str]) -> String {
     let chart = chart();
     let mut args = vec![
@@ -116,13 +64,13 @@ fn helm_template(extra: &[&str]) -> String {
         "lifeline-system",
     ];
     args.extend_from_slice(extra);
-    run_ok(&tools().helm, &args)
+    run_ok(&helm(), &args)
 }
 
 /// The documents of a YAML stream, without empty ones.
 fn documents(yaml: &str) -> Vec<Value> {
     use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(yaml)
+    serde_norway::Deserializer::from_str(yaml)
         .map(|d| Value::deserialize(d).expect("valid YAML"))
         .filter(|v| !v.is_null())
         .collect()
@@ -149,7 +97,7 @@ fn helm_lint_passes() {
     ] {
         let mut args = vec!["lint", "--strict", chart];
         args.extend(values.iter().copied());
-        let out = run_ok(&tools().helm, &args);
+        let out = run_ok(&helm(), &args);
         assert!(out.contains("0 chart(s) failed"), "{out}");
     }
 }
@@ -167,7 +115,7 @@ fn values_schema_rejects_bad_values() {
         ("networkPolicy.sipProbe.ports={70000}", "ports"),
     ] {
         let out = run(
-            &tools().helm,
+            &helm(),
             &[
                 "template",
                 "x",
@@ -259,7 +207,7 @@ fn kube_score_criticals(manifests: &str, accept_no_network_policy: bool) -> Vec<
     let file = dir.join(format!("kube-score-{}.yaml", rand::random::<u32>()));
     std::fs::write(&file, manifests).expect("write manifests");
     let out = run(
-        &tools().kube_score,
+        &tool("kube-score"),
         &[
             "score",
             "--output-format",
@@ -398,7 +346,7 @@ impl Release {
             "crds.install=false",
         ];
         args.extend_from_slice(extra);
-        run_ok(&tools().helm, &args);
+        run_ok(&helm(), &args);
         Self {
             name: name.into(),
             namespace: namespace.into(),
@@ -409,7 +357,7 @@ impl Release {
 impl Drop for Release {
     fn drop(&mut self) {
         let out = run(
-            &tools().helm,
+            &helm(),
             &["uninstall", &self.name, "--namespace", &self.namespace],
         );
         if !out.status.success() {
@@ -506,7 +454,7 @@ fn service_account_kubeconfig(namespace: &str, sa: &str, dir: &Path) -> PathBuf 
             "1h",
         ],
     );
-    let admin: Value = serde_yaml::from_str(
+    let admin: Value = serde_norway::from_str(
         &std::fs::read_to_string(common::kubeconfig_path()).expect("admin kubeconfig"),
     )
     .expect("kubeconfig YAML");
@@ -523,7 +471,8 @@ fn service_account_kubeconfig(namespace: &str, sa: &str, dir: &Path) -> PathBuf 
         "current-context": sa,
     });
     let path = dir.join(format!("{namespace}-{sa}.kubeconfig"));
-    std::fs::write(&path, serde_yaml::to_string(&config).expect("YAML")).expect("write kubeconfig");
+    std::fs::write(&path, serde_norway::to_string(&config).expect("YAML"))
+        .expect("write kubeconfig");
     path
 }
 
@@ -566,7 +515,7 @@ fn minimal_example() -> Vec<serde_json::Value> {
                 .any(|l| l.contains("sip:") && l.contains("example.net")),
             "{file}: a SIP host outside loopback is left"
         );
-        docs.push(serde_yaml::from_str(&text).expect("example YAML"));
+        docs.push(serde_norway::from_str(&text).expect("example YAML"));
     }
     docs
 }
@@ -616,7 +565,7 @@ async fn setup(client: &Client, prefix: &str, extra: &[&str]) -> (TestNamespace,
         &[("pod-security.kubernetes.io/enforce", "restricted")],
     )
     .await;
-    let _ = tools();
+    let _ = helm();
     let release = Release::install(
         &format!("lifeline-{}", &ns.name[ns.name.len() - 8..]),
         &ns.name,
@@ -967,10 +916,12 @@ async fn removing_one_rule_shows_a_forbidden_error() {
 }
 
 /// Every metric name in the Grafana dashboard and in `docs/metrics.md` is one the
-/// operator exports, and every exported metric is documented.
+/// operator or sip-sync exports, and every exported metric is documented.
 #[test]
 fn dashboard_and_metrics_reference_match_the_registry() {
-    use lifeline::telemetry::{ControllerLabels, ErrorLabels, Metrics, ReasonLabels, StateLabels};
+    use lifeline::telemetry::{
+        ControllerLabels, ErrorLabels, Metrics, ReasonLabels, StateLabels, SyncMetrics,
+    };
     // Families appear in the output only once they have a child.
     let metrics = Metrics::new();
     let controller = "trunk";
@@ -989,8 +940,8 @@ fn dashboard_and_metrics_reference_match_the_registry() {
         .probes_failed
         .get_or_create(&ReasonLabels { reason: "timeout" })
         .inc();
-    metrics
-        .sync_failures
+    let sync = SyncMetrics::new();
+    sync.sync_failures
         .get_or_create(&ReasonLabels { reason: "rpc" })
         .inc();
     metrics
@@ -1007,7 +958,8 @@ fn dashboard_and_metrics_reference_match_the_registry() {
             result: "delivered",
         })
         .inc();
-    let text = metrics.encode();
+    // Each process has its own registry; both export `lifeline_build_info`.
+    let text = format!("{}{}", metrics.encode(), sync.encode());
     let mut exported = std::collections::BTreeSet::new();
     let mut documented_names = Vec::new();
     for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
@@ -1091,7 +1043,7 @@ async fn rendered_crds_pass_the_api_server() {
         .join(format!("chart-crds-{}.yaml", rand::random::<u32>()));
     let stream: String = crds
         .iter()
-        .map(|d| format!("---\n{}", serde_yaml::to_string(d).expect("YAML")))
+        .map(|d| format!("---\n{}", serde_norway::to_string(d).expect("YAML")))
         .collect();
     std::fs::write(&file, stream).expect("write CRDs");
     let out = run_ok(
@@ -1189,7 +1141,7 @@ async fn optional_objects_pass_the_api_server() {
     let chart = chart();
     let watch = format!("watchNamespace={}", ns.name);
     let rendered = run_ok(
-        &tools().helm,
+        &helm(),
         &[
             "template",
             "lifeline",

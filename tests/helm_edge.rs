@@ -6,9 +6,10 @@
 
 mod common;
 
+use common::tools::{helm, run, run_ok};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -34,45 +35,12 @@ fn chart() -> String {
         .into_owned()
 }
 
-/// helm from `scripts/tools.sh` (built once; a no-op when already there).
-fn helm() -> &'static Path {
-    static HELM: OnceLock<PathBuf> = OnceLock::new();
-    HELM.get_or_init(|| {
-        let out = Command::new(root().join("scripts/tools.sh"))
-            .output()
-            .expect("run scripts/tools.sh");
-        assert!(
-            out.status.success(),
-            "scripts/tools.sh failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        root().join("target/tools/bin/helm")
-    })
-}
-
 fn run_helm(args: &[&str]) -> Output {
-    Command::new(helm())
-        .args(args)
-        .env("KUBECONFIG", common::kubeconfig_path())
-        .env("HELM_CACHE_HOME", root().join("target/tools/helm/cache"))
-        .env("HELM_CONFIG_HOME", root().join("target/tools/helm/config"))
-        .env("HELM_DATA_HOME", root().join("target/tools/helm/data"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run helm")
+    run(&helm(), args)
 }
 
 fn helm_ok(args: &[&str]) -> String {
-    let out = run_helm(args);
-    assert!(
-        out.status.success(),
-        "helm {} failed:\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
+    run_ok(&helm(), args)
 }
 
 fn template(extra: &[&str]) -> Vec<Value> {
@@ -81,7 +49,7 @@ fn template(extra: &[&str]) -> Vec<Value> {
     args.extend_from_slice(extra);
     let yaml = helm_ok(&args);
     use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(&yaml)
+    serde_norway::Deserializer::from_str(&yaml)
         .map(|d| Value::deserialize(d).expect("valid YAML"))
         .filter(|v| !v.is_null())
         .collect()
@@ -270,7 +238,8 @@ fn service_account_kubeconfig(namespace: &str, sa: &str, dir: &Path) -> PathBuf 
     );
     let token = String::from_utf8(out.stdout).unwrap();
     let admin: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(common::kubeconfig_path()).unwrap()).unwrap();
+        serde_norway::from_str(&std::fs::read_to_string(common::kubeconfig_path()).unwrap())
+            .unwrap();
     let cluster = &admin["clusters"][0]["cluster"];
     let config = json!({
         "apiVersion": "v1", "kind": "Config",
@@ -281,7 +250,7 @@ fn service_account_kubeconfig(namespace: &str, sa: &str, dir: &Path) -> PathBuf 
         "current-context": sa,
     });
     let path = dir.join(format!("{sa}.kubeconfig"));
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    std::fs::write(&path, serde_norway::to_string(&config).unwrap()).unwrap();
     path
 }
 

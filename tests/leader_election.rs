@@ -4,70 +4,24 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::operator::Operator;
 use k8s_openapi::api::coordination::v1::Lease;
 
 const LEASE_SECONDS: u64 = 6;
 
-struct Operator {
-    child: Child,
-    metrics: String,
-    identity: String,
-}
-
-impl Operator {
-    fn start(ns: &str, identity: &str, port: u16) -> Self {
-        let root = env!("CARGO_MANIFEST_DIR");
-        let log = std::fs::File::create(format!("{root}/target/leader-{identity}.log"))
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_lifeline"))
-            .args([
-                "operator",
-                "--namespace",
-                ns,
-                "--leader-election-namespace",
-                ns,
-                "--identity",
-                identity,
-                "--lease-duration-seconds",
-                &LEASE_SECONDS.to_string(),
-                "--metrics-addr",
-                &format!("127.0.60.1:{port}"),
-            ])
-            .env("KUBECONFIG", common::kubeconfig_path())
-            .env("LIFELINE_PROBE_ALLOW", "127.0.0.0/8")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start lifeline operator");
-        Self {
-            child,
-            metrics: format!("http://127.0.60.1:{port}/metrics"),
-            identity: identity.into(),
-        }
-    }
-
-    async fn is_leader(&self) -> Option<bool> {
-        let text = reqwest::get(&self.metrics).await.ok()?.text().await.ok()?;
-        let line = text.lines().find(|l| l.starts_with("lifeline_leader "))?;
-        Some(line.trim_end().ends_with(" 1"))
-    }
-
-    fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status();
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// An operator replica `identity` with its own log and metrics on `127.0.60.1:port`.
+fn start_operator(ns: &str, identity: &str, port: u16) -> Operator {
+    let addr = format!("127.0.60.1:{port}");
+    let mut cmd = common::operator::command(ns, &addr);
+    cmd.args(["--leader-election-namespace", ns, "--identity", identity])
+        .args(["--lease-duration-seconds", &LEASE_SECONDS.to_string()]);
+    let log = format!(
+        "{}/target/leader-{identity}.log",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    Operator::spawn(identity, &mut cmd, &addr, Some(std::path::Path::new(&log)))
 }
 
 async fn holder(ns: &common::TestNamespace) -> Option<String> {
@@ -101,8 +55,8 @@ async fn one_leader_and_fast_takeover() {
     common::install_crds(&client).await;
     let ns = common::TestNamespace::create(client, "leader", &[]).await;
 
-    let a = Operator::start(&ns.name, "op-a", 19081);
-    let b = Operator::start(&ns.name, "op-b", 19082);
+    let a = start_operator(&ns.name, "op-a", 19081);
+    let b = start_operator(&ns.name, "op-b", 19082);
     // Both start at the same moment: at no sample may both lead.
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(3) {
@@ -114,7 +68,7 @@ async fn one_leader_and_fast_takeover() {
     let (leader, standby) = if first == 0 { (a, b) } else { (b, a) };
     assert_eq!(
         holder(&ns).await.as_deref(),
-        Some(leader.identity.as_str()),
+        Some(leader.name.as_str()),
         "the Lease names the leader"
     );
     // The standby stays a standby while the leader renews (over more than one lease period).
@@ -135,7 +89,7 @@ async fn one_leader_and_fast_takeover() {
     assert_eq!(leader.is_leader().await, Some(true));
 
     // SIGKILL: no release, the standby takes over once the lease expires.
-    leader.signal("KILL");
+    leader.process.signal("KILL");
     let killed = Instant::now();
     common::eventually(
         Duration::from_secs(LEASE_SECONDS * 3),
@@ -144,10 +98,7 @@ async fn one_leader_and_fast_takeover() {
     )
     .await;
     let takeover = killed.elapsed();
-    assert_eq!(
-        holder(&ns).await.as_deref(),
-        Some(standby.identity.as_str())
-    );
+    assert_eq!(holder(&ns).await.as_deref(), Some(standby.name.as_str()));
     eprintln!(
         "takeover after SIGKILL: {:.2} s (lease duration {LEASE_SECONDS} s)",
         takeover.as_secs_f64()
@@ -158,14 +109,14 @@ async fn one_leader_and_fast_takeover() {
     );
 
     // SIGTERM: a clean shutdown releases the Lease and a new replica takes over at once.
-    let c = Operator::start(&ns.name, "op-c", 19083);
+    let c = start_operator(&ns.name, "op-c", 19083);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         c.is_leader().await,
         Some(false),
         "a new replica waits while the Lease is held"
     );
-    standby.signal("TERM");
+    standby.process.signal("TERM");
     let stopped = Instant::now();
     common::eventually(
         Duration::from_secs(LEASE_SECONDS * 3),

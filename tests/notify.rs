@@ -12,7 +12,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,9 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
-use common::peers::{Peer, sipp_options};
+use common::Process;
+use common::operator::Operator;
+use common::sip::sipp_options;
 use common::{TestNamespace, eventually};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::PostParams;
@@ -52,14 +53,6 @@ async fn receiver(addr: SocketAddr, received: Received, stop: CancellationToken)
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await;
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Trunks `fixed-a` (region a) and `fixed-b` (region b) probed every second, a policy
@@ -223,9 +216,9 @@ async fn a_failover_gives_each_receiver_one_trigger_and_one_resolve() {
     common::install_crds(&client).await;
     let ns = TestNamespace::create(client.clone(), "notify", &[]).await;
     let (ip_a, ip_b) = ("127.0.31.1", "127.0.31.2");
-    let mut carrier_a = sipp_options(200, ip_a, 120);
-    let _carrier_b = sipp_options(200, ip_b, 120);
-    let port = free_port();
+    let mut carrier_a = sipp_options(200, ip_a, 5060, "u1");
+    let _carrier_b = sipp_options(200, ip_b, 5060, "u1");
+    let port = common::free_port("127.0.0.1");
     let received: Received = Arc::default();
     let stop = CancellationToken::new();
     let _stop_guard = stop.clone().drop_guard();
@@ -268,7 +261,7 @@ async fn a_failover_gives_each_receiver_one_trigger_and_one_resolve() {
     );
     assert_trigger_payloads(&received, &ns.name);
 
-    let _carrier_a = sipp_options(200, ip_a, 120);
+    let _carrier_a = sipp_options(200, ip_a, 5060, "u1");
     wait_region(&ns, "a", RegionState::Active, Duration::from_secs(30)).await;
     eventually(
         Duration::from_secs(15),
@@ -324,43 +317,11 @@ async fn a_failover_gives_each_receiver_one_trigger_and_one_resolve() {
     );
 }
 
-/// The operator binary, watching one namespace, killed on drop.
-struct Operator(Child);
-
-impl Operator {
-    fn start(ns: &str) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_lifeline"))
-            .args([
-                "operator",
-                "--no-leader-election",
-                "--namespace",
-                ns,
-                "--metrics-addr",
-                "127.0.0.1:0",
-                // Loopback is denied by default; the test's carriers live there.
-                "--probe-allow",
-                "127.0.31.0/24",
-            ])
-            .env("KUBECONFIG", common::kubeconfig_path())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the operator");
-        Self(child)
-    }
-
-    fn sigkill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.sigkill();
-    }
+/// The operator binary, watching one namespace, without leader election.
+fn start_operator(ns: &str) -> Operator {
+    let mut cmd = common::operator::command(ns, "127.0.0.1:0");
+    cmd.args(["--no-leader-election", "--probe-allow", "127.0.31.0/24"]);
+    Operator::spawn("operator", &mut cmd, "127.0.0.1:0", None)
 }
 
 #[tokio::test]
@@ -371,11 +332,11 @@ async fn a_receiver_down_30s_and_an_operator_sigkill_still_deliver_once() {
     common::install_crds(&client).await;
     let ns = TestNamespace::create(client.clone(), "notify-kill", &[]).await;
     let (ip_a, ip_b) = ("127.0.31.3", "127.0.31.4");
-    let mut carrier_a: Peer = sipp_options(200, ip_a, 180);
-    let _carrier_b = sipp_options(200, ip_b, 180);
+    let mut carrier_a: Process = sipp_options(200, ip_a, 5060, "u1");
+    let _carrier_b = sipp_options(200, ip_b, 5060, "u1");
     // The receiver's port is chosen now but nothing listens on it yet: "down".
-    let port = free_port();
-    let mut operator = Operator::start(&ns.name);
+    let port = common::free_port("127.0.0.1");
+    let mut operator = start_operator(&ns.name);
     setup(&ns, ip_a, ip_b, port).await;
     wait_region(&ns, "a", RegionState::Active, Duration::from_secs(30)).await;
 
@@ -394,13 +355,13 @@ async fn a_receiver_down_30s_and_an_operator_sigkill_still_deliver_once() {
         },
     )
     .await;
-    operator.sigkill();
+    operator.process.kill();
     eprintln!(
         "operator SIGKILLed {:?} after the carrier died",
         down_since.elapsed()
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let _operator = Operator::start(&ns.name);
+    let _operator = start_operator(&ns.name);
 
     let received: Received = Arc::default();
     let stop = CancellationToken::new();

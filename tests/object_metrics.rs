@@ -16,9 +16,10 @@ mod common;
 
 use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::operator::{Operator, sample};
+use common::sip::sipp_options;
 use common::{TestNamespace, eventually};
 use kube::api::PostParams;
 use lifeline::crd::{EndpointState, FallbackPolicy, Trunk, find_condition};
@@ -27,107 +28,23 @@ use serde_json::json;
 const ANSWERING: &str = "127.0.70.1";
 const SILENT: &str = "127.0.70.2";
 
-/// A child process in its own process group, killed (group and all) on drop.
-struct Process {
-    child: Child,
-    name: String,
-    log: Option<PathBuf>,
-}
-
-impl Process {
-    fn spawn(name: &str, cmd: &mut Command, log: Option<PathBuf>) -> Self {
-        use std::os::unix::process::CommandExt;
-        let (out, err) = match &log {
-            Some(path) => {
-                let file = std::fs::File::create(path).expect("create log");
-                (
-                    Stdio::from(file.try_clone().expect("log handle")),
-                    Stdio::from(file),
-                )
-            }
-            None => (Stdio::null(), Stdio::null()),
-        };
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name}: {e}"));
-        Self {
-            child,
-            name: name.to_string(),
-            log,
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if std::thread::panicking()
-            && let Some(log) = &self.log
-        {
-            eprintln!(
-                "--- {} log ---\n{}",
-                self.name,
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 /// `lifeline operator` confined to `namespace`, serving /metrics on a free port.
-fn operator(namespace: &str, name: &str, extra: &[&str]) -> (Process, String) {
-    let addr = format!("127.0.0.1:{}", free_port());
+fn operator(namespace: &str, name: &str, extra: &[&str]) -> (Operator, String) {
+    let addr = format!("127.0.0.1:{}", common::free_port("127.0.0.1"));
     let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{namespace}-{name}.log"));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lifeline"));
-    cmd.args([
-        "operator",
-        "--namespace",
-        namespace,
-        "--metrics-addr",
-        &addr,
-        "--leader-election-namespace",
-        namespace,
-        "--lease-name",
-        "lifeline-metrics-test",
-        "--lease-duration-seconds",
-        "15",
-    ])
-    .args(extra)
-    .env("KUBECONFIG", common::kubeconfig_path())
-    // Loopback is denied by default; the test's carriers live there.
-    .env("LIFELINE_PROBE_ALLOW", "127.0.0.0/8")
-    .env("POD_NAME", name)
-    .env("LIFELINE_LOG_FORMAT", "plain")
-    .env("RUST_LOG", "info")
-    .env("NO_COLOR", "1");
-    (Process::spawn(name, &mut cmd, Some(log)), addr)
+    let mut cmd = common::operator::command(namespace, &addr);
+    cmd.args(["--leader-election-namespace", namespace])
+        .args(["--lease-name", "lifeline-metrics-test"])
+        .args(["--lease-duration-seconds", "15"])
+        .args(extra)
+        .env("POD_NAME", name)
+        .env("LIFELINE_LOG_FORMAT", "plain");
+    (Operator::spawn(name, &mut cmd, &addr, Some(&log)), addr)
 }
 
 async fn scrape(addr: &str) -> Option<String> {
     let resp = reqwest::get(format!("http://{addr}/metrics")).await.ok()?;
     resp.text().await.ok()
-}
-
-/// The value of the sample `series` (name and labels exactly as exposed).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 fn trunk(name: &str, ip: &str, disabled: bool) -> Trunk {
@@ -156,25 +73,7 @@ async fn per_object_gauges_name_the_down_trunk() {
 
     // The carriers: one answers OPTIONS with 200, one swallows them (a socket that
     // never reads holds the port so nothing else answers there).
-    let scenario =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sip/uas_options_200.xml");
-    let mut sipp_cmd = Command::new("sipp");
-    sipp_cmd.args([
-        "-sf",
-        scenario.to_str().expect("utf-8"),
-        "-i",
-        ANSWERING,
-        "-p",
-        "5060",
-        "-t",
-        "u1",
-        "-nostdin",
-        "-m",
-        "500",
-        "-timeout",
-        "120s",
-    ]);
-    let _sipp = Process::spawn("sipp", &mut sipp_cmd, None);
+    let _sipp = sipp_options(200, ANSWERING, 5060, "u1");
     let _silent = UdpSocket::bind((SILENT, 5060)).expect("bind the silent carrier");
 
     let trunks = ns.api::<Trunk>();

@@ -11,44 +11,30 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestNamespace, eventually};
+use common::sip::sipp_options;
+use common::{Controller, Harness, eventually};
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, ResourceExt};
+use kube::ResourceExt;
+use kube::api::{Patch, PatchParams, PostParams};
 use lifeline::crd::{BotPool, FallbackPolicy, Trunk, find_condition};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 const CONTENT_HASH: &str = "lifeline.dev/content-hash";
 
 /// A namespace with the policy controller (and optionally the trunk controller).
-struct Harness {
-    ns: TestNamespace,
-    ctx: Arc<lifeline::controller::Context>,
-    stop: CancellationToken,
+async fn start(prefix: &str, with_trunk_controller: bool) -> Option<Harness> {
+    let controllers: &[Controller] = if with_trunk_controller {
+        &[Controller::Policy, Controller::Trunk]
+    } else {
+        &[Controller::Policy]
+    };
+    Harness::start(prefix, &[], controllers).await
 }
 
+/// What the tests here read and write through the harness.
 impl Harness {
-    async fn start(prefix: &str, with_trunk_controller: bool) -> Option<Self> {
-        let client: Client = common::client().await?;
-        common::install_crds(&client).await;
-        let ns = TestNamespace::create(client.clone(), prefix, &[]).await;
-        let metrics = Arc::new(lifeline::telemetry::Metrics::new());
-        let ctx = lifeline::controller::Context::new(client, metrics, Some(ns.name.clone()));
-        let stop = CancellationToken::new();
-        tokio::spawn(lifeline::controller::policy::run(ctx.clone(), stop.clone()));
-        if with_trunk_controller {
-            tokio::spawn(lifeline::controller::trunk::run(ctx.clone(), stop.clone()));
-        }
-        Some(Self { ns, ctx, stop })
-    }
-
     async fn create_trunk(&self, name: &str, region: &str, uri: &str, fast_probe: bool) {
         let mut spec = json!({ "region": region, "endpoints": [{ "uri": uri }] });
         if fast_probe {
@@ -145,23 +131,6 @@ impl Harness {
             .await
             .expect("get policy")
     }
-
-    async fn events(&self) -> Vec<(String, String)> {
-        let api: Api<Event> = self.ns.api();
-        let list = api.list(&ListParams::default()).await.expect("list events");
-        list.items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("main"))
-            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
-            .collect()
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        self.ctx.probes.shutdown();
-    }
 }
 
 /// The destinations of set `set` that carry calls (have a weight).
@@ -179,7 +148,7 @@ fn sha256_hex(text: &str) -> String {
 
 #[tokio::test]
 async fn trunk_health_flips_rewrite_the_routing_and_quiet_periods_write_nothing() {
-    let Some(h) = Harness::start("policy-flip", false).await else {
+    let Some(h) = start("policy-flip", false).await else {
         return;
     };
     h.create_trunk("fixed-cgn", "cologne", "sip:127.0.20.10:5060", false)
@@ -346,7 +315,7 @@ async fn trunk_health_flips_rewrite_the_routing_and_quiet_periods_write_nothing(
         Duration::from_secs(10),
         "Failover and FailOpen events",
         || async {
-            let ev = h.events().await;
+            let ev = h.events("main").await;
             (ev.iter().any(|e| e.0 == "Failover") && ev.iter().any(|e| e.0 == "FailOpen"))
                 .then_some(ev)
         },
@@ -368,7 +337,7 @@ async fn trunk_health_flips_rewrite_the_routing_and_quiet_periods_write_nothing(
         "Failback event and Active region",
         || async {
             let s = h.policy().await.status?;
-            let ev = h.events().await;
+            let ev = h.events("main").await;
             (s.regions[0].effective_weight == 100 && ev.iter().any(|e| e.0 == "Failback"))
                 .then_some(())
         },
@@ -377,54 +346,14 @@ async fn trunk_health_flips_rewrite_the_routing_and_quiet_periods_write_nothing(
     assert!(h.ctx.metrics.failovers.get() >= 1 && h.ctx.metrics.failbacks.get() >= 1);
 }
 
-/// sipp answering OPTIONS with 200 on `ip:5060`/udp; killed (with its group) on drop.
-struct Sipp(Child);
-
-impl Sipp {
-    fn start(ip: &str) -> Self {
-        use std::os::unix::process::CommandExt as _;
-        let scenario = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/sip/uas_options_200.xml");
-        let child = Command::new("/usr/bin/sipp")
-            .args([
-                "-sf",
-                &scenario.to_string_lossy(),
-                "-i",
-                ip,
-                "-p",
-                "5060",
-                "-t",
-                "u1",
-            ])
-            .args(["-nostdin", "-m", "1000", "-timeout", "120s"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("start /usr/bin/sipp");
-        std::thread::sleep(Duration::from_millis(300));
-        Self(child)
-    }
-}
-
-impl Drop for Sipp {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.0.id())])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn a_carrier_that_stops_answering_probes_moves_the_route() {
-    let Some(h) = Harness::start("policy-probe", true).await else {
+    let Some(h) = start("policy-probe", true).await else {
         return;
     };
-    let fixed = Sipp::start("127.0.20.50");
-    let _mobile = Sipp::start("127.0.20.51");
-    let _agents = Sipp::start("127.0.20.52");
+    let fixed = sipp_options(200, "127.0.20.50", 5060, "u1");
+    let _mobile = sipp_options(200, "127.0.20.51", 5060, "u1");
+    let _agents = sipp_options(200, "127.0.20.52", 5060, "u1");
     h.create_trunk("fixed-cgn", "cologne", "sip:127.0.20.50:5060", true)
         .await;
     h.create_trunk("mobile-cgn", "cologne", "sip:127.0.20.51:5060", true)
@@ -466,7 +395,7 @@ async fn a_carrier_that_stops_answering_probes_moves_the_route() {
     // The move from the fixed line to the mobile line is an Event naming the route,
     // both tiers and the trunk that caused it.
     let tier_event = eventually(Duration::from_secs(20), "a TierFallback event", || async {
-        h.events()
+        h.events("main")
             .await
             .into_iter()
             .find(|(reason, _)| reason == "TierFallback")

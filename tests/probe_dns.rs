@@ -12,17 +12,17 @@
 //! Run: `cargo test --test probe_dns` (needs dnsmasq and sipp; binds 127.0.71-73.x).
 
 mod common;
-mod probe_support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::free_port;
+use common::sip::{dnsmasq, sipp_options};
 use kube::api::PostParams;
 use lifeline::crd::{EndpointState, FallbackPolicy, Trunk};
 use lifeline::probe::policy::Rule;
 use lifeline::probe::{DnsConfig, EndpointHealth, ProbeConfig, ProbeHub, ProbeTarget};
 use lifeline::telemetry::Metrics;
-use probe_support::{dnsmasq, free_port, sipp};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -95,8 +95,8 @@ async fn naptr_srv_a_chain_probes_every_target_in_failover_order() {
             "--host-record=sbc-t.carrier.test,127.0.71.14".into(),
         ],
     );
-    let _a = sipp(200, "127.0.71.11", 5070, "u1");
-    let _b = sipp(503, "127.0.71.12", 5070, "u1");
+    let _a = sipp_options(200, "127.0.71.11", 5070, "u1");
+    let _b = sipp_options(503, "127.0.71.12", 5070, "u1");
     // sbc-c: bound, never answers (no ICMP either).
     let _c = std::net::UdpSocket::bind("127.0.71.13:5070").unwrap();
 
@@ -182,7 +182,7 @@ async fn outage_past_ttl_and_grace_makes_unknown_never_down() {
             "--host-record=sbc.grace.test,127.0.73.11".into(),
         ],
     );
-    let _sbc = sipp(200, "127.0.73.11", 5070, "u1");
+    let _sbc = sipp_options(200, "127.0.73.11", 5070, "u1");
     let grace = Duration::from_secs(4);
     let hub = ProbeHub::new(
         Arc::new(Metrics::new()),
@@ -249,8 +249,8 @@ async fn dns_outage_moves_nothing_and_changed_srv_target_is_followed() {
         "--host-record=sbc2.carrier.test,127.0.72.12".into(),
     ];
     let mut dns = dnsmasq(ip, port, ttl, &records_v1);
-    let _sbc1 = sipp(200, "127.0.72.11", 5070, "u1");
-    let _sbc2 = sipp(200, "127.0.72.12", 5070, "u1");
+    let _sbc1 = sipp_options(200, "127.0.72.11", 5070, "u1");
+    let _sbc2 = sipp_options(200, "127.0.72.12", 5070, "u1");
 
     let ctx = lifeline::controller::Context::with_probe_config(
         client.clone(),

@@ -14,17 +14,16 @@
 //! `--probe-allow`/`--probe-deny` flags. Run: `cargo test --test probe_policy`.
 
 mod common;
-mod probe_support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::sip::sipp_options;
 use kube::api::{DeleteParams, PostParams};
 use lifeline::crd::{EndpointState, TRUNK_FORBIDDEN, TRUNK_QUOTA_EXCEEDED, Trunk, find_condition};
 use lifeline::operator::ProbeArgs;
 use lifeline::probe::{ProbeHub, ProbeTarget};
 use lifeline::telemetry::Metrics;
-use probe_support::sipp;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -52,7 +51,7 @@ async fn denied_destination_is_refused_with_a_condition_and_gets_no_packet() {
     udp.set_nonblocking(true).unwrap();
     let tcp = std::net::TcpListener::bind("127.0.75.1:5061").unwrap();
     tcp.set_nonblocking(true).unwrap();
-    let _allowed_peer = sipp(200, "127.0.75.129", 5060, "u1");
+    let _allowed_peer = sipp_options(200, "127.0.75.129", 5060, "u1");
 
     // As `lifeline operator --probe-deny 127.0.75.0/25 --probe-allow 127.0.75.128/25`.
     let args = ProbeArgs {
@@ -157,7 +156,7 @@ async fn namespace_endpoint_quota_refuses_then_readmits() {
     };
     common::install_crds(&client).await;
     let ns = common::TestNamespace::create(client.clone(), "probe-quota", &[]).await;
-    let _peer = sipp(200, "127.0.75.140", 5060, "u1");
+    let _peer = sipp_options(200, "127.0.75.140", 5060, "u1");
     let args = ProbeArgs {
         allow: vec!["127.0.75.128/25".into()],
         max_endpoints_per_namespace: Some(2),
@@ -233,7 +232,7 @@ async fn namespace_endpoint_quota_refuses_then_readmits() {
 /// every second with a 500 ms timeout: the small tenant's probes never time out.
 #[tokio::test]
 async fn a_tenant_with_10k_endpoints_does_not_delay_another() {
-    let _peer = sipp(200, "127.0.76.1", 5060, "u1");
+    let _peer = sipp_options(200, "127.0.76.1", 5060, "u1");
     let _silent = std::net::UdpSocket::bind("127.0.76.200:5060").unwrap();
     let args = ProbeArgs {
         allow: vec!["127.0.76.0/24".into()],

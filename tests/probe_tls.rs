@@ -12,20 +12,21 @@
 //! Run: `cargo test --test probe_tls` (needs kamailio, kamailio-tls-modules, openssl).
 
 mod common;
-mod probe_support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::kamailio::Kamailio;
+use common::sip::fixtures;
+use common::{TempDir, wait_bound};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::PostParams;
 use lifeline::crd::{EndpointState, Trunk};
 use lifeline::probe::policy::Rule;
 use lifeline::probe::{EndpointHealth, ProbeConfig, ProbeHub, ProbeTarget, TlsSettings};
 use lifeline::telemetry::Metrics;
-use probe_support::{Peer, fixtures, wait_bound};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -47,15 +48,6 @@ impl Ips {
             expired: format!("{net}.2"),
             wrong: format!("{net}.3"),
         }
-    }
-}
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -149,7 +141,7 @@ fn make_certs(dir: &Path, ips: &Ips) {
 }
 
 /// Kamailio serving each certificate on its own TLS socket.
-fn kamailio_tls(dir: &Path, ips: &Ips) -> Peer {
+fn kamailio_tls(dir: &Path, ips: &Ips) -> Kamailio {
     let d = dir.display();
     let mut tls_cfg = String::new();
     for (ip, name) in [
@@ -169,14 +161,8 @@ fn kamailio_tls(dir: &Path, ips: &Ips) -> Peer {
     let mut args: Vec<String> = vec![
         "-f".into(),
         cfg.display().to_string(),
-        "-DD".into(),
-        "-E".into(),
         "-n".into(),
         "1".into(),
-        "-Y".into(),
-        d.to_string(),
-        "-w".into(),
-        d.to_string(),
         "-A".into(),
         format!("TLS_CFG=\"{d}/tls.cfg\""),
     ];
@@ -184,14 +170,14 @@ fn kamailio_tls(dir: &Path, ips: &Ips) -> Peer {
         args.push("-l".into());
         args.push(format!("tls:{ip}:5061"));
     }
-    let mut p = Peer::spawn("kamailio", Command::new("/usr/sbin/kamailio").args(&args));
+    let mut kamailio = Kamailio::launch(&args, String::new(), dir);
     for ip in [&ips.good, &ips.expired, &ips.wrong] {
-        wait_bound(ip, 5061, false, &mut p);
+        wait_bound(ip, 5061, false, kamailio.process());
     }
-    p
+    kamailio
 }
 
-fn setup(tag: &str, ips: &Ips) -> (TempDir, Peer, Arc<str>) {
+fn setup(tag: &str, ips: &Ips) -> (TempDir, Kamailio, Arc<str>) {
     let dir = std::env::temp_dir().join(format!("lifeline-probe-tls-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

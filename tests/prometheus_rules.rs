@@ -17,65 +17,18 @@
 
 mod common;
 
+use common::tools::{helm, run_in as run, run_ok_in as run_ok};
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::Command;
 
-use serde_yaml::Value;
+use serde_norway::Value;
 
 const PROMTOOL: &str = "promtool";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Build helm once per test binary (a no-op when already built).
-fn helm() -> &'static Path {
-    static HELM: OnceLock<PathBuf> = OnceLock::new();
-    HELM.get_or_init(|| {
-        let out = Command::new(root().join("scripts/tools.sh"))
-            .output()
-            .expect("run scripts/tools.sh");
-        assert!(
-            out.status.success(),
-            "scripts/tools.sh failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        root().join("target/tools/bin/helm")
-    })
-}
-
-fn run(program: &Path, args: &[&str], dir: Option<&Path>) -> Output {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env("HELM_CACHE_HOME", root().join("target/tools/helm/cache"))
-        .env("HELM_CONFIG_HOME", root().join("target/tools/helm/config"))
-        .env("HELM_DATA_HOME", root().join("target/tools/helm/data"))
-        .stdin(Stdio::null());
-    if let Some(dir) = dir {
-        cmd.current_dir(dir);
-    }
-    cmd.output().unwrap_or_else(|e| {
-        panic!(
-            "run {} (`make deps` installs promtool, `make tools` helm): {e}",
-            program.display()
-        )
-    })
-}
-
-fn run_ok(program: &Path, args: &[&str], dir: Option<&Path>) -> String {
-    let out = run(program, args, dir);
-    assert!(
-        out.status.success(),
-        "{} {} failed:\n{}{}",
-        program.display(),
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
 /// `helm template` of the chart with `--set` values; the documents, without empty ones.
@@ -92,8 +45,8 @@ fn render(set: &[&str]) -> Vec<Value> {
     for s in set {
         args.extend(["--set", s]);
     }
-    let yaml = run_ok(helm(), &args, None);
-    serde_yaml::Deserializer::from_str(&yaml)
+    let yaml = run_ok(&helm(), &args, None);
+    serde_norway::Deserializer::from_str(&yaml)
         .map(|d| Value::deserialize(d).expect("valid YAML"))
         .filter(|v| !v.is_null())
         .collect()
@@ -128,7 +81,7 @@ fn alert_names(rules: &[Value]) -> BTreeSet<String> {
 /// Alerts that some `alert_rule_test` in `file` expects to fire.
 fn alerts_fired_in(file: &Path) -> BTreeSet<String> {
     let text = std::fs::read_to_string(file).expect("read promtool test file");
-    let doc: Value = serde_yaml::from_str(&text).expect("test file is YAML");
+    let doc: Value = serde_norway::from_str(&text).expect("test file is YAML");
     let mut fired = BTreeSet::new();
     for test in doc["tests"].as_sequence().expect("tests") {
         for case in test["alert_rule_test"].as_sequence().unwrap_or(&Vec::new()) {
@@ -154,7 +107,7 @@ fn check_with_promtool(variant: &str, set: &[&str], test_files: &[&str]) {
     std::fs::create_dir_all(&dir).expect("create work dir");
     std::fs::write(
         dir.join("rules.yaml"),
-        serde_yaml::to_string(&rule["spec"]).expect("rules as YAML"),
+        serde_norway::to_string(&rule["spec"]).expect("rules as YAML"),
     )
     .expect("write rules.yaml");
     let mut fired = BTreeSet::new();
@@ -260,7 +213,7 @@ fn alerts_pass_promtool_with_aggregate_gauges_only() {
     let docs = render(&[]);
     let deployment = one_of_kind(&docs, "Deployment").expect("Deployment");
     let args =
-        serde_yaml::to_string(&deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+        serde_norway::to_string(&deployment["spec"]["template"]["spec"]["containers"][0]["args"])
             .unwrap();
     assert!(
         !args.contains("--no-object-metrics"),
@@ -329,7 +282,7 @@ fn values_shape_the_alerts() {
     // A misspelt alert name is refused by the schema, with the field named.
     let chart = root().join("charts/lifeline");
     let out = run(
-        helm(),
+        &helm(),
         &[
             "template",
             "lifeline",
@@ -440,7 +393,7 @@ fn helm_lint_with_monitoring_enabled() {
         "prometheusRule.enabled=true,objectMetrics.enabled=false",
     ] {
         let out = run_ok(
-            helm(),
+            &helm(),
             &[
                 "lint",
                 "--strict",
@@ -471,7 +424,7 @@ async fn dashboard_configmap_passes_the_api_server() {
     let ns = common::TestNamespace::create(client, "dashboard-dryrun", &[]).await;
     let chart = root().join("charts/lifeline");
     let rendered = run_ok(
-        helm(),
+        &helm(),
         &[
             "template",
             "lifeline",
@@ -556,7 +509,7 @@ fn documented_and_dashboard_queries_parse() {
     std::fs::create_dir_all(&dir).expect("create work dir");
     std::fs::write(
         dir.join("queries.yaml"),
-        serde_yaml::to_string(&file).expect("YAML"),
+        serde_norway::to_string(&file).expect("YAML"),
     )
     .expect("write queries.yaml");
     let out = run(

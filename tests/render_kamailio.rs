@@ -8,12 +8,14 @@
 //!
 //! Addresses: Kamailio on 127.0.20.1 (SIP 5060/udp, JSON-RPC 5071/tcp).
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::kamailio::Kamailio;
 use jiff::Timestamp;
 use lifeline::crd::{EndpointState, FallbackPolicySpec};
 use lifeline::plan::fixtures::*;
@@ -116,13 +118,10 @@ fn scenarios() -> Vec<(&'static str, Plan)> {
     ]
 }
 
-/// A Kamailio started from the fixture config; the process group dies on drop.
-struct Kamailio {
-    child: Child,
-    log: PathBuf,
-}
+/// Kamailio with the fixture config (`tests/fixtures/kamailio-render/kamailio.cfg`).
+struct RenderKamailio;
 
-impl Kamailio {
+impl RenderKamailio {
     fn args(list: &Path) -> Vec<String> {
         vec![
             "-f".into(),
@@ -139,6 +138,7 @@ impl Kamailio {
         ]
     }
 
+    /// `kamailio -c`: does the configuration, with this list, check?
     fn check(list: &Path) -> Result<(), String> {
         let out = Command::new("/usr/sbin/kamailio")
             .arg("-c")
@@ -152,43 +152,10 @@ impl Kamailio {
         }
     }
 
-    fn start(list: &Path, dir: &Path) -> Self {
-        let run = dir.join("run");
-        std::fs::create_dir_all(&run).unwrap();
-        let log = dir.join("kamailio.log");
-        let child = Command::new("/usr/sbin/kamailio")
-            .args(["-DD", "-E", "-m", "32", "-M", "4"])
-            .args(Self::args(list))
-            .args(["-Y", &run.to_string_lossy(), "-w", &dir.to_string_lossy()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .process_group(0)
-            .spawn()
-            .expect("start /usr/sbin/kamailio");
-        Self { child, log }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for Kamailio {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.child.wait();
+    fn start(list: &Path, dir: &Path) -> Kamailio {
+        let mut args = Self::args(list);
+        args.extend(["-m", "32", "-M", "4"].map(String::from));
+        Kamailio::launch(&args, format!("http://{IP}:5071/RPC"), dir)
     }
 }
 
@@ -285,10 +252,10 @@ async fn every_rendered_scenario_is_loaded_by_kamailio() {
     // Start on the first scenario, then reload each one into the same process.
     std::fs::write(
         &list,
-        lifeline::render::dispatcher::render("calls/main", &scenarios[0].1),
+        lifeline::routing::dispatcher::render("calls/main", &scenarios[0].1),
     )
     .unwrap();
-    let kamailio = Kamailio::start(&list, &dir);
+    let kamailio = RenderKamailio::start(&list, &dir);
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(15);
     while rpc(&http, "core.version").await.is_err() {
@@ -301,10 +268,10 @@ async fn every_rendered_scenario_is_loaded_by_kamailio() {
     }
 
     for (name, plan) in &scenarios {
-        let text = lifeline::render::dispatcher::render("calls/main", plan);
+        let text = lifeline::routing::dispatcher::render("calls/main", plan);
         golden(name, &text);
         std::fs::write(&list, &text).unwrap();
-        if let Err(e) = Kamailio::check(&list) {
+        if let Err(e) = RenderKamailio::check(&list) {
             panic!("kamailio -c rejects scenario {name}:\n{text}\n{e}");
         }
         rpc(&http, "dispatcher.reload")
@@ -339,7 +306,7 @@ async fn every_rendered_scenario_is_loaded_by_kamailio() {
     let outage = &scenarios[1].1;
     std::fs::write(
         &list,
-        lifeline::render::dispatcher::render("calls/main", outage),
+        lifeline::routing::dispatcher::render("calls/main", outage),
     )
     .unwrap();
     rpc(&http, "dispatcher.reload").await.unwrap();
@@ -353,7 +320,7 @@ async fn every_rendered_scenario_is_loaded_by_kamailio() {
         carrying,
         vec![("sip:127.0.20.11:5060", 60), ("sip:127.0.20.21:5060", 40)]
     );
-    let text = lifeline::render::dispatcher::render("calls/main", outage);
+    let text = lifeline::routing::dispatcher::render("calls/main", outage);
     assert!(
         text.contains(
             "# set 1 excluded sip:127.0.20.10:5060 (tier fixed): trunk 'fixed-cgn' endpoint Down"
@@ -368,15 +335,15 @@ async fn every_rendered_scenario_is_loaded_by_kamailio() {
 #[test]
 fn the_same_plan_renders_byte_identical_text() {
     for (name, plan) in scenarios() {
-        let a = lifeline::render::dispatcher::render("calls/main", &plan);
-        let b = lifeline::render::dispatcher::render("calls/main", &plan.clone());
+        let a = lifeline::routing::dispatcher::render("calls/main", &plan);
+        let b = lifeline::routing::dispatcher::render("calls/main", &plan.clone());
         assert_eq!(a, b, "{name}");
-        let ja = lifeline::render::json::render("calls/main", &plan);
+        let ja = lifeline::routing::json::render("calls/main", &plan);
         let v: serde_json::Value = serde_json::from_str(&ja).unwrap();
         assert_eq!(v["routes"].as_array().unwrap().len(), plan.routes.len());
         assert_eq!(
             ja,
-            lifeline::render::json::render("calls/main", &plan.clone())
+            lifeline::routing::json::render("calls/main", &plan.clone())
         );
     }
 }

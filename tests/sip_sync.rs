@@ -4,29 +4,26 @@
 //! Each test: its own namespace, its own Kamailio address, sip-sync in-process.
 
 mod common;
-#[path = "fixtures/sync/kamailio.rs"]
-mod kamailio;
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use lifeline::sync::dispatcher::{self, DispatcherList};
-use lifeline::sync::file::content_hash;
-use lifeline::sync::kamailio::KamailioRpc;
-use lifeline::sync::{
-    APPLIED_HASH_ANNOTATION, CONTENT_HASH_ANNOTATION, SYNC_ERROR_ANNOTATION, SyncArgs,
+use lifeline::routing::dispatcher::{self, DispatcherList};
+use lifeline::routing::{
+    APPLIED_HASH_ANNOTATION, CONTENT_HASH_ANNOTATION, SYNC_ERROR_ANNOTATION, content_hash,
 };
-use lifeline::telemetry::Metrics;
+use lifeline::sync::kamailio::KamailioRpc;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
-use kamailio::{Kamailio, TempDir};
+use common::TempDir;
+use common::kamailio::Kamailio;
+use common::sip::{sipp_calls_succeed, sipp_uas};
+use common::sync::{ROUTING_CONFIGMAP, SipSync};
 
-const CONFIGMAP: &str = "sip-routing";
+const CONFIGMAP: &str = ROUTING_CONFIGMAP;
 const WAIT: Duration = Duration::from_secs(20);
 
 fn fixture(name: &str) -> String {
@@ -66,64 +63,6 @@ async fn loaded(rpc: &KamailioRpc) -> Option<DispatcherList> {
     rpc.list_dispatcher().await.ok()
 }
 
-/// sip-sync running in this process; cancelled on drop.
-struct SipSync {
-    token: CancellationToken,
-    metrics: Arc<Metrics>,
-}
-
-impl SipSync {
-    fn spawn(client: kube::Client, namespace: &str, file: PathBuf, rpc_url: &str) -> Self {
-        Self::spawn_with_probes(client, namespace, file, rpc_url, None)
-    }
-
-    fn spawn_with_probes(
-        client: kube::Client,
-        namespace: &str,
-        file: PathBuf,
-        rpc_url: &str,
-        metrics_addr: Option<std::net::SocketAddr>,
-    ) -> Self {
-        let token = CancellationToken::new();
-        let metrics = Arc::new(Metrics::new());
-        let args = SyncArgs {
-            namespace: namespace.to_string(),
-            configmap: CONFIGMAP.to_string(),
-            key: "dispatcher.list".to_string(),
-            file,
-            rpc_url: rpc_url.to_string(),
-            rpc_timeout_ms: 1000,
-            max_backoff_ms: 1000,
-            metrics_addr,
-            watch_list: false,
-            report: Default::default(),
-        };
-        tokio::spawn(lifeline::sync::run_with_client(
-            client,
-            args,
-            metrics.clone(),
-            token.clone(),
-        ));
-        Self { token, metrics }
-    }
-
-    fn metric(&self, line_prefix: &str) -> f64 {
-        self.metrics
-            .encode()
-            .lines()
-            .find(|l| l.starts_with(line_prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    }
-}
-
-impl Drop for SipSync {
-    fn drop(&mut self) {
-        self.token.cancel();
-    }
-}
-
 async fn probe(addr: &str, path: &str) -> u16 {
     reqwest::get(format!("http://{addr}{path}"))
         .await
@@ -159,7 +98,7 @@ async fn configmap_changes_reach_kamailio_and_are_confirmed() {
     let file = dir.0.join("dispatcher.list");
     // Kamailio starts with a routing that lifeline knows nothing about.
     std::fs::write(&file, "9 sip:127.0.30.199:5080\n").unwrap();
-    let mut kamailio = Kamailio::start("127.0.30.1", &file, &dir.0);
+    let mut kamailio = Kamailio::edge("127.0.30.1", &file, &dir.0);
     kamailio.wait_ready(WAIT).await;
     let rpc = KamailioRpc::new(&kamailio.rpc_url, Duration::from_secs(1)).unwrap();
     let sync = SipSync::spawn(client, &ns.name, file.clone(), &kamailio.rpc_url);
@@ -199,7 +138,7 @@ async fn invalid_or_empty_lists_are_rejected_and_the_old_routing_stays() {
     let file = dir.0.join("dispatcher.list");
     let a = fixture("routing-a.list");
     std::fs::write(&file, "9 sip:127.0.30.199:5080\n").unwrap();
-    let mut kamailio = Kamailio::start("127.0.30.2", &file, &dir.0);
+    let mut kamailio = Kamailio::edge("127.0.30.2", &file, &dir.0);
     kamailio.wait_ready(WAIT).await;
     let rpc = KamailioRpc::new(&kamailio.rpc_url, Duration::from_secs(1)).unwrap();
     let sync = SipSync::spawn(client, &ns.name, file.clone(), &kamailio.rpc_url);
@@ -211,7 +150,7 @@ async fn invalid_or_empty_lists_are_rejected_and_the_old_routing_stays() {
         let error = common::eventually(WAIT, &format!("sync-error for {name}"), || async {
             annotation(&api, SYNC_ERROR_ANNOTATION)
                 .await
-                .filter(|e| e.contains(&content_hash(&fixture(name))[..12]))
+                .filter(|e| e.contains(&content_hash(fixture(name))[..12]))
         })
         .await;
         assert!(error.contains("rejected"), "{error}");
@@ -277,7 +216,7 @@ async fn sip_sync_retries_until_kamailio_starts() {
     assert_eq!(probe(probes, "/startupz").await, 200);
     assert_eq!(probe(probes, "/readyz").await, 503);
 
-    let mut kamailio = Kamailio::start("127.0.30.3", &file, &dir.0);
+    let mut kamailio = Kamailio::edge("127.0.30.3", &file, &dir.0);
     kamailio.wait_ready(WAIT).await;
     let rpc = KamailioRpc::new(rpc_url, Duration::from_secs(1)).unwrap();
     assert_applied(&api, &rpc, &a, "routing A after Kamailio started").await;
@@ -315,7 +254,7 @@ async fn calls_follow_the_applied_routing_and_fail_over() {
     let file = dir.0.join("dispatcher.list");
     std::fs::write(&file, "9 sip:127.0.30.199:5080\n").unwrap();
     // The caller (.42) is not in the routing list: declare it, as a deployment would.
-    let mut kamailio = Kamailio::start_with(
+    let mut kamailio = Kamailio::edge_with(
         "127.0.30.4",
         &file,
         &dir.0,
@@ -324,7 +263,7 @@ async fn calls_follow_the_applied_routing_and_fail_over() {
     kamailio.wait_ready(WAIT).await;
     let rpc = KamailioRpc::new(&kamailio.rpc_url, Duration::from_secs(1)).unwrap();
     let _sync = SipSync::spawn(client, &ns.name, file.clone(), &kamailio.rpc_url);
-    let _bots = kamailio::Sipp::uas("127.0.30.41", 5080);
+    let _bots = sipp_uas("127.0.30.41", 5080, None);
 
     // Set 1 prefers a carrier that is down (nothing listens on .40), then the bots.
     let routing = "# inbound: dead carrier first, bots second\n\
@@ -334,7 +273,7 @@ async fn calls_follow_the_applied_routing_and_fail_over() {
     assert_applied(&api, &rpc, routing, "routing with a dead first destination").await;
 
     let ok = tokio::task::spawn_blocking(|| {
-        kamailio::Sipp::calls_succeed("127.0.30.42", 5070, "127.0.30.4:5060", "inbound", 2)
+        sipp_calls_succeed("127.0.30.42", 5070, "127.0.30.4:5060", "inbound", 2)
     })
     .await
     .unwrap();
@@ -363,7 +302,7 @@ async fn a_restarted_sip_sync_does_not_reload_what_kamailio_already_runs() {
     let dir = TempDir::new("lifeline-sipsync-restart");
     let file = dir.0.join("dispatcher.list");
     std::fs::write(&file, "9 sip:127.0.30.199:5080\n").unwrap();
-    let mut kamailio = Kamailio::start("127.0.30.5", &file, &dir.0);
+    let mut kamailio = Kamailio::edge("127.0.30.5", &file, &dir.0);
     kamailio.wait_ready(WAIT).await;
     let rpc = KamailioRpc::new(&kamailio.rpc_url, Duration::from_secs(1)).unwrap();
     let first = SipSync::spawn(client.clone(), &ns.name, file.clone(), &kamailio.rpc_url);
@@ -476,7 +415,7 @@ async fn a_silently_dropped_destination_gets_bounded_reloads_and_a_clear_signal(
     let dir = TempDir::new("lifeline-sipsync-dropped");
     let file = dir.0.join("dispatcher.list");
     std::fs::write(&file, "9 sip:127.0.30.199:5080\n").unwrap();
-    let mut kamailio = Kamailio::start("127.0.30.9", &file, &dir.0);
+    let mut kamailio = Kamailio::edge("127.0.30.9", &file, &dir.0);
     kamailio.wait_ready(WAIT).await;
     let sync = SipSync::spawn(client, &ns.name, file.clone(), &kamailio.rpc_url);
     let dropped = format!(
@@ -527,7 +466,7 @@ async fn down_marks_survive_our_reloads_unless_the_destination_changed() {
     let dir = TempDir::new("lifeline-sipsync-marks");
     let file = dir.0.join("dispatcher.list");
     std::fs::write(&file, "9 sip:127.0.30.199:5080\n").unwrap();
-    let mut kamailio = Kamailio::start("127.0.30.10", &file, &dir.0);
+    let mut kamailio = Kamailio::edge("127.0.30.10", &file, &dir.0);
     kamailio.wait_ready(WAIT).await;
     let rpc = KamailioRpc::new(&kamailio.rpc_url, Duration::from_secs(1)).unwrap();
     let _sync = SipSync::spawn(client, &ns.name, file.clone(), &kamailio.rpc_url);

@@ -8,19 +8,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::events::v1::Event;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use lifeline::crd::{EndpointState, Trunk, TrunkStatus, find_condition};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
-use common::{TestNamespace, eventually};
+use common::kamailio::Kamailio;
+use common::sip::sipp_options;
+use common::{Controller, Harness, TempDir, eventually};
 
 const PERIOD_S: u64 = 1;
 const TIMEOUT_MS: u64 = 500;
@@ -31,131 +27,13 @@ fn deadline() -> Duration {
     Duration::from_millis(PERIOD_S * 1000 * THRESHOLD + TIMEOUT_MS + 1000)
 }
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+/// A namespace with the Trunk controller watching it.
+async fn start(prefix: &str) -> Option<Harness> {
+    Harness::start(prefix, &[], &[Controller::Trunk]).await
 }
 
-/// A child process in its own process group, killed (group and all) on drop.
-struct Peer {
-    child: Child,
-    name: &'static str,
-}
-
-impl Peer {
-    fn spawn(name: &'static str, cmd: &mut Command) -> Self {
-        use std::os::unix::process::CommandExt;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name}: {e}"));
-        Self { child, name }
-    }
-
-    fn kill(&mut self) {
-        // Kamailio forks workers: signal the whole group, not just the parent.
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Fail fast (instead of timing out later) when the peer died at start-up.
-    fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("{} exited at start-up: {status}", self.name);
-        }
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// sipp answering every OPTIONS with `code` (200 or 503) on `ip:5060` over UDP.
-fn sipp(code: u16, ip: &str, transport: &str) -> Peer {
-    let scenario = fixtures().join(format!("sip/uas_options_{code}.xml"));
-    let mut p = Peer::spawn(
-        "sipp",
-        Command::new("sipp").args([
-            "-sf",
-            scenario.to_str().unwrap(),
-            "-i",
-            ip,
-            "-p",
-            "5060",
-            "-t",
-            transport,
-            "-nostdin",
-            "-m",
-            "500",
-            "-timeout",
-            "120s",
-        ]),
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    p.assert_running();
-    p
-}
-
-/// Kamailio answering OPTIONS with 200 on `ip:5060`, UDP and TCP.
-fn kamailio(ip: &str, rundir: &Path) -> Peer {
-    std::fs::create_dir_all(rundir).unwrap();
-    let cfg = fixtures().join("kamailio/options_200.cfg");
-    let dir = rundir.to_str().unwrap();
-    let mut p = Peer::spawn(
-        "kamailio",
-        Command::new("/usr/sbin/kamailio").args([
-            "-f",
-            cfg.to_str().unwrap(),
-            "-DD",
-            "-E",
-            "-n",
-            "1",
-            "-Y",
-            dir,
-            "-w",
-            dir,
-            "-l",
-            &format!("udp:{ip}:5060"),
-            "-l",
-            &format!("tcp:{ip}:5060"),
-        ]),
-    );
-    std::thread::sleep(Duration::from_millis(800));
-    p.assert_running();
-    p
-}
-
-/// A cluster, a namespace and a Trunk controller watching it.
-struct Harness {
-    ns: TestNamespace,
-    ctx: Arc<lifeline::controller::Context>,
-    stop: CancellationToken,
-}
-
+/// What the tests here read and write through the harness.
 impl Harness {
-    async fn start(prefix: &str) -> Option<Self> {
-        lifeline::telemetry::init_logging(lifeline::telemetry::LogFormat::Plain);
-        let client: Client = common::client().await?;
-        common::install_crds(&client).await;
-        let ns = TestNamespace::create(client.clone(), prefix, &[]).await;
-        let metrics = Arc::new(lifeline::telemetry::Metrics::new());
-        let ctx = lifeline::controller::Context::new(client, metrics, Some(ns.name.clone()));
-        let stop = CancellationToken::new();
-        tokio::spawn(lifeline::controller::trunk::run(ctx.clone(), stop.clone()));
-        Some(Self { ns, ctx, stop })
-    }
-
     async fn create_trunk(&self, name: &str, uris: &[&str]) -> Instant {
         let trunk: Trunk = serde_json::from_value(json!({
             "apiVersion": "lifeline.dev/v1alpha1",
@@ -199,23 +77,6 @@ impl Harness {
         )
         .await
     }
-
-    async fn events(&self, name: &str) -> Vec<(String, String)> {
-        let api: Api<Event> = self.ns.api();
-        let list = api.list(&ListParams::default()).await.expect("list events");
-        list.items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
-            .collect()
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        self.ctx.probes.shutdown();
-    }
 }
 
 fn healthy(status: &TrunkStatus) -> (String, String) {
@@ -225,10 +86,10 @@ fn healthy(status: &TrunkStatus) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sipp_answering_200_is_up_then_down_when_it_dies() {
-    let Some(h) = Harness::start("trk-sipp200").await else {
+    let Some(h) = start("trk-sipp200").await else {
         return;
     };
-    let mut peer = sipp(200, "127.0.10.1", "u1");
+    let mut peer = sipp_options(200, "127.0.10.1", 5060, "u1");
     let uri = "sip:127.0.10.1:5060";
     let created = h.create_trunk("carrier-a", &[uri]).await;
     let status = h.wait_for("carrier-a", EndpointState::Up, deadline()).await;
@@ -280,10 +141,10 @@ async fn sipp_answering_200_is_up_then_down_when_it_dies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sipp_answering_503_is_down() {
-    let Some(h) = Harness::start("trk-sipp503").await else {
+    let Some(h) = start("trk-sipp503").await else {
         return;
     };
-    let _peer = sipp(503, "127.0.10.2", "u1");
+    let _peer = sipp_options(503, "127.0.10.2", 5060, "u1");
     let created = h.create_trunk("carrier-b", &["sip:127.0.10.2:5060"]).await;
     let status = h
         .wait_for("carrier-b", EndpointState::Down, deadline())
@@ -300,7 +161,7 @@ async fn sipp_answering_503_is_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_udp_and_closed_tcp_are_down() {
-    let Some(h) = Harness::start("trk-silent").await else {
+    let Some(h) = start("trk-silent").await else {
         return;
     };
     // Bound but never read: datagrams vanish, no ICMP comes back.
@@ -349,11 +210,11 @@ async fn silent_udp_and_closed_tcp_are_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kamailio_answering_options_is_up_over_udp_and_tcp() {
-    let Some(h) = Harness::start("trk-kamailio").await else {
+    let Some(h) = start("trk-kamailio").await else {
         return;
     };
-    let rundir = std::env::temp_dir().join(format!("lifeline-trunk-kam-{}", std::process::id()));
-    let _kam = kamailio("127.0.10.5", &rundir);
+    let rundir = TempDir::new("lifeline-trunk-kam");
+    let _kam = Kamailio::options_responder("127.0.10.5", rundir.path());
     let created = h
         .create_trunk(
             "carrier-d",
@@ -369,15 +230,14 @@ async fn kamailio_answering_options_is_up_over_udp_and_tcp() {
             .iter()
             .all(|e| e.last_status_code == Some(200))
     );
-    let _ = std::fs::remove_dir_all(&rundir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_and_deleted_trunks_stop_probing() {
-    let Some(h) = Harness::start("trk-lifecycle").await else {
+    let Some(h) = start("trk-lifecycle").await else {
         return;
     };
-    let _peer = sipp(200, "127.0.10.6", "t1");
+    let _peer = sipp_options(200, "127.0.10.6", 5060, "t1");
     let uri = "sip:127.0.10.6:5060;transport=tcp";
     h.create_trunk("carrier-e", &[uri]).await;
     h.wait_for("carrier-e", EndpointState::Up, deadline()).await;

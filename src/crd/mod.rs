@@ -63,11 +63,11 @@ pub fn all_crds() -> Vec<CustomResourceDefinition> {
 
 /// The CRDs as one multi-document YAML stream, exactly as `lifeline crds` prints them
 /// and as they are committed under `crds/`.
-pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
+pub fn crds_yaml() -> Result<String, serde_norway::Error> {
     let mut out = String::new();
     for crd in all_crds() {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd)?);
+        out.push_str(&serde_norway::to_string(&crd)?);
     }
     Ok(out)
 }

@@ -82,7 +82,7 @@ impl Object {
 
 fn yaml_docs(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::Deserializer::from_str(&text)
+    serde_norway::Deserializer::from_str(&text)
         .map(|d| {
             let v: Value = serde::Deserialize::deserialize(d)
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));

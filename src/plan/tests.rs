@@ -554,10 +554,10 @@ proptest! {
         let a = plan(&spec, &wb.observed(), Some(&p0), t(10));
         let b = plan(&spec, &wb.observed(), Some(&p0.clone()), t(10));
         prop_assert_eq!(&a, &b);
-        let text_a = crate::render::dispatcher::render("ns/p", &a.0);
-        let text_b = crate::render::dispatcher::render("ns/p", &b.0);
+        let text_a = crate::routing::dispatcher::render("ns/p", &a.0);
+        let text_b = crate::routing::dispatcher::render("ns/p", &b.0);
         prop_assert_eq!(text_a, text_b);
-        prop_assert_eq!(crate::render::json::render("ns/p", &a.0), crate::render::json::render("ns/p", &b.0));
+        prop_assert_eq!(crate::routing::json::render("ns/p", &a.0), crate::routing::json::render("ns/p", &b.0));
     }
 }
 

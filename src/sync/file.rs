@@ -8,18 +8,12 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest as _, Sha256};
+use crate::routing::content_hash;
 
-/// Lowercase hex SHA-256 of `text`: the same hash the operator writes to the
-/// `lifeline.dev/content-hash` annotation.
-pub fn content_hash(text: &str) -> String {
-    hex::encode(Sha256::digest(text.as_bytes()))
-}
-
-/// Hash of the file's current content, or `None` when it does not exist.
+/// [`content_hash`] of the file's current content, or `None` when it does not exist.
 pub fn file_hash(path: &Path) -> std::io::Result<Option<String>> {
     match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(hex::encode(Sha256::digest(&bytes)))),
+        Ok(bytes) => Ok(Some(content_hash(bytes))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
@@ -67,14 +61,6 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("lifeline-file-{:08x}", rand::random::<u32>()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
-    }
-
-    #[test]
-    fn hash_is_lowercase_hex_sha256() {
-        assert_eq!(
-            content_hash("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::dispatcher::{self, DispatcherList};
+use crate::routing::dispatcher::{self, DispatcherList};
 
 /// Why an RPC call failed.
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,8 @@
 //!
 //! A ConfigMap mounted as a volume reaches a pod only after the kubelet's sync
 //! (about a minute). sip-sync instead watches the one ConfigMap through the API and,
-//! for every new content: validates it ([`dispatcher::parse`]), writes the file
+//! for every new content: validates it ([`dispatcher::parse`], the parser of the
+//! [routing contract](crate::routing)), writes the file
 //! Kamailio loads atomically ([`file::write_atomic`]), calls `dispatcher.reload`,
 //! reads `dispatcher.list` back and checks that the sets and URIs match. It retries
 //! with capped exponential backoff while Kamailio is not up or the check fails, and
@@ -13,7 +14,6 @@
 //! replicas the annotations show the last writer; each pod's own truth is its
 //! metrics and logs.
 
-pub mod dispatcher;
 pub mod file;
 pub mod kamailio;
 pub mod report;
@@ -33,23 +33,19 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::telemetry::{Metrics, ReasonLabels};
-use dispatcher::DispatcherList;
+use crate::admin::Admin;
+use crate::routing::dispatcher::{self, DispatcherList};
+use crate::routing::{
+    APPLIED_AT_ANNOTATION, APPLIED_HASH_ANNOTATION, SYNC_ERROR_ANNOTATION, content_hash,
+};
+use crate::telemetry::{ReasonLabels, SyncMetrics};
 use kamailio::{KamailioRpc, RpcError};
 
 /// Field manager of every write sip-sync makes.
 pub const FIELD_MANAGER: &str = "lifeline.dev/sip-sync";
-/// Annotation: hash of the content Kamailio loaded and confirmed (last writer wins).
-pub const APPLIED_HASH_ANNOTATION: &str = "lifeline.dev/applied-hash";
-/// Annotation: RFC 3339 time of that confirmation.
-pub const APPLIED_AT_ANNOTATION: &str = "lifeline.dev/applied-at";
-/// Annotation: why the latest content is not applied (absent when it is).
-pub const SYNC_ERROR_ANNOTATION: &str = "lifeline.dev/sync-error";
 /// Reloads of one content whose result Kamailio does not confirm before sip-sync stops
 /// reloading it (and sets `lifeline_sync_unconfirmed` to 1).
 pub const MAX_UNCONFIRMED: u32 = 3;
-/// Annotation the operator writes: hash of the data it rendered.
-pub const CONTENT_HASH_ANNOTATION: &str = "lifeline.dev/content-hash";
 
 /// Arguments of `lifeline sip-sync`.
 #[derive(clap::Args, Debug, Clone)]
@@ -121,14 +117,9 @@ pub enum Error {
     /// Kamailio reloaded but holds other destinations than the file.
     #[error("Kamailio did not load the new list: {0}")]
     Mismatch(String),
-    /// Binding the metrics server failed.
-    #[error("metrics server on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// What went wrong.
-        source: std::io::Error,
-    },
+    /// Binding the admin HTTP server failed.
+    #[error(transparent)]
+    Bind(#[from] crate::admin::Error),
 }
 
 impl Error {
@@ -142,7 +133,7 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Rpc(e) => e.category(),
             Error::Mismatch(_) => "confirm",
-            Error::Bind { .. } => "bind",
+            Error::Bind(_) => "bind",
         }
     }
 
@@ -211,7 +202,7 @@ impl Applier {
     /// it), reload (unless Kamailio already shows it) and confirm.
     pub async fn apply(&mut self, content: &str) -> Result<Outcome, Error> {
         let expected = dispatcher::parse(content)?;
-        let hash = file::content_hash(content);
+        let hash = content_hash(content);
         if self.confirmed.as_deref() == Some(hash.as_str()) {
             return Ok(Outcome::Unchanged);
         }
@@ -301,7 +292,7 @@ struct Health {
 
 /// Where the apply loop reports outcomes: metrics, the pod's probes, the edge report.
 struct Outputs {
-    metrics: Arc<Metrics>,
+    metrics: Arc<SyncMetrics>,
     health: Arc<Health>,
     reporter: Option<report::Reporter>,
 }
@@ -342,14 +333,14 @@ fn truncate(s: &str, max: usize) -> &str {
 /// Run the sidecar until `shutdown` is cancelled.
 pub async fn run(args: SyncArgs, shutdown: CancellationToken) -> Result<(), Error> {
     let client = Client::try_default().await?;
-    run_with_client(client, args, Arc::new(Metrics::new()), shutdown).await
+    run_with_client(client, args, Arc::new(SyncMetrics::new()), shutdown).await
 }
 
 /// [`run`] with a given client and metrics (tests and benchmarks use this).
 pub async fn run_with_client(
     client: Client,
     args: SyncArgs,
-    metrics: Arc<Metrics>,
+    metrics: Arc<SyncMetrics>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let rpc = KamailioRpc::new(
@@ -359,15 +350,26 @@ pub async fn run_with_client(
     let api: Api<ConfigMap> = Api::namespaced(client, &args.namespace);
     let health = Arc::new(Health::default());
     if let Some(addr) = args.metrics_addr {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Bind { addr, source })?;
-        tokio::spawn(serve_metrics(
-            listener,
-            metrics.clone(),
-            health.clone(),
-            shutdown.clone(),
-        ));
+        let (written, confirmed) = (health.clone(), health.clone());
+        let server = Admin::new(metrics.clone())
+            .probe(
+                "/startupz",
+                move || written.written.load(Ordering::Relaxed),
+                "no routing written yet",
+            )
+            .probe(
+                "/readyz",
+                move || confirmed.confirmed.load(Ordering::Relaxed),
+                "no routing confirmed in Kamailio yet",
+            )
+            .bind(addr)
+            .await?;
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = server.serve(stop).await {
+                tracing::warn!(error = %e, "admin HTTP server stopped");
+            }
+        });
     }
     tracing::info!(
         namespace = %args.namespace,
@@ -524,7 +526,7 @@ async fn apply_loop(
                 applied = Some((h.clone(), at.clone()));
             }
             let content = desired.content.as_deref();
-            let hash = content.map(file::content_hash).unwrap_or_default();
+            let hash = content.map(content_hash).unwrap_or_default();
             let result = match content {
                 Some(c) => applier.apply(c).await,
                 None => Err(Error::MissingKey(args.key.clone())),
@@ -622,7 +624,7 @@ async fn annotate(
     name: &str,
     applied: &Option<(String, String)>,
     error: Option<&str>,
-    metrics: &Metrics,
+    metrics: &SyncMetrics,
 ) {
     let body = annotation_patch(
         name,
@@ -636,52 +638,6 @@ async fn annotate(
             .get_or_create(&ReasonLabels { reason: "annotate" })
             .inc();
         tracing::warn!(error = %e, "cannot annotate the routing ConfigMap");
-    }
-}
-
-async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    shutdown: CancellationToken,
-) {
-    use axum::{Router, http::StatusCode, routing::get};
-    fn probe(ok: bool, not_yet: &'static str) -> (StatusCode, &'static str) {
-        if ok {
-            (StatusCode::OK, "ok")
-        } else {
-            (StatusCode::SERVICE_UNAVAILABLE, not_yet)
-        }
-    }
-    let startup = health.clone();
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let m = metrics.clone();
-                async move { m.encode() }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/startupz",
-            get(move || {
-                let ok = startup.written.load(Ordering::Relaxed);
-                async move { probe(ok, "no routing written yet") }
-            }),
-        )
-        .route(
-            "/readyz",
-            get(move || {
-                let ok = health.confirmed.load(Ordering::Relaxed);
-                async move { probe(ok, "no routing confirmed in Kamailio yet") }
-            }),
-        );
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-    {
-        tracing::warn!(error = %e, "metrics server stopped");
     }
 }
 

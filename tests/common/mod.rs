@@ -1,12 +1,28 @@
-//! Shared helpers for integration tests against the real control plane from
-//! `tests/testenv` (`make testenv-up`).
+//! The one support module of the integration tests and benchmarks:
+//! - here: the real control plane from `tests/testenv` (`make testenv-up`): a client,
+//!   a namespace per test, the CRDs, polling;
+//! - [`harness`]: controllers running in the test process in such a namespace;
+//! - [`process`]: the guard of every process a test starts, scratch directories;
+//! - [`sip`]: sipp and dnsmasq peers; [`kamailio`]: Kamailio as edge or carrier;
+//! - [`operator`]: the `lifeline operator` binary as a child process; [`sync`]:
+//!   `lifeline sip-sync` in the test process.
 //!
 //! Each test gets its own namespace, deleted when the guard drops, even when the test
 //! panics. When the control plane is not running, `TestEnv::connect` panics with a
 //! clear message, unless `LIFELINE_SKIP_CLUSTER_TESTS=1` asks to skip (then tests return early).
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-pub mod peers;
+pub mod harness;
+pub mod kamailio;
+pub mod operator;
+pub mod process;
+pub mod sip;
+pub mod sync;
+pub mod tools;
+pub mod watch;
+
+pub use harness::{Controller, Harness};
+pub use process::{Process, TempDir, free_port, wait_bound};
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -330,7 +330,7 @@ mod tests {
     use crate::crd::BotPoolSpec;
 
     fn pool(yaml: &str) -> BotPool {
-        let spec: BotPoolSpec = serde_yaml::from_str(yaml).unwrap();
+        let spec: BotPoolSpec = serde_norway::from_str(yaml).unwrap();
         let mut bp = BotPool::new("cologne-bots", spec);
         bp.metadata.namespace = Some("cc".into());
         bp.metadata.uid = Some("uid-1".into());

@@ -239,7 +239,7 @@ mod tests {
     use serde_json::json;
 
     fn pool(yaml: &str) -> BotPool {
-        let spec: BotPoolSpec = serde_yaml::from_str(yaml).unwrap();
+        let spec: BotPoolSpec = serde_norway::from_str(yaml).unwrap();
         let mut bp = BotPool::new("bots", spec);
         bp.metadata.namespace = Some("cc".into());
         bp.metadata.generation = Some(3);

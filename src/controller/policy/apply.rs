@@ -25,7 +25,7 @@ pub async fn config_map(
 ) -> Result<Option<String>, Error> {
     let cm_name = &policy.spec.routing_config_map.name;
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-    let key = crate::render::data_key(format);
+    let key = crate::routing::data_key(format);
     let owner = policy.controller_owner_ref(&());
     let cm = json!({
         "apiVersion": "v1",

@@ -93,7 +93,7 @@ pub fn routing(
     let same_data = cm.data.as_ref().is_some_and(|d| {
         d.len() == 1
             && d.get(data_key)
-                .is_some_and(|text| crate::render::content_hash(text) == hash)
+                .is_some_and(|text| crate::routing::content_hash(text) == hash)
     });
     if ours && same_hash && same_data {
         return Routing::Current;
@@ -300,7 +300,7 @@ mod tests {
     fn routing_is_written_only_when_it_differs_and_foreign_maps_are_left_alone() {
         let p = policy();
         let text = "1 sip:127.0.0.1:5060 0 100\n";
-        let h = crate::render::content_hash(text);
+        let h = crate::routing::content_hash(text);
         let key = "dispatcher.list";
         let current = cm(vec![owner("uid-1")], true, text, &h, "10");
         let r = |exists: Option<&[OwnerReference]>,

@@ -53,7 +53,7 @@ use decide::Routing;
 pub use status::{desired_status, reasons};
 
 /// The annotation with the lowercase hex SHA-256 of the rendered routing.
-pub const CONTENT_HASH_ANNOTATION: &str = "lifeline.dev/content-hash";
+pub use crate::routing::CONTENT_HASH_ANNOTATION;
 /// Label on the routing ConfigMap.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Controller name in metric labels and logs.
@@ -363,8 +363,8 @@ async fn reconcile_policy(
         now,
     );
     let format = policy.spec.routing_config_map.format;
-    let text = crate::render::render(format, &format!("{ns}/{name}"), &plan);
-    let hash = crate::render::content_hash(&text);
+    let text = crate::routing::render(format, &format!("{ns}/{name}"), &plan);
+    let hash = crate::routing::content_hash(&text);
     let (owners, cached) = pctx.caches.routing_config_map(policy, ns);
     let written = lock(&pctx.written)
         .get(&key)
@@ -374,7 +374,7 @@ async fn reconcile_policy(
         policy,
         owners.as_deref(),
         cached.as_deref(),
-        crate::render::data_key(format),
+        crate::routing::data_key(format),
         &hash,
         written.as_ref(),
     );
