@@ -371,6 +371,11 @@ struct Target {
 
 /// Read a receiver's URL (and PagerDuty routing key) from its Secret. The error names
 /// the field to fix.
+///
+/// The one API read on a reconcile path, on purpose: it happens only when a
+/// notification is about to be sent (never in a quiet cluster), the chart grants `get`
+/// on Secrets but not `list`/`watch` (a cache would need every Secret in the
+/// namespace), and a rotated webhook URL is used at once.
 async fn secrets(ns: &str, spec: &ReceiverSpec, nctx: &NotifierCtx) -> Result<Target, String> {
     let api: Api<Secret> = Api::namespaced(nctx.ctx.client.clone(), ns);
     let read = |r: &crate::crd::SecretKeyRef, field: &'static str| {

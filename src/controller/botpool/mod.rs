@@ -36,14 +36,13 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector;
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::runtime::{
-    Guarded, apply_status, cached, guarded_watch, on_deleted, parsed, publish, report_invalid,
-    truncate,
+    Guarded, apply_status, cached, guarded_watch, on_deleted, publish, report_invalid, truncate,
 };
 use super::{Context, Retries};
 use crate::crd::{BotPool, FallbackPolicy, ScalingMode};
@@ -218,10 +217,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         .owns_stream(deployment_events)
         .owns_stream(service_events)
         .owns_stream(pdb_events)
-        .watches_stream(pod_events, pool_of_pod)
-        .watches_stream(hpa_events, pool_of_hpa)
+        .watches_stream(pod_events, observe::pool_of_pod)
+        .watches_stream(hpa_events, observe::pool_of_hpa)
         .watches_stream(policy_events, move |policy| {
-            pools_of_policy(&named, &policy)
+            observe::pools_of_policy(&named, &policy)
         })
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, state)
@@ -231,47 +230,6 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             }
         })
         .await;
-}
-
-fn pool_of_pod(pod: Pod) -> Option<ObjectRef<Guarded<BotPool>>> {
-    let name = pod.labels().get(build::POOL_LABEL)?;
-    Some(ObjectRef::new(name).within(pod.namespace().as_deref()?))
-}
-
-/// The pool whose Deployment an HPA scales (the Deployment is named after the pool).
-fn pool_of_hpa(hpa: HorizontalPodAutoscaler) -> Option<ObjectRef<Guarded<BotPool>>> {
-    let target = &hpa.spec.as_ref()?.scale_target_ref;
-    let ns = hpa.namespace()?;
-    (target.kind == "Deployment").then(|| ObjectRef::new(&target.name).within(&ns))
-}
-
-/// Pools a policy concerns: those in its demand and those its routes target, now or
-/// at its previous version.
-fn pools_of_policy(
-    named: &Mutex<HashMap<Key, BTreeSet<String>>>,
-    policy: &Guarded<FallbackPolicy>,
-) -> Vec<ObjectRef<Guarded<BotPool>>> {
-    let (Some(ns), Some(parsed)) = (policy.namespace(), parsed(policy)) else {
-        return Vec::new();
-    };
-    let mut now: BTreeSet<String> = parsed
-        .spec
-        .routes
-        .iter()
-        .flat_map(|r| &r.tiers)
-        .flat_map(|t| &t.targets)
-        .filter_map(|t| t.bot_pool.clone())
-        .collect();
-    if let Some(status) = &parsed.status {
-        now.extend(status.demand.iter().map(|d| d.bot_pool.clone()));
-    }
-    let mut all = now.clone();
-    if let Some(before) = lock(named).insert((ns.clone(), policy.name_any()), now) {
-        all.extend(before);
-    }
-    all.into_iter()
-        .map(|name| ObjectRef::new(&name).within(&ns))
-        .collect()
 }
 
 async fn reconcile(obj: Arc<Guarded<BotPool>>, state: Arc<State>) -> Result<Action, Error> {
@@ -451,9 +409,6 @@ async fn reconcile_pool(pool: &BotPool, state: &State) -> Result<Action, Error> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::autoscaling::v2::{
-        CrossVersionObjectReference, HorizontalPodAutoscalerSpec,
-    };
 
     #[test]
     fn backoff_grows_and_is_bounded() {
@@ -464,54 +419,5 @@ mod tests {
         assert!(about(b.delay(1), 1), "{:?}", b.delay(1));
         assert!(about(b.delay(3), 4), "{:?}", b.delay(3));
         assert_eq!(b.delay(100), RESYNC);
-    }
-
-    #[test]
-    fn an_hpa_wakes_the_pool_whose_deployment_it_scales() {
-        let hpa = |kind: &str| HorizontalPodAutoscaler {
-            metadata: kube::api::ObjectMeta {
-                name: Some("h".into()),
-                namespace: Some("ns".into()),
-                ..Default::default()
-            },
-            spec: Some(HorizontalPodAutoscalerSpec {
-                scale_target_ref: CrossVersionObjectReference {
-                    kind: kind.into(),
-                    name: "bots-cgn".into(),
-                    api_version: Some("apps/v1".into()),
-                },
-                max_replicas: 5,
-                ..Default::default()
-            }),
-            status: None,
-        };
-        let r = pool_of_hpa(hpa("Deployment")).unwrap();
-        assert_eq!(
-            (r.name.as_str(), r.namespace.as_deref()),
-            ("bots-cgn", Some("ns"))
-        );
-        assert!(pool_of_hpa(hpa("StatefulSet")).is_none());
-    }
-
-    #[test]
-    fn a_policy_wakes_the_pools_it_names_now_and_before() {
-        use crate::plan::fixtures::{bots, policy};
-        let named = Mutex::default();
-        let make = |pool: &str| {
-            let spec = policy()
-                .region("cologne", 1)
-                .route("inbound", 1, |r| r.tier("bots", [bots(pool)]))
-                .build();
-            let mut p = FallbackPolicy::new("cc", spec);
-            p.metadata.namespace = Some("ns".into());
-            kube::core::DeserializeGuard(Ok(p))
-        };
-        let names = |refs: Vec<ObjectRef<Guarded<BotPool>>>| {
-            refs.into_iter().map(|r| r.name).collect::<Vec<_>>()
-        };
-        assert_eq!(names(pools_of_policy(&named, &make("a"))), ["a"]);
-        // Moved to pool b: a is reconciled once more (its demand drops).
-        assert_eq!(names(pools_of_policy(&named, &make("b"))), ["a", "b"]);
-        assert_eq!(names(pools_of_policy(&named, &make("b"))), ["b"]);
     }
 }

@@ -1,7 +1,8 @@
 //! What a BotPool reconcile reads: only caches, each filled by one watch (no API
 //! request per pass, however many pod events trigger it).
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -10,7 +11,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use super::build;
+use super::{Key, build, lock};
 use crate::controller::runtime::{Guarded, is_ready, parsed};
 use crate::crd::{BotPool, FallbackPolicy};
 
@@ -109,4 +110,104 @@ pub fn strip_pod(pod: &mut Pod) {
         pod_ip: s.pod_ip,
         ..PodStatus::default()
     });
+}
+
+/// The pool a bot pod belongs to (its pool label).
+pub fn pool_of_pod(pod: Pod) -> Option<ObjectRef<Guarded<BotPool>>> {
+    let name = pod.labels().get(build::POOL_LABEL)?;
+    Some(ObjectRef::new(name).within(pod.namespace().as_deref()?))
+}
+
+/// The pool whose Deployment an HPA scales (the Deployment is named after the pool).
+pub fn pool_of_hpa(hpa: HorizontalPodAutoscaler) -> Option<ObjectRef<Guarded<BotPool>>> {
+    let target = &hpa.spec.as_ref()?.scale_target_ref;
+    let ns = hpa.namespace()?;
+    (target.kind == "Deployment").then(|| ObjectRef::new(&target.name).within(&ns))
+}
+
+/// Pools a policy concerns: those in its demand and those its routes target, now or
+/// at its previous version.
+pub fn pools_of_policy(
+    named: &Mutex<HashMap<Key, BTreeSet<String>>>,
+    policy: &Guarded<FallbackPolicy>,
+) -> Vec<ObjectRef<Guarded<BotPool>>> {
+    let (Some(ns), Some(parsed)) = (policy.namespace(), parsed(policy)) else {
+        return Vec::new();
+    };
+    let mut now: BTreeSet<String> = parsed
+        .spec
+        .routes
+        .iter()
+        .flat_map(|r| &r.tiers)
+        .flat_map(|t| &t.targets)
+        .filter_map(|t| t.bot_pool.clone())
+        .collect();
+    if let Some(status) = &parsed.status {
+        now.extend(status.demand.iter().map(|d| d.bot_pool.clone()));
+    }
+    let mut all = now.clone();
+    if let Some(before) = lock(named).insert((ns.clone(), policy.name_any()), now) {
+        all.extend(before);
+    }
+    all.into_iter()
+        .map(|name| ObjectRef::new(&name).within(&ns))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::autoscaling::v2::{
+        CrossVersionObjectReference, HorizontalPodAutoscalerSpec,
+    };
+    use std::sync::Mutex;
+
+    #[test]
+    fn an_hpa_wakes_the_pool_whose_deployment_it_scales() {
+        let hpa = |kind: &str| HorizontalPodAutoscaler {
+            metadata: kube::api::ObjectMeta {
+                name: Some("h".into()),
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
+            spec: Some(HorizontalPodAutoscalerSpec {
+                scale_target_ref: CrossVersionObjectReference {
+                    kind: kind.into(),
+                    name: "bots-cgn".into(),
+                    api_version: Some("apps/v1".into()),
+                },
+                max_replicas: 5,
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let r = pool_of_hpa(hpa("Deployment")).unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.namespace.as_deref()),
+            ("bots-cgn", Some("ns"))
+        );
+        assert!(pool_of_hpa(hpa("StatefulSet")).is_none());
+    }
+
+    #[test]
+    fn a_policy_wakes_the_pools_it_names_now_and_before() {
+        use crate::plan::fixtures::{bots, policy};
+        let named = Mutex::default();
+        let make = |pool: &str| {
+            let spec = policy()
+                .region("cologne", 1)
+                .route("inbound", 1, |r| r.tier("bots", [bots(pool)]))
+                .build();
+            let mut p = FallbackPolicy::new("cc", spec);
+            p.metadata.namespace = Some("ns".into());
+            kube::core::DeserializeGuard(Ok(p))
+        };
+        let names = |refs: Vec<ObjectRef<Guarded<BotPool>>>| {
+            refs.into_iter().map(|r| r.name).collect::<Vec<_>>()
+        };
+        assert_eq!(names(pools_of_policy(&named, &make("a"))), ["a"]);
+        // Moved to pool b: a is reconciled once more (its demand drops).
+        assert_eq!(names(pools_of_policy(&named, &make("b"))), ["a", "b"]);
+        assert_eq!(names(pools_of_policy(&named, &make("b"))), ["b"]);
+    }
 }

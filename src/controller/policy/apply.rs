@@ -4,15 +4,15 @@
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::Event;
+use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::decide::{Count, Notice};
-use super::{CONTENT_HASH_ANNOTATION, Error, MANAGED_BY_LABEL};
+use super::{CONTENT_HASH_ANNOTATION, CONTROLLER, Error, MANAGED_BY_LABEL, reasons};
 use crate::controller::Context;
 use crate::controller::runtime::{publish, truncate};
-use crate::crd::{FIELD_MANAGER, FallbackPolicy, RoutingFormat};
+use crate::crd::{FIELD_MANAGER, FallbackPolicy, POLICY_READY, RoutingFormat, find_condition};
 
 /// Server-side apply the routing ConfigMap; returns the resourceVersion written.
 pub async fn config_map(
@@ -74,4 +74,35 @@ pub async fn events(policy: &FallbackPolicy, notices: Vec<Notice>, ctx: &Context
         };
         publish(ctx, event, &reference).await;
     }
+}
+
+/// A ConfigMap in the way was just reported in the status: say it once as a Warning.
+pub async fn conflict_found(policy: &FallbackPolicy, cm: &str, ctx: &Context) {
+    let already = policy
+        .status
+        .as_ref()
+        .and_then(|s| find_condition(&s.conditions, POLICY_READY))
+        .is_some_and(|c| c.reason == reasons::CONFIGMAP_CONFLICT);
+    if already {
+        return;
+    }
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&crate::telemetry::ErrorLabels {
+            controller: CONTROLLER,
+            error: "conflict",
+        })
+        .inc();
+    let note = format!(
+        "ConfigMap '{cm}' exists and is not managed by this policy: routing is not published; delete or rename it, or set spec.routingConfigMap.name"
+    );
+    tracing::warn!(configmap = %cm, "{note}");
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reasons::CONFIGMAP_CONFLICT.into(),
+        note: Some(note),
+        action: "Route".into(),
+        secondary: None,
+    };
+    publish(ctx, event, &kube::Resource::object_ref(policy, &())).await;
 }

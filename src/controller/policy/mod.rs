@@ -26,6 +26,8 @@ pub mod decide;
 pub mod observe;
 pub mod status;
 
+use observe::{referencing, targets};
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -34,19 +36,16 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use tokio_util::sync::CancellationToken;
 
 use super::runtime::{
     Guarded, apply_status, cached, everyone_on_recovery, guarded_watch, on_deleted, parsed,
-    probe_changes, publish, report_invalid,
+    probe_changes, report_invalid,
 };
 use super::{Context, Retries};
-use crate::crd::{
-    BotPool, FailoverDrill, FallbackPolicy, FallbackPolicySpec, POLICY_READY, Trunk, find_condition,
-};
+use crate::crd::{BotPool, FailoverDrill, FallbackPolicy, Trunk};
 use crate::plan::Plan;
 use crate::telemetry::StateLabels;
 use decide::Routing;
@@ -143,27 +142,6 @@ impl PolicyCtx {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn targets(spec: &FallbackPolicySpec) -> impl Iterator<Item = &crate::crd::TargetSpec> {
-    spec.routes
-        .iter()
-        .flat_map(|r| &r.tiers)
-        .flat_map(|t| &t.targets)
-}
-
-/// Policies in `namespace` (from the store) for which `references` is true.
-fn referencing(
-    store: &Store<Guarded<FallbackPolicy>>,
-    namespace: Option<String>,
-    references: impl Fn(&FallbackPolicySpec) -> bool,
-) -> Vec<ObjectRef<Guarded<FallbackPolicy>>> {
-    store
-        .state()
-        .iter()
-        .filter(|p| p.namespace() == namespace && parsed(p).is_some_and(|p| references(&p.spec)))
-        .map(|p| ObjectRef::from_obj(p.as_ref()))
-        .collect()
 }
 
 /// Run the policy controller until `shutdown` is cancelled.
@@ -395,7 +373,7 @@ async fn reconcile_policy(
         result?;
         tracing::debug!("status written");
         if let Some(cm) = &conflict {
-            conflict_found(policy, cm, ctx).await;
+            apply::conflict_found(policy, cm, ctx).await;
         }
     }
     // From here on the status holds this plan: a failed routing write below retries
@@ -421,35 +399,4 @@ async fn reconcile_policy(
         (Some(_), None) => Action::await_change(),
         _ => Action::requeue(next),
     })
-}
-
-/// A ConfigMap in the way was just reported in the status: say it once as a Warning.
-async fn conflict_found(policy: &FallbackPolicy, cm: &str, ctx: &Context) {
-    let already = policy
-        .status
-        .as_ref()
-        .and_then(|s| find_condition(&s.conditions, POLICY_READY))
-        .is_some_and(|c| c.reason == reasons::CONFIGMAP_CONFLICT);
-    if already {
-        return;
-    }
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&crate::telemetry::ErrorLabels {
-            controller: CONTROLLER,
-            error: "conflict",
-        })
-        .inc();
-    let note = format!(
-        "ConfigMap '{cm}' exists and is not managed by this policy: routing is not published; delete or rename it, or set spec.routingConfigMap.name"
-    );
-    tracing::warn!(configmap = %cm, "{note}");
-    let event = Event {
-        type_: EventType::Warning,
-        reason: reasons::CONFIGMAP_CONFLICT.into(),
-        note: Some(note),
-        action: "Route".into(),
-        secondary: None,
-    };
-    publish(ctx, event, &kube::Resource::object_ref(policy, &())).await;
 }

@@ -8,9 +8,9 @@ use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use super::{owner_key, targets};
+use super::owner_key;
 use crate::controller::runtime::{Guarded, is_ready, parsed};
-use crate::crd::{BotPool, FailoverDrill, FallbackPolicy, ProbeSpec, Trunk};
+use crate::crd::{BotPool, FailoverDrill, FallbackPolicy, FallbackPolicySpec, ProbeSpec, Trunk};
 use crate::plan::{BotPoolObservation, FAILBACK_ANNOTATION, Observed, TrunkObservation};
 use crate::probe::{ProbeHub, ProbeTarget};
 
@@ -125,4 +125,26 @@ pub fn probe_static_targets(
     for h in probes.health(&owner) {
         observed.uris.insert(h.uri, h.state);
     }
+}
+
+/// Every target of every tier of every route.
+pub fn targets(spec: &FallbackPolicySpec) -> impl Iterator<Item = &crate::crd::TargetSpec> {
+    spec.routes
+        .iter()
+        .flat_map(|r| &r.tiers)
+        .flat_map(|t| &t.targets)
+}
+
+/// Policies in `namespace` (from the store) for which `references` is true.
+pub fn referencing(
+    store: &Store<Guarded<FallbackPolicy>>,
+    namespace: Option<String>,
+    references: impl Fn(&FallbackPolicySpec) -> bool,
+) -> Vec<ObjectRef<Guarded<FallbackPolicy>>> {
+    store
+        .state()
+        .iter()
+        .filter(|p| p.namespace() == namespace && parsed(p).is_some_and(|p| references(&p.spec)))
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
 }
