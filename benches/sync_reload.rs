@@ -93,6 +93,7 @@ async fn main() {
         max_backoff_ms: 1000,
         metrics_addr: None,
         watch_list: false,
+        annotate: false,
     };
     tokio::spawn(lifeline::sync::run_with_client(
         client,

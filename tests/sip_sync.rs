@@ -1,5 +1,6 @@
 //! `lifeline sip-sync` against the real control plane and a real Kamailio 5.6 running
-//! `examples/kamailio/kamailio.cfg` on 127.0.30.x.
+//! `examples/kamailio/kamailio.cfg` on 127.0.30.x. sip-sync runs with the opt-in
+//! `--annotate`, so the tests read its outcome from the ConfigMap's annotations.
 //!
 //! Each test: its own namespace, its own Kamailio address, sip-sync in-process.
 
@@ -96,6 +97,7 @@ impl SipSync {
             max_backoff_ms: 1000,
             metrics_addr,
             watch_list: false,
+            annotate: true,
         };
         tokio::spawn(lifeline::sync::run_with_client(
             client,
