@@ -98,6 +98,7 @@ impl SipSync {
             metrics_addr,
             watch_list: false,
             annotate: true,
+            report: Default::default(),
         };
         tokio::spawn(lifeline::sync::run_with_client(
             client,

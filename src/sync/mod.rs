@@ -21,6 +21,7 @@
 pub mod dispatcher;
 pub mod file;
 pub mod kamailio;
+pub mod report;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -99,6 +100,9 @@ pub struct SyncArgs {
     /// sidecar then only reads the ConfigMap, and reports through metrics and logs.
     #[arg(long, env = "LIFELINE_ANNOTATE")]
     pub annotate: bool,
+    /// Where this member reports what it sees (its `SipEdge`).
+    #[command(flatten)]
+    pub report: report::ReportArgs,
 }
 
 /// Errors of the sidecar.
@@ -305,6 +309,13 @@ struct Health {
     confirmed: AtomicBool,
 }
 
+/// Where the apply loop reports outcomes: metrics, the pod's probes, the edge report.
+struct Outputs {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    reporter: Option<report::Reporter>,
+}
+
 /// Capped exponential backoff with jitter, from 100 ms.
 #[derive(Clone, Debug)]
 pub struct Backoff {
@@ -428,6 +439,23 @@ pub async fn run_with_client(
             tracing::warn!(file = %args.file.display(), error = %e, "cannot read the routing file")
         }
     }
+    let (reporter, report_writer) = match (&args.report.edge, &args.report.member) {
+        (Some(edge), member) => {
+            let member = member.clone().unwrap_or_else(default_member_name);
+            let (reporter, report_rx) = report::Reporter::new(&member, args.report.pod_uid.clone());
+            let edges: Api<crate::crd::SipEdge> =
+                Api::namespaced(api.clone().into_client(), &args.namespace);
+            tracing::info!(edge = %edge, member = %member, "reporting to the SipEdge");
+            let writer = tokio::spawn(report::run_writer(
+                edges,
+                edge.clone(),
+                report_rx,
+                shutdown.clone(),
+            ));
+            (Some(reporter), Some(writer))
+        }
+        (None, _) => (None, None),
+    };
     let (tx, rx) = watch::channel::<Option<Desired>>(None);
     let watch_task = tokio::spawn(watch_configmap(
         api.clone(),
@@ -437,8 +465,17 @@ pub async fn run_with_client(
         tx,
         shutdown.clone(),
     ));
-    apply_loop(applier, api, args, metrics, health, rx, shutdown).await;
+    let out = Outputs {
+        metrics,
+        health,
+        reporter,
+    };
+    apply_loop(applier, api, args, out, rx, shutdown).await;
     let _ = watch_task.await;
+    // The writer removes this member's entry on the way out (bounded by its own timeout).
+    if let Some(writer) = report_writer {
+        let _ = writer.await;
+    }
     Ok(())
 }
 
@@ -501,8 +538,7 @@ async fn apply_loop(
     mut applier: Applier,
     api: Api<ConfigMap>,
     args: SyncArgs,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
+    out: Outputs,
     mut rx: watch::Receiver<Option<Desired>>,
     shutdown: CancellationToken,
 ) {
@@ -530,34 +566,37 @@ async fn apply_loop(
                 Some(c) => applier.apply(c).await,
                 None => Err(Error::MissingKey(args.key.clone())),
             };
-            health
+            out.health
                 .written
                 .store(applier.file_written(), Ordering::Relaxed);
             match result {
                 Ok(Outcome::Unchanged) => {}
                 Ok(outcome) => {
                     backoff.reset();
-                    metrics.sync_unconfirmed.set(0);
+                    out.metrics.sync_unconfirmed.set(0);
                     let elapsed = desired.seen.elapsed();
-                    metrics.sync_applied.inc();
-                    metrics.sync_duration.observe(elapsed.as_secs_f64());
-                    health.confirmed.store(true, Ordering::Relaxed);
+                    out.metrics.sync_applied.inc();
+                    out.metrics.sync_duration.observe(elapsed.as_secs_f64());
+                    out.health.confirmed.store(true, Ordering::Relaxed);
                     tracing::info!(
                         hash = %hash,
                         outcome = ?outcome,
                         millis = elapsed.as_millis() as u64,
                         "routing applied and confirmed in Kamailio"
                     );
+                    if let Some(r) = &out.reporter {
+                        r.routing_confirmed(&hash);
+                    }
                     let at = jiff::Timestamp::now().to_string();
                     applied = Some((hash.clone(), at));
                     reported_error = None;
                     if args.annotate {
-                        annotate(&api, &args.configmap, &applied, None, &metrics).await;
+                        annotate(&api, &args.configmap, &applied, None, &out.metrics).await;
                     }
                 }
                 Err(e) => {
                     let category = e.category();
-                    metrics
+                    out.metrics
                         .sync_failures
                         .get_or_create(&ReasonLabels { reason: category })
                         .inc();
@@ -569,7 +608,7 @@ async fn apply_loop(
                         unconfirmed.1 += 1;
                         if unconfirmed.1 >= MAX_UNCONFIRMED {
                             permanent = true;
-                            metrics.sync_unconfirmed.set(1);
+                            out.metrics.sync_unconfirmed.set(1);
                             tracing::error!(hash = %hash, reloads = unconfirmed.1, error = %e,
                                 "Kamailio keeps dropping destinations of this routing; stopped reloading until the ConfigMap changes");
                         }
@@ -584,7 +623,7 @@ async fn apply_loop(
                     let key = (hash.clone(), category);
                     if args.annotate && reported_error.as_ref() != Some(&key) {
                         let msg = format!("{}: {e}", &hash.get(..12).unwrap_or("-"));
-                        annotate(&api, &args.configmap, &applied, Some(&msg), &metrics).await;
+                        annotate(&api, &args.configmap, &applied, Some(&msg), &out.metrics).await;
                         reported_error = Some(key);
                     }
                 }
@@ -599,6 +638,15 @@ async fn apply_loop(
             _ = sleep_opt(retry_in) => {}
         }
     }
+}
+
+/// Member name when neither `--edge-member` nor `POD_NAME` is set: the host name.
+fn default_member_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "sip-sync".into())
 }
 
 async fn sleep_opt(d: Option<Duration>) {
