@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod peers;
+pub mod real_plane;
 
 use std::path::PathBuf;
 use std::time::Duration;
