@@ -77,8 +77,8 @@ release: tools image ## Image (OCI archive), packaged chart, CRD bundle, SHA256S
 	@scripts/release.sh
 
 .PHONY: test-real-node
-test-real-node: deps tools release images-test ## The real-node layer alone (starts and stops its own plane)
-	$(CARGO) test --test real_node -- --nocapture
+test-real-node: deps tools release images-test ## The real-node layer alone: real_node and the pod replay (each starts and stops its own plane)
+	$(CARGO) test --test real_node --test e2e_cluster -- --nocapture
 
 .PHONY: test-unit
 test-unit: ## Unit and property tests (no cluster needed)
@@ -94,8 +94,13 @@ bench: deps testenv-up ## Run the benchmarks (figures printed as medians and rat
 	$(CARGO) bench
 
 .PHONY: demo
-demo: deps testenv-up ## The carrier-outage replay on an embedded control plane
+demo: deps testenv-up ## The carrier-outage replay on loopback processes (fast; no images)
 	@python3 scripts/demo.py
+
+.PHONY: demo-cluster
+demo-cluster: deps tools release images-test ## The same replay with every part as a pod on the real node (root)
+	@NODE=real tests/testenv/up.sh
+	@python3 scripts/demo_cluster.py
 
 .PHONY: clean
 clean: ## Stop the control planes and remove build output

@@ -10,7 +10,9 @@ Needs the real-node plane (`make testenv-up NODE=real`), the images imported
    the ConfigMap and measures the time until the pod is Ready;
 2. applies N routing changes (default 50) one after the other and measures, per change,
    - end to end: ConfigMap PATCH sent -> sip-sync's `lifeline.dev/applied-hash`
-     annotation (written only after Kamailio's `dispatcher.list` matched) seen on a watch;
+     annotation (written only after Kamailio's `dispatcher.list` matched) seen on a watch
+     (the chart's opt-in `sipSync.annotate=true`, set here so the figure is observable
+     from outside the pod; a default edge skips that write);
    - in the pod: sip-sync's own figure (watch event -> reload confirmed), from its log;
 3. prints medians and p99, removes everything it made (release, namespace, kubectl proxy).
 
@@ -78,6 +80,7 @@ def main() -> int:
                 "--set", "kamailio.image.repository=localhost/lifeline-test/kamailio",
                 "--set-string", "kamailio.image.tag=0.1.0", "--set", "kamailio.image.pullPolicy=Never",
                 "--set", "sipSync.image.pullPolicy=Never", "--set", "replicas=1",
+                "--set", "sipSync.annotate=true",
                 "--set", f"sipSync.watchList={'true' if args.watch_list else 'false'}"]
         subprocess.run(helm, check=True, env=ENV, capture_output=True)
 

@@ -1,8 +1,9 @@
 //! `charts/lifeline-edge`: lints and renders the blessed sidecar layout, refuses
 //! missing or malformed values with a message naming the field, ships the example's
 //! kamailio.cfg unchanged, and — against the real API server — its sip-sync
-//! ServiceAccount may read exactly the one routing ConfigMap (and `lifeline sip-sync
-//! --watch-list` works with that and nothing more).
+//! ServiceAccount may get and watch exactly the one routing ConfigMap and nothing
+//! else, not even write it (and `lifeline sip-sync --watch-list` works with that and
+//! nothing more); `list` and `patch` appear only with the values that need them.
 
 mod common;
 
@@ -166,12 +167,51 @@ fn chart_lints_and_renders_the_sidecar_layout() {
     assert_eq!(
         rules,
         &json!([{"apiGroups": [""], "resources": ["configmaps"],
-                 "resourceNames": ["cc-routing"], "verbs": ["get", "watch", "patch"]}])
+                 "resourceNames": ["cc-routing"], "verbs": ["get", "watch"]}])
+    );
+    assert!(
+        !sync_args.contains(&"--annotate"),
+        "sip-sync writes nothing by default: {sync_args:?}"
     );
     let cfg = find(&docs, "ConfigMap")["data"]["kamailio.cfg"]
         .as_str()
         .unwrap();
     assert!(cfg.starts_with("#!KAMAILIO"));
+}
+
+/// `list` only without WatchList, `patch` only with the opt-in annotations; both still
+/// by the one ConfigMap's name.
+#[test]
+fn role_grows_only_with_the_values_that_need_it() {
+    for (values, verbs, annotate) in [
+        (vec![], json!(["get", "watch"]), false),
+        (
+            vec!["--set", "sipSync.watchList=false"],
+            json!(["get", "watch", "list"]),
+            false,
+        ),
+        (
+            vec!["--set", "sipSync.annotate=true"],
+            json!(["get", "watch", "patch"]),
+            true,
+        ),
+    ] {
+        let mut extra = IMAGE.to_vec();
+        extra.extend(values.iter().copied());
+        let docs = template(&extra);
+        assert_eq!(
+            find(&docs, "Role")["rules"],
+            json!([{"apiGroups": [""], "resources": ["configmaps"],
+                     "resourceNames": ["sip-routing"], "verbs": verbs}]),
+            "{values:?}"
+        );
+        let sync = &find(&docs, "Deployment")["spec"]["template"]["spec"]["initContainers"][0];
+        assert_eq!(
+            strings(&sync["args"]).contains(&"--annotate"),
+            annotate,
+            "{values:?}"
+        );
+    }
 }
 
 #[test]
@@ -308,7 +348,6 @@ async fn sip_sync_account_reads_only_its_configmap() {
     for (verb, target) in [
         ("get", "configmaps/sip-routing"),
         ("watch", "configmaps/sip-routing"),
-        ("patch", "configmaps/sip-routing"),
     ] {
         assert!(
             can_i(&kubeconfig, &ns.name, verb, target),
@@ -320,10 +359,15 @@ async fn sip_sync_account_reads_only_its_configmap() {
         (ns.name.as_str(), "list", "configmaps/sip-routing"),
         (ns.name.as_str(), "watch", "configmaps"),
         (ns.name.as_str(), "get", "configmaps/other"),
+        (ns.name.as_str(), "watch", "configmaps/other"),
+        (ns.name.as_str(), "patch", "configmaps/sip-routing"),
+        (ns.name.as_str(), "patch", "configmaps/other"),
         (ns.name.as_str(), "update", "configmaps/sip-routing"),
         (ns.name.as_str(), "delete", "configmaps/sip-routing"),
         (ns.name.as_str(), "create", "configmaps"),
         (ns.name.as_str(), "get", "secrets"),
+        (ns.name.as_str(), "list", "secrets"),
+        (ns.name.as_str(), "patch", "pods"),
         (ns.name.as_str(), "list", "pods"),
         (ns.name.as_str(), "get", "fallbackpolicies.lifeline.dev"),
         ("default", "get", "configmaps/sip-routing"),
@@ -375,6 +419,73 @@ async fn sip_sync_account_reads_only_its_configmap() {
             std::fs::read_to_string(dir.join("sip-sync.log")).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its reload then fails (no Kamailio): the error path runs, and it writes nothing
+    // to the API (no `sync-error` annotation, no forbidden patch attempt).
+    let log = || std::fs::read_to_string(dir.join("sip-sync.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log().contains("applying routing failed") {
+        assert!(
+            Instant::now() < deadline,
+            "sip-sync never tried the reload:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !log().contains("cannot annotate"),
+        "sip-sync tried to write the ConfigMap:\n{}",
+        log()
+    );
+    let cm = cms.get("sip-routing").await.unwrap();
+    let managers: Vec<String> = cm
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(
+        !managers.iter().any(|m| m == "lifeline.dev/sip-sync"),
+        "sip-sync wrote the ConfigMap: {managers:?}"
+    );
+    assert!(
+        cm.metadata
+            .annotations
+            .unwrap_or_default()
+            .keys()
+            .all(|k| !k.starts_with("lifeline.dev/")),
+        "no sip-sync annotation by default"
+    );
+
+    // The opt-ins add exactly their verb, on the same name only.
+    let mut args = vec!["upgrade", "edge", &chart, "--namespace", &ns.name];
+    args.extend_from_slice(&IMAGE);
+    args.extend([
+        "--set",
+        "sipSync.annotate=true",
+        "--set",
+        "sipSync.watchList=false",
+    ]);
+    helm_ok(&args);
+    for verb in ["get", "watch", "list", "patch"] {
+        assert!(
+            can_i(&kubeconfig, &ns.name, verb, "configmaps/sip-routing"),
+            "{verb} configmaps/sip-routing is allowed with the opt-ins"
+        );
+    }
+    for (verb, target) in [
+        ("patch", "configmaps/other"),
+        ("list", "configmaps"),
+        ("update", "configmaps/sip-routing"),
+        ("delete", "configmaps/sip-routing"),
+        ("get", "secrets"),
+    ] {
+        assert!(
+            !can_i(&kubeconfig, &ns.name, verb, target),
+            "{verb} {target} stays forbidden with the opt-ins"
+        );
     }
 }
 

@@ -33,6 +33,7 @@ use lifeline::crd::{BotPool, FallbackPolicy, Trunk};
 use serde_json::json;
 
 use common::eventually;
+use common::real_plane::RealPlane;
 
 const RELEASE_NS: &str = "lifeline-system";
 const RELEASE: &str = "lifeline";
@@ -84,107 +85,6 @@ fn helm(args: &[&str]) -> String {
     run(Command::new(helm_bin())
         .args(args)
         .env("KUBECONFIG", real_kubeconfig()))
-}
-
-/// One real node per machine (its bridge and 10.96.0.1:443 are machine-wide): a
-/// directory created atomically under /run serializes the real-node tests of
-/// several checkouts. A lock whose process is gone is taken over.
-struct MachineLock(PathBuf);
-
-impl MachineLock {
-    fn acquire() -> Self {
-        let dir = PathBuf::from("/run/lifeline-real-node.lock");
-        let me = format!("{} {}", std::process::id(), root().display());
-        let started = Instant::now();
-        let mut told = Instant::now() - Duration::from_secs(60);
-        loop {
-            if std::fs::create_dir(&dir).is_ok() {
-                std::fs::write(dir.join("owner"), &me).expect("write the lock owner");
-                return Self(dir);
-            }
-            let owner = std::fs::read_to_string(dir.join("owner")).unwrap_or_default();
-            let pid = owner.split_whitespace().next().unwrap_or("");
-            let alive = !pid.is_empty() && Path::new("/proc").join(pid).exists();
-            if !alive && started.elapsed() > Duration::from_secs(2) {
-                // the owner died without unlocking (or never wrote its name)
-                let _ = std::fs::remove_dir_all(&dir);
-                continue;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(1200),
-                "the real node is still in use by {owner} after 20 minutes"
-            );
-            if told.elapsed() > Duration::from_secs(30) {
-                eprintln!("waiting for the real node: in use by {owner}");
-                told = Instant::now();
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-}
-
-impl Drop for MachineLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The real-node plane; stopped on drop when this test started it.
-struct RealPlane {
-    started_here: bool,
-    // dropped after the plane is down (fields drop after Drop::drop)
-    _lock: MachineLock,
-}
-
-impl RealPlane {
-    fn up() -> Self {
-        let lock = MachineLock::acquire();
-        let status = Command::new(root().join("tests/testenv/status.sh"))
-            .env("NODE", "real")
-            .output()
-            .expect("run status.sh");
-        let started_here = !status.status.success();
-        // Constructed before up.sh runs: a failed start is torn down as well.
-        let plane = Self {
-            started_here,
-            _lock: lock,
-        };
-        let t = Instant::now();
-        run(Command::new(root().join("tests/testenv/up.sh")).env("NODE", "real"));
-        eprintln!(
-            "real-node plane {} in {:.1} s",
-            if started_here { "started" } else { "reused" },
-            t.elapsed().as_secs_f64()
-        );
-        plane
-    }
-
-    fn import(&self, archive: &Path) {
-        assert!(
-            archive.exists(),
-            "{} is missing: run `make release images-test`",
-            archive.display()
-        );
-        run(Command::new(root().join("tests/testenv/node.sh"))
-            .env("NODE", "real")
-            .arg("import")
-            .arg(archive));
-    }
-}
-
-impl Drop for RealPlane {
-    fn drop(&mut self) {
-        if self.started_here {
-            let t = Instant::now();
-            let _ = Command::new(root().join("tests/testenv/down.sh"))
-                .env("NODE", "real")
-                .status();
-            eprintln!(
-                "real-node plane stopped in {:.1} s",
-                t.elapsed().as_secs_f64()
-            );
-        }
-    }
 }
 
 async fn client() -> Client {
@@ -397,7 +297,9 @@ fn edge_manifest(ns: &str) -> String {
                 "image": format!("{IMAGE_REPO}:{v}"), "imagePullPolicy": "IfNotPresent",
                 "args": ["sip-sync", "--configmap=edge-routing", "--key=dispatcher.list",
                          "--file=/etc/kamailio/dispatcher/dispatcher.list",
-                         "--rpc-url=http://127.0.0.1:5071/RPC", "--metrics-addr=0.0.0.0:9090"],
+                         "--rpc-url=http://127.0.0.1:5071/RPC", "--metrics-addr=0.0.0.0:9090",
+                         // opt-in: the test reads the applied hash from the ConfigMap
+                         "--annotate"],
                 "env": [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
                 "startupProbe": {"httpGet": {"path": "/startupz", "port": 9090}, "periodSeconds": 1, "failureThreshold": 60},
                 "readinessProbe": {"httpGet": {"path": "/readyz", "port": 9090}, "periodSeconds": 2},

@@ -8,11 +8,16 @@
 //! Kamailio loads atomically ([`file::write_atomic`]), calls `dispatcher.reload`,
 //! reads `dispatcher.list` back and checks that the sets and URIs match. It retries
 //! with capped exponential backoff while Kamailio is not up or the check fails, and
-//! reports the outcome in metrics, logs and two annotations on the ConfigMap
-//! (`lifeline.dev/applied-hash`, `lifeline.dev/applied-at`), written by server-side
-//! apply with the field manager `lifeline.dev/sip-sync`. With several Kamailio
-//! replicas the annotations show the last writer; each pod's own truth is its
-//! metrics and logs.
+//! reports the outcome in metrics, logs and its `/readyz`.
+//!
+//! It only reads the ConfigMap (get/watch, by name), so its Role grants nothing
+//! else. With `--annotate` (opt-in, for a single edge without a `SipEdge` report) it
+//! also writes two annotations on the ConfigMap (`lifeline.dev/applied-hash`,
+//! `lifeline.dev/applied-at`, plus `lifeline.dev/sync-error` while the latest version
+//! is not applied) by server-side apply with the field manager
+//! `lifeline.dev/sip-sync`; that needs `patch` on the ConfigMap. With several
+//! Kamailio replicas the annotations show the last writer; each pod's own truth is
+//! its metrics and logs.
 
 pub mod file;
 pub mod kamailio;
@@ -86,6 +91,11 @@ pub struct SyncArgs {
     /// sidecar's Role needs only `get` and `watch` on that one ConfigMap.
     #[arg(long, env = "LIFELINE_WATCH_LIST")]
     pub watch_list: bool,
+    /// Also write `lifeline.dev/applied-hash`, `applied-at` and `sync-error`
+    /// annotations on the routing ConfigMap (needs `patch` on it). Off by default: the
+    /// sidecar then only reads the ConfigMap, and reports through metrics and logs.
+    #[arg(long, env = "LIFELINE_ANNOTATE")]
+    pub annotate: bool,
     /// Where this member reports what it sees (its `SipEdge`).
     #[command(flatten)]
     pub report: report::ReportArgs,
@@ -555,7 +565,9 @@ async fn apply_loop(
                     let at = jiff::Timestamp::now().to_string();
                     applied = Some((hash.clone(), at));
                     reported_error = None;
-                    annotate(&api, &args.configmap, &applied, None, &out.metrics).await;
+                    if args.annotate {
+                        annotate(&api, &args.configmap, &applied, None, &out.metrics).await;
+                    }
                 }
                 Err(e) => {
                     let category = e.category();
@@ -584,7 +596,7 @@ async fn apply_loop(
                     }
                     // Annotate once per (version, reason), not on every retry.
                     let key = (hash.clone(), category);
-                    if reported_error.as_ref() != Some(&key) {
+                    if args.annotate && reported_error.as_ref() != Some(&key) {
                         let msg = format!("{}: {e}", &hash.get(..12).unwrap_or("-"));
                         annotate(&api, &args.configmap, &applied, Some(&msg), &out.metrics).await;
                         reported_error = Some(key);

@@ -16,6 +16,7 @@ pub mod harness;
 pub mod kamailio;
 pub mod operator;
 pub mod process;
+pub mod real_plane;
 pub mod sip;
 pub mod sync;
 pub mod tools;

@@ -47,6 +47,7 @@ impl SipSync {
             max_backoff_ms: 1000,
             metrics_addr,
             watch_list: false,
+            annotate: true,
             report: Default::default(),
         };
         tokio::spawn(lifeline::sync::run_with_client(
