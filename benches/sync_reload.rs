@@ -94,6 +94,7 @@ async fn main() {
         metrics_addr: None,
         watch_list: false,
         report: Default::default(),
+        probe: Default::default(),
     };
     tokio::spawn(lifeline::sync::run_with_client(
         client,

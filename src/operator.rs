@@ -191,6 +191,8 @@ impl ProbeArgs {
                 max_endpoints_per_namespace: self.max_endpoints_per_namespace,
                 max_probes_per_second_per_namespace: self.max_rate_per_namespace,
             },
+            source: None,
+            source_port: 0,
         })
     }
 }

@@ -97,6 +97,7 @@ impl SipSync {
             metrics_addr,
             watch_list: false,
             report: Default::default(),
+            probe: Default::default(),
         };
         tokio::spawn(lifeline::sync::run_with_client(
             client,

@@ -31,13 +31,14 @@ use tokio_util::sync::CancellationToken;
 use super::Context;
 use crate::crd::{
     BotPool, FIELD_MANAGER, FallbackPolicy, FallbackPolicySpec, FallbackPolicyStatus,
-    POLICY_CAPACITY_SUFFICIENT, POLICY_DEGRADED, POLICY_READY, ProbeSpec, RegionState, Trunk,
-    condition, merge_condition,
+    POLICY_CAPACITY_SUFFICIENT, POLICY_DEGRADED, POLICY_READY, RegionState, Trunk, condition,
+    merge_condition,
 };
 use crate::plan::{
     BotPoolObservation, FAILBACK_ANNOTATION, Observed, Plan, PlanEvent, TrunkObservation,
 };
 use crate::probe::ProbeTarget;
+use crate::render::probes::PROBES_KEY;
 use crate::telemetry::{ErrorLabels, StateLabels};
 
 /// The annotation with the lowercase hex SHA-256 of the rendered routing.
@@ -418,6 +419,40 @@ fn observe(policy: &FallbackPolicy, ns: &str, pctx: &PolicyCtx) -> Observed {
     observed
 }
 
+/// What the SIP edges probe for this policy (`probes.json` in the routing ConfigMap):
+/// every tier's trunk endpoints with their Trunk's probe settings and the static `uri`
+/// targets with `spec.probe`. Disabled trunks (not probed) and trunks with a CA bundle
+/// (the edge cannot read it) are left out; see [`crate::render::probes`].
+fn edge_probe_list(policy: &FallbackPolicy, ns: &str, pctx: &PolicyCtx) -> String {
+    use crate::render::probes::EdgeTarget;
+    let mut out = Vec::new();
+    for t in targets(&policy.spec) {
+        if let Some(uri) = &t.uri {
+            out.push(EdgeTarget {
+                uri: uri.clone(),
+                probe: policy.spec.probe.clone(),
+                server_name: None,
+            });
+        }
+        let Some(name) = &t.trunk else { continue };
+        let Some(trunk) = pctx.trunks.get(&ObjectRef::new(name).within(ns)) else {
+            continue;
+        };
+        let tls = trunk.spec.tls.as_ref();
+        if trunk.spec.disabled || tls.is_some_and(|t| t.ca_bundle.is_some()) {
+            continue;
+        }
+        for e in &trunk.spec.endpoints {
+            out.push(EdgeTarget {
+                uri: e.uri.clone(),
+                probe: trunk.spec.probe.clone(),
+                server_name: tls.and_then(|t| t.server_name.clone()),
+            });
+        }
+    }
+    crate::render::probes::render(out)
+}
+
 /// Point the prober at the policy's static targets and read their health.
 fn probe_static_targets(
     policy: &FallbackPolicy,
@@ -440,7 +475,7 @@ fn probe_static_targets(
         uris.iter()
             .map(|uri| ProbeTarget {
                 uri: uri.clone(),
-                spec: ProbeSpec::default(),
+                spec: policy.spec.probe.clone(),
                 tls: None,
             })
             .collect(),
@@ -520,7 +555,8 @@ async fn reconcile_inner(
     let format = policy.spec.routing_config_map.format;
     let text = crate::render::render(format, &format!("{ns}/{name}"), &plan);
     let hash = crate::render::content_hash(&text);
-    let routing = inspect_config_map(policy, ns, format, &hash, pctx).await?;
+    let probes = edge_probe_list(policy, ns, pctx);
+    let routing = inspect_config_map(policy, ns, format, &hash, &probes, pctx).await?;
     let conflict = match &routing {
         Routing::Conflict(cm) => Some(cm.clone()),
         _ => None,
@@ -549,7 +585,9 @@ async fn reconcile_inner(
     if routing == Routing::Stale {
         let Some(written) = pctx
             .ctx
-            .while_leading(apply_config_map(policy, ns, format, &text, &hash, pctx))
+            .while_leading(apply_config_map(
+                policy, ns, format, &text, &hash, &probes, pctx,
+            ))
             .await
         else {
             return Ok(Action::await_change());
@@ -625,6 +663,7 @@ async fn inspect_config_map(
     ns: &str,
     format: crate::crd::RoutingFormat,
     hash: &str,
+    probes: &str,
     pctx: &PolicyCtx,
 ) -> Result<Routing, Error> {
     let cm_name = &policy.spec.routing_config_map.name;
@@ -649,9 +688,10 @@ async fn inspect_config_map(
         .map(String::as_str)
         == Some(hash);
     let same_data = existing.data.as_ref().is_some_and(|d| {
-        d.len() == 1
+        d.len() == 2
             && d.get(key)
                 .is_some_and(|text| crate::render::content_hash(text) == hash)
+            && d.get(PROBES_KEY).map(String::as_str) == Some(probes)
     });
     if !same_data && same_hash {
         tracing::warn!(configmap = %cm_name, "routing data was edited by hand; restoring it");
@@ -670,6 +710,7 @@ async fn apply_config_map(
     format: crate::crd::RoutingFormat,
     text: &str,
     hash: &str,
+    probes: &str,
     pctx: &PolicyCtx,
 ) -> Result<(), Error> {
     let cm_name = &policy.spec.routing_config_map.name;
@@ -686,7 +727,7 @@ async fn apply_config_map(
             "annotations": { CONTENT_HASH_ANNOTATION: hash },
             "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
         },
-        "data": { key: text },
+        "data": { key: text, PROBES_KEY: probes },
     });
     api.patch(
         cm_name,

@@ -632,6 +632,8 @@ pub fn next_status(
         healthy_endpoints: u32::try_from(up).unwrap_or(u32::MAX),
         healthy_summary: Some(format!("{up}/{total}")),
         endpoints,
+        vantages: Vec::new(),
+        vantage_summary: None,
     };
     (new != *old).then_some(new)
 }
