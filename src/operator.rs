@@ -445,6 +445,7 @@ pub async fn run_with_client(
             tokio::join!(
                 controller::trunk::run(ctx.clone(), shutdown.clone()),
                 controller::policy::run(ctx.clone(), shutdown.clone()),
+                controller::edge::run(ctx.clone(), shutdown.clone()),
                 controller::api_watchdog(ctx.clone(), shutdown.clone()),
             );
         }

@@ -91,6 +91,15 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Labels: one SIP edge member.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EdgeMemberLabels {
+    /// `namespace/SipEdge name`.
+    pub edge: String,
+    /// The member (pod) name.
+    pub member: String,
+}
+
 /// All metrics of the operator and the sidecar.
 pub struct Metrics {
     /// The registry `/metrics` encodes.
@@ -128,6 +137,9 @@ pub struct Metrics {
     pub probe_rtt: Histogram,
     /// Notifier webhook attempts by result.
     pub notifications: Family<ResultLabels, Counter>,
+    /// 1 while an edge member is `Isolated` (its own uplink is gone). Series of
+    /// members that left are removed.
+    pub edge_isolated: Family<EdgeMemberLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -228,6 +240,12 @@ impl Metrics {
             "Notifier webhook attempts by result (delivered, failed)",
             notifications.clone(),
         );
+        let edge_isolated = Family::<EdgeMemberLabels, Gauge>::default();
+        registry.register(
+            "edge_isolated",
+            "1 while a SIP edge member sees every destination fail while other vantages see them answer (its uplink is gone)",
+            edge_isolated.clone(),
+        );
         registry.register(
             "probe_rtt_seconds",
             "Round trip of answered SIP OPTIONS probes",
@@ -259,6 +277,7 @@ impl Metrics {
             leader,
             probe_rtt,
             notifications,
+            edge_isolated,
         }
     }
 

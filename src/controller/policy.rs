@@ -234,6 +234,29 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         }
     });
     let probe_changes = futures::stream::select(probe_changes, everyone);
+    // An edge report changed: policies with static targets combine vantages again.
+    let edge_changes = futures::stream::unfold(ctx.edges.subscribe(), |mut rx| async move {
+        use tokio::sync::broadcast::error::RecvError;
+        match rx.recv().await {
+            Ok(ns) => Some((Some(ns), rx)),
+            Err(RecvError::Lagged(_)) => Some((None, rx)),
+            Err(RecvError::Closed) => None,
+        }
+    })
+    .flat_map({
+        let store = store.clone();
+        move |ns: Option<String>| {
+            let refs: Vec<ObjectRef<FallbackPolicy>> = store
+                .state()
+                .iter()
+                .filter(|p| ns.is_none() || p.namespace() == ns)
+                .filter(|p| targets(&p.spec).any(|t| t.uri.is_some()))
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect();
+            futures::stream::iter(refs)
+        }
+    });
+    let probe_changes = futures::stream::select(probe_changes, edge_changes);
     let sweeper = tokio::spawn(sweep_deleted(store.clone(), pctx.clone(), shutdown.clone()));
 
     controller
@@ -480,7 +503,15 @@ fn probe_static_targets(
             })
             .collect(),
     );
-    for h in pctx.ctx.probes.health(&owner) {
+    // The operator's own probes, combined with the edges' (spec.probe.vantage).
+    let ctx = &pctx.ctx;
+    let (health, _, _) = ctx.edges.combine(
+        ctx,
+        ns,
+        policy.spec.probe.vantage,
+        ctx.probes.health(&owner),
+    );
+    for h in health {
         observed.uris.insert(h.uri, h.state);
     }
 }
