@@ -719,15 +719,18 @@ async fn inspect_config_map(
         .map(String::as_str)
         == Some(hash);
     let same_data = existing.data.as_ref().is_some_and(|d| {
-        d.len() == 2
-            && d.get(key)
-                .is_some_and(|text| crate::render::content_hash(text) == hash)
-            && d.get(PROBES_KEY).map(String::as_str) == Some(probes)
+        d.get(key)
+            .is_some_and(|text| crate::render::content_hash(text) == hash)
     });
+    // The edges' probe list changes with Trunk probe settings, not with the routing.
+    let same_probes = existing
+        .data
+        .as_ref()
+        .is_some_and(|d| d.len() == 2 && d.get(PROBES_KEY).map(String::as_str) == Some(probes));
     if !same_data && same_hash {
         tracing::warn!(configmap = %cm_name, "routing data was edited by hand; restoring it");
     }
-    Ok(if ours && same_hash && same_data {
+    Ok(if ours && same_hash && same_data && same_probes {
         Routing::Current
     } else {
         Routing::Stale
