@@ -218,12 +218,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     // The operator's own probes changing can make an edge member isolated or not.
     let probe_changes = futures::stream::unfold(ctx.probes.subscribe(), |mut rx| async move {
         use tokio::sync::broadcast::error::RecvError;
-        loop {
-            match rx.recv().await {
-                Ok(key) => return Some((Some(key), rx)),
-                Err(RecvError::Lagged(_)) => return Some((None, rx)),
-                Err(RecvError::Closed) => return None,
-            }
+        match rx.recv().await {
+            Ok(key) => Some((Some(key), rx)),
+            Err(RecvError::Lagged(_)) => Some((None, rx)),
+            Err(RecvError::Closed) => None,
         }
     })
     .flat_map({
