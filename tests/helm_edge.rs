@@ -349,8 +349,14 @@ async fn sip_sync_account_reads_only_its_configmap() {
         ("get", "configmaps/sip-routing"),
         ("watch", "configmaps/sip-routing"),
         ("patch", "configmaps/sip-routing"),
-        ("get", "sipedges.lifeline.dev/edge-lifeline-edge --subresource=status"),
-        ("patch", "sipedges.lifeline.dev/edge-lifeline-edge --subresource=status"),
+        (
+            "get",
+            "sipedges.lifeline.dev/edge-lifeline-edge --subresource=status",
+        ),
+        (
+            "patch",
+            "sipedges.lifeline.dev/edge-lifeline-edge --subresource=status",
+        ),
     ] {
         assert!(
             can_i(&kubeconfig, &ns.name, verb, target),
@@ -368,8 +374,16 @@ async fn sip_sync_account_reads_only_its_configmap() {
         (ns.name.as_str(), "get", "secrets"),
         (ns.name.as_str(), "list", "pods"),
         (ns.name.as_str(), "get", "fallbackpolicies.lifeline.dev"),
-        (ns.name.as_str(), "patch", "sipedges.lifeline.dev/edge-lifeline-edge"),
-        (ns.name.as_str(), "patch", "sipedges.lifeline.dev/other --subresource=status"),
+        (
+            ns.name.as_str(),
+            "patch",
+            "sipedges.lifeline.dev/edge-lifeline-edge",
+        ),
+        (
+            ns.name.as_str(),
+            "patch",
+            "sipedges.lifeline.dev/other --subresource=status",
+        ),
         (ns.name.as_str(), "list", "sipedges.lifeline.dev"),
         ("default", "get", "configmaps/sip-routing"),
     ] {
