@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages that tests, the demo and the image builds need, when missing.
 #   kamailio, sipp, lua, openssl       SIP end-to-end tests and the demo
+#   iptables                           tests/vantage.rs cuts one edge's uplink (rules scoped to its 127.x address)
 #   buildah, umoci                     `make image` (daemonless build) and the image test (unpack for runc)
 #   containerd, runc, CNI plugins      the real node of the testenv (NODE=real)
 #   iproute2, gcc + libc6-dev          the pod bridge; the static pause binary
@@ -13,6 +14,7 @@ command -v sipp >/dev/null || need+=(sip-tester)
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 command -v lua5.4 >/dev/null || need+=(lua5.4)
 command -v openssl >/dev/null || need+=(openssl)
+command -v iptables >/dev/null || need+=(iptables)
 # promtool checks and unit-tests the chart's alerts; Debian ships it with the server.
 command -v promtool >/dev/null || need+=(prometheus)
 command -v buildah >/dev/null || need+=(buildah)

@@ -189,6 +189,8 @@ impl ProbeArgs {
                 max_endpoints_per_namespace: self.max_endpoints_per_namespace,
                 max_probes_per_second_per_namespace: self.max_rate_per_namespace,
             },
+            source: None,
+            source_port: 0,
         })
     }
 }
@@ -407,6 +409,7 @@ pub async fn run_with_client(
             tokio::join!(
                 controller::trunk::run(ctx.clone(), shutdown.clone()),
                 controller::policy::run(ctx.clone(), shutdown.clone()),
+                controller::edge::run(ctx.clone(), shutdown.clone()),
                 controller::api_watchdog(ctx.clone(), shutdown.clone()),
             );
         }

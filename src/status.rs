@@ -218,6 +218,7 @@ fn render_policy(
             "MEDIUM",
             "ENDPOINTS UP",
             "HEALTHY",
+            "VANTAGES",
         ])];
         for name in &trunk_names {
             match find(trunks, &ns, name) {
@@ -240,9 +241,11 @@ fn render_policy(
                         &t.spec.medium.to_string(),
                         &format!("{}/{}", s.healthy_endpoints, t.spec.endpoints.len()),
                         &state,
+                        // Where the operator and the SIP edges see it differently.
+                        s.vantage_summary.as_deref().unwrap_or("-"),
                     ]));
                 }
-                None => rows.push(row([name, "-", "-", "-", "not found"])),
+                None => rows.push(row([name, "-", "-", "-", "not found", "-"])),
             }
         }
         table(out, &rows);

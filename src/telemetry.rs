@@ -93,6 +93,15 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Labels: one SIP edge member.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EdgeMemberLabels {
+    /// `namespace/SipEdge name`.
+    pub edge: String,
+    /// The member (pod) name.
+    pub member: String,
+}
+
 /// A process's registry, as the admin server's `/metrics` encodes it.
 pub trait Exposition: Send + Sync + 'static {
     /// The registry.
@@ -149,6 +158,9 @@ pub struct Metrics {
     pub probe_rtt: Histogram,
     /// Notifier webhook attempts by result.
     pub notifications: Family<ResultLabels, Counter>,
+    /// 1 while an edge member is `Isolated` (its own uplink is gone). Series of
+    /// members that left are removed.
+    pub edge_isolated: Family<EdgeMemberLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -230,6 +242,12 @@ impl Metrics {
             "Round trip of answered SIP OPTIONS probes",
             probe_rtt.clone(),
         );
+        let edge_isolated = Family::<EdgeMemberLabels, Gauge>::default();
+        registry.register(
+            "edge_isolated",
+            "1 while a SIP edge member sees every destination fail while other vantages see them answer (its uplink is gone)",
+            edge_isolated.clone(),
+        );
         Self {
             registry,
             reconcile_duration,
@@ -244,6 +262,7 @@ impl Metrics {
             leader,
             probe_rtt,
             notifications,
+            edge_isolated,
         }
     }
 

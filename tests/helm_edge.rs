@@ -167,12 +167,18 @@ fn chart_lints_and_renders_the_sidecar_layout() {
     assert_eq!(
         rules,
         &json!([{"apiGroups": [""], "resources": ["configmaps"],
-                 "resourceNames": ["cc-routing"], "verbs": ["get", "watch"]}])
+                 "resourceNames": ["cc-routing"], "verbs": ["get", "watch"]},
+                {"apiGroups": ["lifeline.dev"], "resources": ["sipedges/status"],
+                 "resourceNames": ["edge-lifeline-edge"], "verbs": ["get", "patch"]}])
     );
     assert!(
         !sync_args.contains(&"--annotate"),
         "sip-sync writes nothing by default: {sync_args:?}"
     );
+    // The SipEdge its pods report to, for the routing it serves.
+    let edge = find(&docs, "SipEdge");
+    assert_eq!(edge["metadata"]["name"], "edge-lifeline-edge");
+    assert_eq!(edge["spec"]["routingConfigMap"], "cc-routing");
     let cfg = find(&docs, "ConfigMap")["data"]["kamailio.cfg"]
         .as_str()
         .unwrap();
@@ -295,10 +301,12 @@ fn service_account_kubeconfig(namespace: &str, sa: &str, dir: &Path) -> PathBuf 
 }
 
 /// `kubectl auth can-i VERB TARGET` as the identity in `kubeconfig` (TARGET may be
-/// `resource/name`).
+/// `resource/name`, followed by flags such as `--subresource=status`).
 fn can_i(kubeconfig: &Path, namespace: &str, verb: &str, target: &str) -> bool {
     let out = Command::new("kubectl")
-        .args(["auth", "can-i", verb, target, "--namespace", namespace])
+        .args(["auth", "can-i", verb])
+        .args(target.split_whitespace())
+        .args(["--namespace", namespace])
         .env("KUBECONFIG", kubeconfig)
         .output()
         .expect("kubectl auth can-i");
@@ -324,6 +332,7 @@ async fn sip_sync_account_reads_only_its_configmap() {
     let Some(client) = common::client().await else {
         return;
     };
+    common::install_crds(&client).await;
     let ns = common::TestNamespace::create(client.clone(), "edge-rbac", &[]).await;
     let cms: Api<ConfigMap> = ns.api();
     let routing = "1 sip:127.0.70.201:5060 0 0 duid=carrier\n";
@@ -348,6 +357,14 @@ async fn sip_sync_account_reads_only_its_configmap() {
     for (verb, target) in [
         ("get", "configmaps/sip-routing"),
         ("watch", "configmaps/sip-routing"),
+        (
+            "get",
+            "sipedges.lifeline.dev/edge-lifeline-edge --subresource=status",
+        ),
+        (
+            "patch",
+            "sipedges.lifeline.dev/edge-lifeline-edge --subresource=status",
+        ),
     ] {
         assert!(
             can_i(&kubeconfig, &ns.name, verb, target),
@@ -370,6 +387,17 @@ async fn sip_sync_account_reads_only_its_configmap() {
         (ns.name.as_str(), "patch", "pods"),
         (ns.name.as_str(), "list", "pods"),
         (ns.name.as_str(), "get", "fallbackpolicies.lifeline.dev"),
+        (
+            ns.name.as_str(),
+            "patch",
+            "sipedges.lifeline.dev/edge-lifeline-edge",
+        ),
+        (
+            ns.name.as_str(),
+            "patch",
+            "sipedges.lifeline.dev/other --subresource=status",
+        ),
+        (ns.name.as_str(), "list", "sipedges.lifeline.dev"),
         ("default", "get", "configmaps/sip-routing"),
     ] {
         assert!(

@@ -3,6 +3,7 @@
 
 pub mod botpool;
 pub mod drill;
+pub mod edge;
 pub mod notifier;
 pub mod policy;
 pub mod runtime;
@@ -30,6 +31,8 @@ pub struct Context {
     pub probes: ProbeHub,
     /// Namespace to watch; `None` watches all namespaces.
     pub namespace: Option<String>,
+    /// What the SIP edges report (filled by [`edge::run`]; empty without it).
+    pub edges: edge::EdgeBoard,
     /// Whether this replica leads and may write (see [`Context::while_leading`]).
     pub leading: watch::Receiver<bool>,
     /// Wakes the API watchdog after a failed API call (see [`api_watchdog`]).
@@ -94,6 +97,7 @@ impl Context {
             client,
             metrics,
             namespace,
+            edges: edge::EdgeBoard::default(),
             leading,
             api_failed: Arc::new(tokio::sync::Notify::new()),
             api_returned: watch::channel(0).0,

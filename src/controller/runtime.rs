@@ -242,6 +242,39 @@ where
     })
 }
 
+/// The edge board's notifications (a namespace's SIP edge reports changed) as reconcile
+/// requests for the cached objects of that namespace that `wanted` selects (all of
+/// them after a lag).
+pub fn edge_changes<K>(
+    rx: tokio::sync::broadcast::Receiver<String>,
+    store: Store<K>,
+    wanted: fn(&K) -> bool,
+) -> impl Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    use tokio::sync::broadcast::error::RecvError;
+    futures::stream::unfold(rx, move |mut rx| {
+        let store = store.clone();
+        async move {
+            let ns = match rx.recv().await {
+                Ok(ns) => Some(ns),
+                Err(RecvError::Lagged(_)) => None,
+                Err(RecvError::Closed) => return None,
+            };
+            let refs: Vec<ObjectRef<K>> = store
+                .state()
+                .iter()
+                .filter(|o| ns.is_none() || o.namespace() == ns)
+                .filter(|o| wanted(o))
+                .map(|o| ObjectRef::from_obj(o.as_ref()))
+                .collect();
+            Some((refs, rx))
+        }
+    })
+    .flat_map(futures::stream::iter)
+}
+
 /// Keys `ns/name` of the objects a prober owner key names (`<prefix>/<ns>/<name>`).
 pub fn parse_owner_key<K>(prefix: &str, key: &str) -> Option<ObjectRef<K>>
 where

@@ -10,6 +10,9 @@ pub const TRUNK_HEALTHY: &str = "Healthy";
 pub const TRUNK_FORBIDDEN: &str = "Forbidden";
 /// Trunk condition: the namespace's probe quota leaves no room for this trunk.
 pub const TRUNK_QUOTA_EXCEEDED: &str = "QuotaExceeded";
+/// SipEdge: a member sees every destination fail while other vantages see them
+/// answer (its own uplink is gone); its probes are not believed.
+pub const EDGE_ISOLATED: &str = "Isolated";
 /// BotPool: enough ready replicas to be useful.
 pub const BOTPOOL_AVAILABLE: &str = "Available";
 /// BotPool: `replicas.max` cannot cover the demand.

@@ -74,6 +74,10 @@ pub struct SipEdgeStatus {
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+    /// Members the operator does not believe because they are cut off (see the
+    /// `Isolated` condition). Written by the operator.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub isolated_members: Vec<String>,
     /// `confirmed/members`, for `kubectl get`. Written by the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member_summary: Option<String>,

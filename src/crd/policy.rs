@@ -78,6 +78,12 @@ pub struct FallbackPolicySpec {
     #[serde(default)]
     pub failover: FailoverSpec,
 
+    /// How the static `uri` targets (e.g. the agents' PBX) are probed: period, timeout,
+    /// thresholds, alive status codes and vantage, as for a Trunk's endpoints. The
+    /// detection window is `periodSeconds × failureThreshold` (+ `timeoutMillis`).
+    #[serde(default)]
+    pub probe: crate::crd::ProbeSpec,
+
     /// Drain regions by hand, e.g. for maintenance; expires by itself at `until`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub r#override: Option<OverrideSpec>,

@@ -31,6 +31,12 @@ use serde::{Deserialize, Serialize};
         type_ = "string"
     ),
     printcolumn(
+        json_path = ".status.vantageSummary",
+        name = "Vantages",
+        type_ = "string",
+        description = "agree, or which vantages see the endpoints differently"
+    ),
+    printcolumn(
         json_path = ".spec.disabled",
         name = "Disabled",
         type_ = "boolean",
@@ -208,6 +214,42 @@ pub struct ProbeSpec {
     #[schemars(length(min = 1, max = 20))]
     #[x_kube(validation = Rule::new("self.all(c, c >= 100 && c <= 699)").message("probe.aliveStatusCodes must be SIP status codes between 100 and 699, e.g. [200]"))]
     pub alive_status_codes: Vec<u16>,
+    /// Whose probes decide the state: `Operator` (the operator pod's own probes
+    /// only), `Edges` (the probes of the SIP edges that route to this destination,
+    /// reported in their `SipEdge`; the operator's view is used only while no edge
+    /// reports one), or `Both` (default: every vantage votes). An endpoint is Down when
+    /// more counted vantages see it Down than Up; on a tie the edges' majority decides
+    /// (calls leave from the edges), and a tie among the edges too keeps it Up.
+    /// Vantages whose edge pod is gone, and edge members that are `Isolated` (they see
+    /// every destination fail while others see them answer), are not counted. With
+    /// one vantage this is simply that vantage's view.
+    #[serde(default)]
+    pub vantage: Vantage,
+}
+
+/// Which probes decide an endpoint's state.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash,
+)]
+pub enum Vantage {
+    /// Only the operator pod's own probes (lifeline before SIP edges reported).
+    Operator,
+    /// Only the SIP edges' probes (from the address carriers expect); the operator's
+    /// view stands in while no edge reports the destination.
+    Edges,
+    /// The operator and every SIP edge member vote (majority, edges break ties).
+    #[default]
+    Both,
+}
+
+impl std::fmt::Display for Vantage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Vantage::Operator => "Operator",
+            Vantage::Edges => "Edges",
+            Vantage::Both => "Both",
+        })
+    }
 }
 
 impl Default for ProbeSpec {
@@ -218,6 +260,7 @@ impl Default for ProbeSpec {
             failure_threshold: default_failure_threshold(),
             success_threshold: default_success_threshold(),
             alive_status_codes: default_alive_codes(),
+            vantage: Vantage::default(),
         }
     }
 }
@@ -260,9 +303,71 @@ pub struct TrunkStatus {
     /// `healthy/total`, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy_summary: Option<String>,
-    /// Per-endpoint probe results.
+    /// Per-endpoint probe results. `state` is the combined verdict of the counted
+    /// vantages (see `spec.probe.vantage`); the other fields are the operator's own
+    /// probe.
     #[serde(default)]
     pub endpoints: Vec<EndpointStatus>,
+    /// Each vantage's view of the endpoints: the operator (`operator`) and every SIP
+    /// edge member that reports them (`<SipEdge>/<member>`). Written when a view
+    /// changes state, not on every probe.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vantages: Vec<VantageStatus>,
+    /// `agree`, or which vantages disagree with the combined state, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vantage_summary: Option<String>,
+}
+
+/// One vantage's view of a trunk's endpoints.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VantageStatus {
+    /// `operator`, or `<SipEdge name>/<member name>`.
+    pub name: String,
+    /// Whether this view counts towards the combined state: `Counted`, or why not
+    /// (`NotSelected` by `spec.probe.vantage`, `Stale` edge pod gone, `Isolated`).
+    pub vote: VantageVote,
+    /// `up/known` endpoints as this vantage sees them.
+    pub healthy_summary: String,
+    /// Endpoint states as this vantage sees them (endpoints it has no view of are
+    /// left out).
+    #[serde(default)]
+    pub endpoints: Vec<VantageEndpoint>,
+}
+
+/// Whether a vantage's view counts.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VantageVote {
+    /// Counts towards the combined state.
+    Counted,
+    /// Not selected by `spec.probe.vantage`.
+    NotSelected,
+    /// The edge member's pod is gone: its last report is not believed.
+    Stale,
+    /// The edge member sees every destination fail while other vantages see them
+    /// answer: its own uplink is gone, its view is not believed.
+    Isolated,
+}
+
+impl std::fmt::Display for VantageVote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VantageVote::Counted => "Counted",
+            VantageVote::NotSelected => "NotSelected",
+            VantageVote::Stale => "Stale",
+            VantageVote::Isolated => "Isolated",
+        })
+    }
+}
+
+/// One endpoint as one vantage sees it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VantageEndpoint {
+    /// The endpoint URI.
+    pub uri: String,
+    /// Up, Down or Unknown as this vantage sees it.
+    pub state: EndpointState,
 }
 
 /// Probe state of one endpoint.

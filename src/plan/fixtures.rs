@@ -61,6 +61,7 @@ pub fn policy() -> PolicyBuilder {
             routes: Vec::new(),
             health: HealthSpec::default(),
             failover: FailoverSpec::default(),
+            probe: Default::default(),
             r#override: None,
         },
     }

@@ -82,7 +82,10 @@ impl Inner {
             refused: Mutex::new(HashMap::new()),
             changes,
             owners: Mutex::new(HashMap::new()),
-            prober: Arc::new(Prober::new(shutdown.clone(), config.policy, config.dns)),
+            prober: Arc::new(
+                Prober::new(shutdown.clone(), config.policy, config.dns)
+                    .with_source(config.source, config.source_port),
+            ),
             runtime: Mutex::new(
                 probe_runtime(shutdown.clone())
                     .or_else(|| tokio::runtime::Handle::try_current().ok()),
@@ -312,6 +315,25 @@ impl Inner {
                 }
             })
             .collect()
+    }
+
+    pub(super) fn uri_states(&self, namespace: &str) -> HashMap<String, EndpointState> {
+        let owners = lock(&self.owners);
+        let mut out = HashMap::new();
+        for (key, owner) in owners.iter() {
+            if namespace_of(key) != namespace {
+                continue;
+            }
+            for e in owner.endpoints.values() {
+                let state = lock(&e.health).health.state;
+                // Two owners probing one URI: a judged state beats Unknown.
+                let slot = out.entry(e.uri.clone()).or_insert(state);
+                if *slot == EndpointState::Unknown {
+                    *slot = state;
+                }
+            }
+        }
+        out
     }
 
     /// Start `uri` of `owner` from a published state (Up or Down) instead of Unknown,

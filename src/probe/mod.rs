@@ -16,6 +16,7 @@ pub mod codec;
 pub mod health;
 mod hub;
 pub mod policy;
+pub mod quorum;
 pub mod resolve;
 pub mod tls;
 pub mod transport;
@@ -41,6 +42,11 @@ pub struct ProbeConfig {
     pub dns: DnsConfig,
     /// Per-namespace limits.
     pub quotas: Quotas,
+    /// Source address of every probe (`lifeline sip-sync --probe-bind`: the edge's
+    /// address); `None` lets the kernel pick.
+    pub source: Option<std::net::IpAddr>,
+    /// Source port of UDP probes when `source` is set (0: any).
+    pub source_port: u16,
 }
 
 impl Default for ProbeConfig {
@@ -50,6 +56,8 @@ impl Default for ProbeConfig {
             policy: DestinationPolicy::default(),
             dns: DnsConfig::system(),
             quotas: Quotas::default(),
+            source: None,
+            source_port: 0,
         }
     }
 }
@@ -166,6 +174,12 @@ impl ProbeHub {
     /// (empty for an unknown owner).
     pub fn health(&self, owner: &str) -> Vec<EndpointHealth> {
         self.inner.health(owner)
+    }
+
+    /// The state of every URI probed for owners in `namespace` (the operator's own
+    /// vantage, for telling an edge that is cut off from a carrier that is down).
+    pub fn uri_states(&self, namespace: &str) -> std::collections::HashMap<String, EndpointState> {
+        self.inner.uri_states(namespace)
     }
 
     /// Owner keys whose endpoints changed state (Up/Down/Unknown), or whose RTT is due

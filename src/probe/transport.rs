@@ -97,6 +97,11 @@ pub struct Prober {
     v6: OnceCell<Arc<UdpShared>>,
     /// Source IP the kernel picks per destination IP, for the Via header (bounded).
     local_ips: Mutex<HashMap<IpAddr, IpAddr>>,
+    /// Source address of every probe (an edge probes from Kamailio's address); `None`:
+    /// the kernel picks one per destination.
+    source: Option<IpAddr>,
+    /// Source port of the shared UDP socket when `source` is set (0: any).
+    source_port: u16,
     policy: DestinationPolicy,
     resolver: Resolver,
     tls: TlsConfigs,
@@ -154,11 +159,28 @@ impl Prober {
             v4: OnceCell::new(),
             v6: OnceCell::new(),
             local_ips: Mutex::new(HashMap::new()),
+            source: None,
+            source_port: 0,
             policy,
             resolver: Resolver::new(dns),
             tls: TlsConfigs::default(),
             shutdown,
         }
+    }
+
+    /// Send every probe from `source` (UDP and TCP sockets are bound to it), so that a
+    /// peer that filters by source address sees that address, and put it in `Via` and
+    /// `From`; UDP probes leave from `port` (0: any). Destinations of the other
+    /// address family keep the kernel's choice.
+    pub fn with_source(mut self, source: Option<IpAddr>, port: u16) -> Self {
+        self.source = source;
+        self.source_port = port;
+        self
+    }
+
+    /// The source address for destinations of `dest`'s family, if one is set.
+    fn source_for(&self, dest: IpAddr) -> Option<IpAddr> {
+        self.source.filter(|s| s.is_ipv4() == dest.is_ipv4())
     }
 
     /// Names the resolver cache holds (bounded).
@@ -266,14 +288,26 @@ impl Prober {
         match target.transport {
             Transport::Udp => self.probe_udp(uri, target.addr, deadline, timeout).await,
             // Boxed for the same reason as the DNS walk: TCP/TLS futures are large.
-            Transport::Tcp => Box::pin(probe_tcp(uri, target.addr, None, deadline, timeout)).await,
+            Transport::Tcp => {
+                let source = self.source_for(target.addr.ip());
+                Box::pin(probe_tcp(uri, target.addr, source, None, deadline, timeout)).await
+            }
             Transport::Tls => {
                 let setup = self.tls.config(tls).and_then(|config| {
                     tls::server_name(&parsed.host, tls).map(|name| (config, name))
                 });
                 match setup {
                     Ok(s) => {
-                        Box::pin(probe_tcp(uri, target.addr, Some(s), deadline, timeout)).await
+                        let source = self.source_for(target.addr.ip());
+                        Box::pin(probe_tcp(
+                            uri,
+                            target.addr,
+                            source,
+                            Some(s),
+                            deadline,
+                            timeout,
+                        ))
+                        .await
                     }
                     Err(e) => failed(FailureKind::Tls, e),
                 }
@@ -352,7 +386,11 @@ impl Prober {
             SocketAddr::V6(_) => (&self.v6, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
         };
         cell.get_or_try_init(|| async {
-            let socket = UdpSocket::bind(SocketAddr::new(any, 0)).await?;
+            let bind = match self.source_for(dest.ip()) {
+                Some(ip) => SocketAddr::new(ip, self.source_port),
+                None => SocketAddr::new(any, 0),
+            };
+            let socket = UdpSocket::bind(bind).await?;
             let port = socket.local_addr()?.port();
             let shared = Arc::new(UdpShared {
                 socket,
@@ -370,6 +408,9 @@ impl Prober {
     /// reveals it without sending anything), cached per destination. The cache is
     /// bounded: when full it starts over (a miss costs one syscall, no packet).
     fn local_ip(&self, dest: IpAddr) -> io::Result<IpAddr> {
+        if let Some(source) = self.source_for(dest) {
+            return Ok(source);
+        }
         if let Some(ip) = lock(&self.local_ips).get(&dest) {
             return Ok(*ip);
         }
@@ -480,6 +521,7 @@ fn dispatch(shared: &UdpShared, datagram: &[u8], from: SocketAddr) {
 async fn probe_tcp(
     uri: &str,
     dest: SocketAddr,
+    source: Option<IpAddr>,
     tls: Option<(
         Arc<rustls::ClientConfig>,
         (rustls::pki_types::ServerName<'static>, String),
@@ -490,9 +532,11 @@ async fn probe_tcp(
     let over = if tls.is_some() { "TLS" } else { "TCP" };
     let started = Instant::now();
     let exchange = async {
-        let tcp = TcpStream::connect(dest)
-            .await
-            .map_err(|e| io_failure("connecting", &e))?;
+        let tcp = match source {
+            None => TcpStream::connect(dest).await,
+            Some(ip) => connect_from(ip, dest).await,
+        }
+        .map_err(|e| io_failure("connecting", &e))?;
         let local = tcp.local_addr().map_err(|e| io_failure("connecting", &e))?;
         match tls {
             None => exchange(tcp, uri, Transport::Tcp, local).await,
@@ -524,6 +568,16 @@ async fn probe_tcp(
             &format!("waiting for a final response over {over}"),
         ),
     }
+}
+
+/// A TCP connection to `dest` from `source` (any port).
+async fn connect_from(source: IpAddr, dest: SocketAddr) -> io::Result<TcpStream> {
+    let socket = match dest {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(dest).await
 }
 
 /// Send the OPTIONS on a connected stream and read framed messages until the final

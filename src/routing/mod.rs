@@ -15,6 +15,7 @@
 
 pub mod dispatcher;
 pub mod json;
+pub mod probes;
 
 use sha2::{Digest, Sha256};
 

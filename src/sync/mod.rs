@@ -21,6 +21,7 @@
 
 pub mod file;
 pub mod kamailio;
+pub mod probe;
 pub mod report;
 
 use std::net::SocketAddr;
@@ -99,6 +100,9 @@ pub struct SyncArgs {
     /// Where this member reports what it sees (its `SipEdge`).
     #[command(flatten)]
     pub report: report::ReportArgs,
+    /// This edge's own probes of the destinations (reported to its `SipEdge`).
+    #[command(flatten)]
+    pub probe: probe::ProbeArgs,
 }
 
 /// Errors of the sidecar.
@@ -158,6 +162,8 @@ impl Error {
 pub struct Desired {
     /// The data text under the key, or `None` when the key is missing.
     pub content: Option<String>,
+    /// `probes.json`: what this edge probes (absent: nothing).
+    pub probes: Option<String>,
     /// `applied-hash` currently on the ConfigMap (kept when sip-sync rewrites its
     /// annotations after a restart).
     pub applied_hash: Option<String>,
@@ -429,6 +435,30 @@ pub async fn run_with_client(
         (None, _) => (None, None),
     };
     let (tx, rx) = watch::channel::<Option<Desired>>(None);
+    let prober = match (&reporter, args.probe.disabled) {
+        // The prober counts into the operator's metric set; sip-sync does not export it
+        // (its own registry holds only sip-sync series), so it gets a private one.
+        (Some(reporter), false) => match probe::hub(
+            &args.probe,
+            Arc::new(crate::telemetry::Metrics::new()),
+        ) {
+            Ok(hub) => {
+                let owner = format!("edge/{}/{}", args.namespace, args.configmap);
+                Some(tokio::spawn(probe::run(
+                    hub,
+                    owner,
+                    reporter.clone(),
+                    rx.clone(),
+                    shutdown.clone(),
+                )))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "edge probes disabled: fix the flag");
+                None
+            }
+        },
+        _ => None,
+    };
     let watch_task = tokio::spawn(watch_configmap(
         api.clone(),
         args.configmap.clone(),
@@ -444,6 +474,9 @@ pub async fn run_with_client(
     };
     apply_loop(applier, api, args, out, rx, shutdown).await;
     let _ = watch_task.await;
+    if let Some(p) = prober {
+        let _ = p.await;
+    }
     // The writer removes this member's entry on the way out (bounded by its own timeout).
     if let Some(writer) = report_writer {
         let _ = writer.await;
@@ -486,14 +519,20 @@ async fn watch_configmap(
                 let annotations = cm.annotations();
                 let desired = Desired {
                     content: cm.data.as_ref().and_then(|d| d.get(&key)).cloned(),
+                    probes: cm
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get(crate::routing::probes::PROBES_KEY))
+                        .cloned(),
                     applied_hash: annotations.get(APPLIED_HASH_ANNOTATION).cloned(),
                     applied_at: annotations.get(APPLIED_AT_ANNOTATION).cloned(),
                     seen: Instant::now(),
                 };
                 // Our own annotation patches come back as events too: only a new
-                // content (or a first one) wakes the apply loop.
+                // content or probe list (or a first one) wakes the apply loop.
                 tx.send_if_modified(|current| {
-                    let changed = current.as_ref().map(|c| &c.content) != Some(&desired.content);
+                    let changed = current.as_ref().map(|c| (&c.content, &c.probes))
+                        != Some((&desired.content, &desired.probes));
                     if changed {
                         *current = Some(desired);
                     }

@@ -48,6 +48,7 @@ impl SipSync {
             metrics_addr,
             watch_list: false,
             annotate: true,
+            probe: Default::default(),
             report: Default::default(),
         };
         tokio::spawn(lifeline::sync::run_with_client(

@@ -21,6 +21,7 @@ pub async fn config_map(
     format: RoutingFormat,
     text: &str,
     hash: &str,
+    probes: &str,
     ctx: &Context,
 ) -> Result<Option<String>, Error> {
     let cm_name = &policy.spec.routing_config_map.name;
@@ -37,7 +38,7 @@ pub async fn config_map(
             "annotations": { CONTENT_HASH_ANNOTATION: hash },
             "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
         },
-        "data": { key: text },
+        "data": { key: text, crate::routing::probes::PROBES_KEY: probes },
     });
     let written = api
         .patch(

@@ -62,6 +62,7 @@ pub fn routing(
     cached: Option<&ConfigMap>,
     data_key: &str,
     hash: &str,
+    probes: &str,
     written: Option<&(String, String)>,
 ) -> Routing {
     let cm_name = &policy.spec.routing_config_map.name;
@@ -91,11 +92,17 @@ pub fn routing(
         .map(String::as_str)
         == Some(hash);
     let same_data = cm.data.as_ref().is_some_and(|d| {
-        d.len() == 1
-            && d.get(data_key)
-                .is_some_and(|text| crate::routing::content_hash(text) == hash)
+        d.get(data_key)
+            .is_some_and(|text| crate::routing::content_hash(text) == hash)
     });
-    if ours && same_hash && same_data {
+    // The edges' probe list changes with Trunk probe settings, not with the routing.
+    let same_probes = cm.data.as_ref().is_some_and(|d| {
+        d.len() == 2
+            && d.get(crate::routing::probes::PROBES_KEY)
+                .map(String::as_str)
+                == Some(probes)
+    });
+    if ours && same_hash && same_data && same_probes {
         return Routing::Current;
     }
     // Our own write of this very content that the cache has not shown yet.
@@ -254,6 +261,7 @@ pub fn region_counts(plan: &Plan) -> [i64; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::probes::PROBES_KEY;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     fn policy() -> FallbackPolicy {
@@ -292,9 +300,17 @@ mod tests {
         }
         cm.annotations_mut()
             .insert(CONTENT_HASH_ANNOTATION.into(), hash.into());
-        cm.data = Some([("dispatcher.list".to_string(), text.to_string())].into());
+        cm.data = Some(
+            [
+                ("dispatcher.list".to_string(), text.to_string()),
+                (PROBES_KEY.to_string(), PROBES.to_string()),
+            ]
+            .into(),
+        );
         cm
     }
+
+    const PROBES: &str = "{\"version\": 1, \"targets\": []}\n";
 
     #[test]
     fn routing_is_written_only_when_it_differs_and_foreign_maps_are_left_alone() {
@@ -306,9 +322,14 @@ mod tests {
         let r = |exists: Option<&[OwnerReference]>,
                  cached: Option<&ConfigMap>,
                  written: Option<&(String, String)>| {
-            routing(&p, exists, cached, key, &h, written)
+            routing(&p, exists, cached, key, &h, PROBES, written)
         };
         let ours = [owner("uid-1")];
+        // Other probe settings for the edges: the same routing is written again.
+        assert_eq!(
+            routing(&p, Some(&ours[..]), Some(&current), key, &h, "{}", None),
+            Routing::Stale
+        );
 
         assert_eq!(r(None, None, None), Routing::Stale, "missing: create");
         assert_eq!(r(Some(&ours[..]), Some(&current), None), Routing::Current);

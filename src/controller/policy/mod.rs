@@ -41,8 +41,8 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use tokio_util::sync::CancellationToken;
 
 use super::runtime::{
-    Guarded, apply_status, cached, everyone_on_recovery, guarded_watch, on_deleted, parsed,
-    probe_changes, report_invalid,
+    Guarded, apply_status, cached, edge_changes, everyone_on_recovery, guarded_watch, on_deleted,
+    parsed, probe_changes, report_invalid,
 };
 use super::{Context, Retries};
 use crate::crd::{BotPool, FailoverDrill, FallbackPolicy, Trunk};
@@ -208,7 +208,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         let pctx = pctx.clone();
         move || lock(&pctx.plans).clear()
     });
-    let (s1, s2, s3) = (store.clone(), store.clone(), store.clone());
+    let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store.clone());
     Controller::for_stream(policies, store)
         // Errors of any trigger stream pause them all for this backoff (kube's default
         // grows to 30 s and would hold every reconcile after an API outage).
@@ -240,7 +240,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             let policy = parsed(&drill)?.spec.policy.clone();
             Some(ObjectRef::new(&policy).within(&drill.namespace()?))
         })
-        .reconcile_on(futures::stream::select(probe_changes, everyone))
+        .reconcile_on(futures::stream::select(
+            futures::stream::select(probe_changes, everyone),
+            // An edge report changed: policies with static targets combine vantages again.
+            edge_changes(ctx.edges.subscribe(), s4, |p| {
+                parsed(p).is_some_and(|p| targets(&p.spec).any(|t| t.uri.is_some()))
+            }),
+        ))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, pctx.clone())
         .for_each(|res| {
@@ -307,7 +313,7 @@ async fn reconcile_policy(
 
     // Observe.
     let mut observed = observe::observe(policy, ns, &pctx.caches);
-    observe::probe_static_targets(policy, ns, &mut observed, &ctx.probes);
+    observe::probe_static_targets(policy, ns, &mut observed, ctx);
     if !ctx.is_leading() {
         // Warm standby: static targets are probed, nothing is written. The plan is
         // rebuilt from the status on takeover.
@@ -343,6 +349,7 @@ async fn reconcile_policy(
     let format = policy.spec.routing_config_map.format;
     let text = crate::routing::render(format, &format!("{ns}/{name}"), &plan);
     let hash = crate::routing::content_hash(&text);
+    let probes = observe::edge_probe_list(policy, ns, &pctx.caches);
     let (owners, cached) = pctx.caches.routing_config_map(policy, ns);
     let written = lock(&pctx.written)
         .get(&key)
@@ -354,6 +361,7 @@ async fn reconcile_policy(
         cached.as_deref(),
         crate::routing::data_key(format),
         &hash,
+        &probes,
         written.as_ref(),
     );
     let conflict = match &routing {
@@ -381,7 +389,7 @@ async fn reconcile_policy(
     apply::events(policy, decide::notices(policy, &events), ctx).await;
     lock(&pctx.plans).insert(key.clone(), (uid.clone(), plan.clone()));
     if routing == Routing::Stale {
-        let write = apply::config_map(policy, ns, format, &text, &hash, ctx);
+        let write = apply::config_map(policy, ns, format, &text, &hash, &probes, ctx);
         let Some(version) = ctx.while_leading(write).await else {
             return Ok(Action::await_change());
         };

@@ -10,9 +10,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::owner_key;
 use crate::controller::runtime::{Guarded, is_ready, parsed};
-use crate::crd::{BotPool, FailoverDrill, FallbackPolicy, FallbackPolicySpec, ProbeSpec, Trunk};
+use crate::crd::{BotPool, FailoverDrill, FallbackPolicy, FallbackPolicySpec, Trunk};
 use crate::plan::{BotPoolObservation, FAILBACK_ANNOTATION, Observed, TrunkObservation};
-use crate::probe::{ProbeHub, ProbeTarget};
+use crate::probe::ProbeTarget;
 
 /// The caches a policy reconcile reads, each filled by one watch.
 #[derive(Clone)]
@@ -100,8 +100,9 @@ pub fn probe_static_targets(
     policy: &FallbackPolicy,
     ns: &str,
     observed: &mut Observed,
-    probes: &ProbeHub,
+    ctx: &crate::controller::Context,
 ) {
+    let probes = &ctx.probes;
     let owner = owner_key(ns, &policy.name_any());
     let mut uris: Vec<String> = targets(&policy.spec)
         .filter_map(|t| t.uri.clone())
@@ -117,14 +118,55 @@ pub fn probe_static_targets(
         uris.iter()
             .map(|uri| ProbeTarget {
                 uri: uri.clone(),
-                spec: ProbeSpec::default(),
+                spec: policy.spec.probe.clone(),
                 tls: None,
             })
             .collect(),
     );
-    for h in probes.health(&owner) {
+    // The operator's own probes, combined with the edges' (spec.probe.vantage).
+    let (health, _, _) =
+        ctx.edges
+            .combine(ctx, ns, policy.spec.probe.vantage, probes.health(&owner));
+    for h in health {
         observed.uris.insert(h.uri, h.state);
     }
+}
+
+/// What the SIP edges probe for this policy (`probes.json` in the routing ConfigMap):
+/// every tier's trunk endpoints with their Trunk's probe settings and the static `uri`
+/// targets with `spec.probe`. Disabled trunks (not probed) and trunks with a CA bundle
+/// (the edge cannot read it) are left out; see [`crate::routing::probes`].
+pub fn edge_probe_list(policy: &FallbackPolicy, ns: &str, caches: &Caches) -> String {
+    use crate::routing::probes::EdgeTarget;
+    let mut out = Vec::new();
+    for t in targets(&policy.spec) {
+        if let Some(uri) = &t.uri {
+            out.push(EdgeTarget {
+                uri: uri.clone(),
+                probe: policy.spec.probe.clone(),
+                server_name: None,
+            });
+        }
+        let Some(name) = &t.trunk else { continue };
+        let Some(trunk) = caches.trunks.get(&ObjectRef::new(name).within(ns)) else {
+            continue;
+        };
+        let Some(trunk) = parsed(&trunk) else {
+            continue;
+        };
+        let tls = trunk.spec.tls.as_ref();
+        if trunk.spec.disabled || tls.is_some_and(|t| t.ca_bundle.is_some()) {
+            continue;
+        }
+        for e in &trunk.spec.endpoints {
+            out.push(EdgeTarget {
+                uri: e.uri.clone(),
+                probe: trunk.spec.probe.clone(),
+                server_name: tls.and_then(|t| t.server_name.clone()),
+            });
+        }
+    }
+    crate::routing::probes::render(out)
 }
 
 /// Every target of every tier of every route.

@@ -28,8 +28,8 @@ use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::runtime::{
-    Guarded, apply_status, everyone_on_recovery, guarded_watch, on_deleted, probe_changes, publish,
-    report_invalid, truncate,
+    Guarded, apply_status, edge_changes, everyone_on_recovery, guarded_watch, on_deleted,
+    probe_changes, publish, report_invalid, truncate,
 };
 use super::{Context, Retries};
 use crate::crd::{
@@ -138,7 +138,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         probe_changes(ctx.probes.subscribe(), "trunk", store.clone()),
         futures::stream::select(
             everyone_on_recovery(&ctx, store.clone(), || {}),
-            bundle_changes,
+            futures::stream::select(
+                bundle_changes,
+                // An edge report changed: the namespace's Trunks combine vantages again.
+                edge_changes(ctx.edges.subscribe(), store.clone(), |_| true),
+            ),
         ),
     );
     Controller::for_stream(trunks, store)
@@ -261,12 +265,16 @@ async fn reconcile_trunk(
 
     // Decide.
     let now = jiff::Timestamp::now();
-    let health = ctx.probes.health(&key);
+    // The operator's own probes, combined with the edges' (spec.probe.vantage).
+    let (health, vantages, summary) =
+        ctx.edges
+            .combine(ctx, ns, trunk.spec.probe.vantage, ctx.probes.health(&key));
+    let views = (vantages.len() > 1 && !trunk.spec.disabled).then_some((vantages, summary));
     let old = trunk.status.clone().unwrap_or_default();
     let rtt_due = lock(&tctx.last_write)
         .get(&id)
         .is_none_or(|at| now.duration_since(*at).unsigned_abs() >= RTT_REFRESH);
-    let Some(new) = next_status(trunk, &health, &old, rtt_due, now) else {
+    let Some(new) = next_status(trunk, &health, views, &old, rtt_due, now) else {
         return Ok(requeue);
     };
 

@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::crd::{
     EndpointState, EndpointStatus, TRUNK_FORBIDDEN, TRUNK_HEALTHY, TRUNK_QUOTA_EXCEEDED, Trunk,
-    TrunkStatus, condition, find_condition, merge_condition,
+    TrunkStatus, VantageStatus, condition, find_condition, merge_condition,
 };
 use crate::probe::health::rtt_moved;
 use crate::probe::{EndpointHealth, FailureKind};
@@ -47,6 +47,7 @@ pub mod reasons {
 pub fn next_status(
     trunk: &Trunk,
     health: &[EndpointHealth],
+    vantages: Option<(Vec<VantageStatus>, String)>,
     old: &TrunkStatus,
     rtt_due: bool,
     now: jiff::Timestamp,
@@ -201,6 +202,8 @@ pub fn next_status(
         healthy_endpoints: u32::try_from(up).unwrap_or(u32::MAX),
         healthy_summary: Some(format!("{up}/{total}")),
         endpoints,
+        vantage_summary: vantages.as_ref().map(|v| v.1.clone()),
+        vantages: vantages.map(|v| v.0).unwrap_or_default(),
     };
     (new != *old).then_some(new)
 }
@@ -292,7 +295,7 @@ mod tests {
             health("sip:a", EndpointState::Up, Some(4), 0),
             health("sip:b", EndpointState::Down, None, 3),
         ];
-        let s1 = next_status(&tr, &h1, &TrunkStatus::default(), true, t(1000)).unwrap();
+        let s1 = next_status(&tr, &h1, None, &TrunkStatus::default(), true, t(1000)).unwrap();
         assert_eq!(s1.healthy_summary.as_deref(), Some("1/2"));
         assert_eq!(s1.healthy_endpoints, 1);
         assert_eq!(s1.observed_generation, Some(3));
@@ -307,16 +310,16 @@ mod tests {
             health("sip:a", EndpointState::Up, Some(40), 0),
             health("sip:b", EndpointState::Down, None, 9),
         ];
-        assert_eq!(next_status(&tr, &h2, &s1, false, t(1010)), None);
+        assert_eq!(next_status(&tr, &h2, None, &s1, false, t(1010)), None);
         // The refresh writes the RTT but not the failure count.
-        let s2 = next_status(&tr, &h2, &s1, true, t(1040)).unwrap();
+        let s2 = next_status(&tr, &h2, None, &s1, true, t(1040)).unwrap();
         assert_eq!(s2.endpoints[0].rtt_millis, Some(40));
         // Jitter alone is not worth a write, even when the refresh is due.
         let jitter = [
             health("sip:a", EndpointState::Up, Some(42), 0),
             health("sip:b", EndpointState::Down, None, 12),
         ];
-        assert_eq!(next_status(&tr, &jitter, &s2, true, t(1100)), None);
+        assert_eq!(next_status(&tr, &jitter, None, &s2, true, t(1100)), None);
         assert_eq!(s2.endpoints[1].consecutive_failures, 3);
 
         // b comes back: written at once, condition keeps its transition time.
@@ -324,7 +327,7 @@ mod tests {
             health("sip:a", EndpointState::Up, Some(40), 0),
             health("sip:b", EndpointState::Up, Some(2), 0),
         ];
-        let s3 = next_status(&tr, &h3, &s2, false, t(1050)).unwrap();
+        let s3 = next_status(&tr, &h3, None, &s2, false, t(1050)).unwrap();
         let c3 = find_condition(&s3.conditions, TRUNK_HEALTHY).unwrap();
         assert_eq!(c3.reason, reasons::ALL_UP);
         assert_eq!(c3.last_transition_time, Time(t(1000)));
@@ -338,7 +341,7 @@ mod tests {
     fn all_down_probing_and_disabled() {
         let tr = trunk(&["sip:a"], false);
         let down = [health("sip:a", EndpointState::Down, None, 3)];
-        let s = next_status(&tr, &down, &TrunkStatus::default(), true, t(1)).unwrap();
+        let s = next_status(&tr, &down, None, &TrunkStatus::default(), true, t(1)).unwrap();
         let c = find_condition(&s.conditions, TRUNK_HEALTHY).unwrap();
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
@@ -348,7 +351,7 @@ mod tests {
         assert_eq!(ev[0].2, "no answer within 500 ms");
 
         let unknown = [health("sip:a", EndpointState::Unknown, None, 1)];
-        let s = next_status(&tr, &unknown, &TrunkStatus::default(), true, t(1)).unwrap();
+        let s = next_status(&tr, &unknown, None, &TrunkStatus::default(), true, t(1)).unwrap();
         assert_eq!(
             find_condition(&s.conditions, TRUNK_HEALTHY).unwrap().reason,
             reasons::PROBING
@@ -356,14 +359,14 @@ mod tests {
         assert!(transitions(&TrunkStatus::default(), &s, &unknown).is_empty());
 
         let off = trunk(&["sip:a"], true);
-        let s = next_status(&off, &[], &s, true, t(2)).unwrap();
+        let s = next_status(&off, &[], None, &s, true, t(2)).unwrap();
         let c = find_condition(&s.conditions, TRUNK_HEALTHY).unwrap();
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
             ("False", reasons::DISABLED)
         );
         assert_eq!(s.endpoints[0].state, EndpointState::Unknown);
-        assert_eq!(next_status(&off, &[], &s, true, t(3)), None);
+        assert_eq!(next_status(&off, &[], None, &s, true, t(3)), None);
     }
 
     /// A denied destination raises `Forbidden` (the endpoint stays Unknown, not Down),
@@ -381,6 +384,7 @@ mod tests {
         let s1 = next_status(
             &tr,
             &[denied.clone(), up.clone()],
+            None,
             &TrunkStatus::default(),
             true,
             t(1),
@@ -401,11 +405,11 @@ mod tests {
         assert!(find_condition(&s1.conditions, TRUNK_QUOTA_EXCEEDED).is_none());
         // Unchanged: no write.
         assert_eq!(
-            next_status(&tr, &[denied, up.clone()], &s1, false, t(2)),
+            next_status(&tr, &[denied, up.clone()], None, &s1, false, t(2)),
             None
         );
         let fine = health("sip:a", EndpointState::Up, Some(3), 0);
-        let s2 = next_status(&tr, &[fine, up.clone()], &s1, false, t(3)).unwrap();
+        let s2 = next_status(&tr, &[fine, up.clone()], None, &s1, false, t(3)).unwrap();
         let c = find_condition(&s2.conditions, TRUNK_FORBIDDEN).unwrap();
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
@@ -418,7 +422,15 @@ mod tests {
         over.last_failure = Some(FailureKind::Quota);
         let mut over_b = over.clone();
         over_b.uri = "sip:b".into();
-        let s3 = next_status(&tr, &[over, over_b], &TrunkStatus::default(), true, t(4)).unwrap();
+        let s3 = next_status(
+            &tr,
+            &[over, over_b],
+            None,
+            &TrunkStatus::default(),
+            true,
+            t(4),
+        )
+        .unwrap();
         let c = find_condition(&s3.conditions, TRUNK_QUOTA_EXCEEDED).unwrap();
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
