@@ -5,7 +5,8 @@
 //! reconcilers, `notify` the alerts and webhook payloads of Notifiers, `drill` the
 //! schedule and outcome rules of failover drills, `operator` the process that runs
 //! them, `sync` the Kamailio sidecar,
-//! `status` the `lifeline status` table and `telemetry` logs and metrics.
+//! `status` the `lifeline status` table, `telemetry` logs and metrics, and `backoff`
+//! the one retry backoff every part shares.
 
 pub mod backoff;
 pub mod controller;
