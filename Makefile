@@ -44,7 +44,7 @@ lint: ## rustfmt check and clippy with warnings as errors
 
 .PHONY: audit
 audit: ## Dependency audit: licenses, bans and sources with cargo deny (see deny.toml)
-	$(CARGO) deny --log-level warn check licenses bans sources
+	$(CARGO) deny --log-level error check licenses bans sources
 
 .PHONY: testenv-up
 testenv-up: ## Start the local control plane (idempotent); NODE=real adds a real node (target/testenv-real/)

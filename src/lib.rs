@@ -6,8 +6,8 @@
 //! `controller` the reconcilers, `notify` the alerts and webhook payloads of Notifiers,
 //! `drill` the schedule and outcome rules of failover drills, `operator` the process
 //! that runs them, `sync` the Kamailio sidecar, `admin` the `/metrics` and probe server
-//! both processes run, `status` the `lifeline status` table and `telemetry` logs and
-//! metrics.
+//! both processes run, `status` the `lifeline status` table, `telemetry` logs and
+//! metrics, and `backoff` the one retry backoff every part shares.
 
 pub mod admin;
 pub mod backoff;

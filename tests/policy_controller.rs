@@ -406,3 +406,90 @@ async fn a_carrier_that_stops_answering_probes_moves_the_route() {
         "route inbound: tier fixed → mobile: trunk 'fixed-cgn' down"
     );
 }
+
+/// A ConfigMap of the routing's name that is not lifeline's is left alone: the policy
+/// says so once (condition and one Warning Event) and waits, without retrying; when
+/// the user deletes it, the routing is published at once (the deletion is watched).
+#[tokio::test]
+async fn a_foreign_configmap_is_reported_once_and_its_deletion_publishes_the_routing() {
+    let Some(h) = start("policy-conflict", false).await else {
+        return;
+    };
+    let foreign: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": "sip-routing" },
+        "data": { "dispatcher.list": "# the PBX team's own list\n" },
+    }))
+    .unwrap();
+    h.ns.api::<ConfigMap>()
+        .create(&PostParams::default(), &foreign)
+        .await
+        .expect("create foreign configmap");
+    h.create_trunk("fixed-cgn", "cologne", "sip:127.0.20.30:5060", false)
+        .await;
+    h.set_trunk_state("fixed-cgn", "sip:127.0.20.30:5060", "Up")
+        .await;
+    h.create_policy(json!({
+        "routingConfigMap": { "name": "sip-routing" },
+        "expectedConcurrentCalls": 1,
+        "regions": [{ "name": "cologne", "weight": 1 }],
+        "routes": [{ "name": "inbound", "setId": 1, "tiers": [
+            { "name": "fixed", "targets": [{ "trunk": "fixed-cgn" }] },
+        ]}],
+    }))
+    .await;
+
+    let ready = eventually(Duration::from_secs(20), "conflict reported", || async {
+        let p = h.policy().await;
+        let c = find_condition(&p.status?.conditions, "Ready")?.clone();
+        (c.reason == "ConfigMapConflict").then_some(c)
+    })
+    .await;
+    assert_eq!(ready.status, "False");
+    assert!(ready.message.contains("'sip-routing'"), "{}", ready.message);
+    // Permanent: no retries, so nothing is rewritten while it stands.
+    let version = h.policy().await.resource_version();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        h.policy().await.resource_version(),
+        version,
+        "status rewritten"
+    );
+    let cm = h.ns.api::<ConfigMap>().get("sip-routing").await.unwrap();
+    assert_eq!(
+        cm.data.unwrap()["dispatcher.list"],
+        "# the PBX team's own list\n",
+        "the foreign ConfigMap was touched"
+    );
+    let warnings = |events: Vec<(String, String)>| {
+        events
+            .into_iter()
+            .filter(|(reason, _)| reason == "ConfigMapConflict")
+            .count()
+    };
+    assert_eq!(
+        warnings(h.events("main").await),
+        1,
+        "{:?}",
+        h.events("main").await
+    );
+
+    // The user deletes it: published without waiting for any retry.
+    h.ns.api::<ConfigMap>()
+        .delete("sip-routing", &Default::default())
+        .await
+        .expect("delete foreign configmap");
+    let (cm, _) = h
+        .routing_where("routing published after the deletion", |t| {
+            weighted(t, 1) == ["sip:127.0.20.30:5060"]
+        })
+        .await;
+    assert_eq!(cm.owner_references()[0].name, "main");
+    let ready = eventually(Duration::from_secs(10), "Ready again", || async {
+        let p = h.policy().await;
+        let c = find_condition(&p.status?.conditions, "Ready")?.clone();
+        (c.status == "True").then_some(c)
+    })
+    .await;
+    assert_eq!(ready.reason, "Published");
+}

@@ -13,12 +13,13 @@ use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::runtime::{Guarded, cached, guarded_watch, parsed, report_invalid};
 use super::{Context, Retries};
 use crate::crd::{BotPool, FIELD_MANAGER, FailoverDrill, FallbackPolicy};
 use crate::drill::{Observation, decide};
@@ -50,30 +51,27 @@ impl Error {
 
 struct DrillCtx {
     ctx: Arc<Context>,
-    drills: Store<FailoverDrill>,
-    policies: Store<FallbackPolicy>,
-    pools: Store<BotPool>,
+    drills: Store<Guarded<FailoverDrill>>,
+    policies: Store<Guarded<FallbackPolicy>>,
+    pools: Store<Guarded<BotPool>>,
     retries: Retries,
 }
 
 /// Run the FailoverDrill controller until `shutdown` is cancelled.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
-    let (policies, policy_writer) = reflector::store::<FallbackPolicy>();
-    let (pools, pool_writer) = reflector::store::<BotPool>();
-    let policy_events = reflector::reflector(
-        policy_writer,
-        watcher(ctx.api::<FallbackPolicy>(), watcher::Config::default()),
+    let (policies, policy_events) = cached(guarded_watch(
+        ctx.api::<Guarded<FallbackPolicy>>(),
+        watcher::Config::default(),
+    ));
+    let (pools, pool_events) = cached(guarded_watch(
+        ctx.api::<Guarded<BotPool>>(),
+        watcher::Config::default(),
+    ));
+    let controller = Controller::new(
+        ctx.api::<Guarded<FailoverDrill>>(),
+        watcher::Config::default(),
     )
-    .backoff(crate::backoff::WATCH)
-    .touched_objects();
-    let pool_events = reflector::reflector(
-        pool_writer,
-        watcher(ctx.api::<BotPool>(), watcher::Config::default()),
-    )
-    .backoff(crate::backoff::WATCH)
-    .touched_objects();
-    let controller = Controller::new(ctx.api::<FailoverDrill>(), watcher::Config::default())
-        .trigger_backoff(crate::backoff::WATCH);
+    .trigger_backoff(crate::backoff::WATCH);
     let drills = controller.store();
     let dctx = Arc::new(DrillCtx {
         ctx,
@@ -88,23 +86,26 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let by_policy = drills.clone();
     let by_pool = drills;
     controller
-        .watches_stream(policy_events, move |policy: FallbackPolicy| {
+        .watches_stream(policy_events, move |policy: Guarded<FallbackPolicy>| {
             let (ns, name) = (policy.namespace(), policy.name_any());
             by_policy
                 .state()
                 .into_iter()
-                .filter(|d| d.namespace() == ns && d.spec.policy == name)
+                .filter(|d| d.namespace() == ns && parsed(d).is_some_and(|d| d.spec.policy == name))
                 .map(|d| ObjectRef::from_obj(&*d))
                 .collect::<Vec<_>>()
         })
         // Bot pools only matter to running drills (the peak of desired replicas).
-        .watches_stream(pool_events, move |pool: BotPool| {
+        .watches_stream(pool_events, move |pool: Guarded<BotPool>| {
             let ns = pool.namespace();
             by_pool
                 .state()
                 .into_iter()
                 .filter(|d| {
-                    d.namespace() == ns && d.status.as_ref().is_some_and(|s| s.active.is_some())
+                    d.namespace() == ns
+                        && parsed(d)
+                            .and_then(|d| d.status.as_ref())
+                            .is_some_and(|s| s.active.is_some())
                 })
                 .map(|d| ObjectRef::from_obj(&*d))
                 .collect::<Vec<_>>()
@@ -115,22 +116,26 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         .await;
 }
 
-fn error_policy(drill: Arc<FailoverDrill>, error: &Error, dctx: Arc<DrillCtx>) -> Action {
+fn error_policy(drill: Arc<Guarded<FailoverDrill>>, error: &Error, dctx: Arc<DrillCtx>) -> Action {
     let key = (drill.namespace().unwrap_or_default(), drill.name_any());
     dctx.ctx
         .reconcile_failed("drill", &dctx.retries, key, error.category(), error)
 }
 
-async fn reconcile(drill: Arc<FailoverDrill>, dctx: Arc<DrillCtx>) -> Result<Action, Error> {
-    let ns = drill.namespace().ok_or(Error::NoNamespace)?;
-    let name = drill.name_any();
+async fn reconcile(obj: Arc<Guarded<FailoverDrill>>, dctx: Arc<DrillCtx>) -> Result<Action, Error> {
+    let ns = obj.namespace().ok_or(Error::NoNamespace)?;
+    let name = obj.name_any();
+    let drill = match &obj.0 {
+        Ok(drill) => drill,
+        Err(invalid) => return Ok(report_invalid(&dctx.ctx, "drill", &obj, invalid).await),
+    };
     dctx.ctx
         .reconcile_counted(
             "drill",
             &dctx.retries,
             &ns,
             &name,
-            reconcile_inner(&drill, &ns, &name, &dctx),
+            reconcile_inner(drill, &ns, &name, &dctx),
         )
         .await
 }
@@ -146,19 +151,17 @@ async fn reconcile_inner(
         return Ok(Action::requeue(CACHE_WAIT));
     }
     // Fetch, from the caches only.
-    let policy = dctx
+    let cached_policy = dctx
         .policies
         .get(&ObjectRef::new(&drill.spec.policy).within(ns));
-    let bots_desired = policy
-        .as_deref()
-        .and_then(|p| p.status.as_ref())
-        .map_or(0, |s| {
-            s.demand
-                .iter()
-                .filter_map(|d| dctx.pools.get(&ObjectRef::new(&d.bot_pool).within(ns)))
-                .filter_map(|p| p.status.as_ref().map(|s| s.desired_replicas))
-                .sum()
-        });
+    let policy = cached_policy.as_deref().and_then(parsed);
+    let bots_desired = policy.and_then(|p| p.status.as_ref()).map_or(0, |s| {
+        s.demand
+            .iter()
+            .filter_map(|d| dctx.pools.get(&ObjectRef::new(&d.bot_pool).within(ns)))
+            .filter_map(|p| parsed(&p)?.status.as_ref().map(|s| s.desired_replicas))
+            .sum()
+    });
     let other_running = dctx
         .drills
         .state()
@@ -166,8 +169,10 @@ async fn reconcile_inner(
         .filter(|d| {
             d.namespace().as_deref() == Some(ns)
                 && d.name_any() != name
-                && d.spec.policy == drill.spec.policy
-                && d.status.as_ref().is_some_and(|s| s.active.is_some())
+                && parsed(d).is_some_and(|d| {
+                    d.spec.policy == drill.spec.policy
+                        && d.status.as_ref().is_some_and(|s| s.active.is_some())
+                })
         })
         .map(|d| d.name_any())
         .min();
@@ -175,7 +180,7 @@ async fn reconcile_inner(
     let decision = decide(
         drill,
         &Observation {
-            policy: policy.as_deref(),
+            policy,
             bots_desired,
             other_running,
         },

@@ -18,13 +18,14 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::runtime::{Guarded, cached, guarded_watch, parsed, report_invalid};
 use super::{Context, Retries};
 use crate::backoff::Backoff;
 use crate::crd::{
@@ -65,7 +66,7 @@ type ReceiverKey = (String, String, String);
 
 struct NotifierCtx {
     ctx: Arc<Context>,
-    policies: Store<FallbackPolicy>,
+    policies: Store<Guarded<FallbackPolicy>>,
     http: reqwest::Client,
     limits: Mutex<HashMap<ReceiverKey, RateLimit>>,
     failures: Mutex<HashMap<ReceiverKey, u32>>,
@@ -89,14 +90,11 @@ fn selects(notifier: &Notifier, policy: &FallbackPolicy) -> bool {
 
 /// Run the Notifier controller until `shutdown` is cancelled.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
-    let (policies, writer) = reflector::store::<FallbackPolicy>();
-    let policy_events = reflector::reflector(
-        writer,
-        watcher(ctx.api::<FallbackPolicy>(), watcher::Config::default()),
-    )
-    .backoff(crate::backoff::WATCH)
-    .touched_objects();
-    let controller = Controller::new(ctx.api::<Notifier>(), watcher::Config::default())
+    let (policies, policy_events) = cached(guarded_watch(
+        ctx.api::<Guarded<FallbackPolicy>>(),
+        watcher::Config::default(),
+    ));
+    let controller = Controller::new(ctx.api::<Guarded<Notifier>>(), watcher::Config::default())
         .trigger_backoff(crate::backoff::WATCH);
     let notifiers = controller.store();
     let http = reqwest::Client::builder()
@@ -116,11 +114,14 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         )),
     });
     controller
-        .watches_stream(policy_events, move |policy: FallbackPolicy| {
+        .watches_stream(policy_events, move |policy: Guarded<FallbackPolicy>| {
+            let Some(policy) = parsed(&policy) else {
+                return Vec::new();
+            };
             notifiers
                 .state()
                 .into_iter()
-                .filter(|n| selects(n, &policy))
+                .filter(|n| parsed(n).is_some_and(|n| selects(n, policy)))
                 .map(|n| ObjectRef::from_obj(&*n))
                 .collect::<Vec<_>>()
         })
@@ -130,7 +131,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         .await;
 }
 
-fn error_policy(notifier: Arc<Notifier>, error: &Error, nctx: Arc<NotifierCtx>) -> Action {
+fn error_policy(notifier: Arc<Guarded<Notifier>>, error: &Error, nctx: Arc<NotifierCtx>) -> Action {
     let key = (
         notifier.namespace().unwrap_or_default(),
         notifier.name_any(),
@@ -139,16 +140,20 @@ fn error_policy(notifier: Arc<Notifier>, error: &Error, nctx: Arc<NotifierCtx>) 
         .reconcile_failed("notifier", &nctx.retries, key, error.category(), error)
 }
 
-async fn reconcile(notifier: Arc<Notifier>, nctx: Arc<NotifierCtx>) -> Result<Action, Error> {
-    let ns = notifier.namespace().ok_or(Error::NoNamespace)?;
-    let name = notifier.name_any();
+async fn reconcile(obj: Arc<Guarded<Notifier>>, nctx: Arc<NotifierCtx>) -> Result<Action, Error> {
+    let ns = obj.namespace().ok_or(Error::NoNamespace)?;
+    let name = obj.name_any();
+    let notifier = match &obj.0 {
+        Ok(notifier) => notifier,
+        Err(invalid) => return Ok(report_invalid(&nctx.ctx, "notifier", &obj, invalid).await),
+    };
     nctx.ctx
         .reconcile_counted(
             "notifier",
             &nctx.retries,
             &ns,
             &name,
-            reconcile_inner(&notifier, &ns, &name, &nctx),
+            reconcile_inner(notifier, &ns, &name, &nctx),
         )
         .await
 }
@@ -167,8 +172,9 @@ async fn reconcile_inner(
         .policies
         .state()
         .iter()
+        .filter_map(|p| parsed(p))
         .filter(|p| selects(notifier, p))
-        .flat_map(|p| notify::alerts_of(p))
+        .flat_map(notify::alerts_of)
         .collect();
     firing.sort_by(|a, b| a.key.cmp(&b.key));
 

@@ -438,25 +438,24 @@ pub async fn run_with_client(
     let prober = match (&reporter, args.probe.disabled) {
         // The prober counts into the operator's metric set; sip-sync does not export it
         // (its own registry holds only sip-sync series), so it gets a private one.
-        (Some(reporter), false) => match probe::hub(
-            &args.probe,
-            Arc::new(crate::telemetry::Metrics::new()),
-        ) {
-            Ok(hub) => {
-                let owner = format!("edge/{}/{}", args.namespace, args.configmap);
-                Some(tokio::spawn(probe::run(
-                    hub,
-                    owner,
-                    reporter.clone(),
-                    rx.clone(),
-                    shutdown.clone(),
-                )))
+        (Some(reporter), false) => {
+            match probe::hub(&args.probe, Arc::new(crate::telemetry::Metrics::new())) {
+                Ok(hub) => {
+                    let owner = format!("edge/{}/{}", args.namespace, args.configmap);
+                    Some(tokio::spawn(probe::run(
+                        hub,
+                        owner,
+                        reporter.clone(),
+                        rx.clone(),
+                        shutdown.clone(),
+                    )))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "edge probes disabled: fix the flag");
+                    None
+                }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "edge probes disabled: fix the flag");
-                None
-            }
-        },
+        }
         _ => None,
     };
     let watch_task = tokio::spawn(watch_configmap(
