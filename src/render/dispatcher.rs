@@ -5,10 +5,18 @@
 //! - `priority`: the tier order, first tier highest, because Kamailio orders a set by
 //!   descending priority (algorithm 8 tries the highest first, and algorithm 9 fills
 //!   its 100 weight slots in that order);
-//! - `attrs`: `duid=<stable id>;weight=<percent>;tier=<tier>;region=<region>`. Weights
-//!   of a set sum to 100. Standby destinations (tiers that carry no calls now) have no
-//!   `weight` attribute, since Kamailio accepts only 1–100 there; they are reached
-//!   through `ds_next_dst` when a call fails.
+//! - `attrs`: `duid=<stable id>;weight=<percent>;tier=<tier>;region=<region>`, then the
+//!   limits of the destination's target `cap=<group>;maxload=<calls>;cps=<calls/s>`
+//!   (only those stated) and the route's failover codes `fo=408.500.502.503.504`.
+//!   Weights of a set sum to 100. Standby destinations (tiers that carry no calls now)
+//!   have no `weight` attribute, since Kamailio accepts only 1–100 there; they are
+//!   reached through `ds_next_dst` when a call fails or a destination is full.
+//!
+//! The edge configuration (`examples/kamailio/kamailio.cfg`) enforces `maxload` and
+//! `cps` per `cap` group (a full destination is skipped for the next one of the set,
+//! in priority order) and marks a destination down after a final reply listed in
+//! `fo`. `maxload` is also Kamailio's own attribute name for the call-load algorithm
+//! (10), so the list reads the same with either algorithm.
 //!
 //! Every destination left out, and why, is a `#` comment after its set, so that an
 //! operator reading the file on the SIP edge sees what lifeline did.
@@ -75,6 +83,20 @@ pub fn render(policy: &str, plan: &Plan) -> String {
                 clean(&d.tier, true),
                 clean(&d.region, true)
             );
+            if let Some(limits) = &d.limits {
+                let _ = write!(attrs, ";cap={}", clean(&limits.group, true));
+                if let Some(calls) = limits.max_concurrent_calls {
+                    let _ = write!(attrs, ";maxload={calls}");
+                }
+                if let Some(cps) = limits.max_calls_per_second {
+                    let _ = write!(attrs, ";cps={cps}");
+                }
+            }
+            if !route.failover_codes.is_empty() {
+                let codes: Vec<String> =
+                    route.failover_codes.iter().map(u16::to_string).collect();
+                let _ = write!(attrs, ";fo={}", codes.join("."));
+            }
             let _ = writeln!(out, "{} {} 0 {} {}", route.set_id, d.uri, d.priority, attrs);
         }
         for x in &route.excluded {
