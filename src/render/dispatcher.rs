@@ -93,8 +93,7 @@ pub fn render(policy: &str, plan: &Plan) -> String {
                 }
             }
             if !route.failover_codes.is_empty() {
-                let codes: Vec<String> =
-                    route.failover_codes.iter().map(u16::to_string).collect();
+                let codes: Vec<String> = route.failover_codes.iter().map(u16::to_string).collect();
                 let _ = write!(attrs, ";fo={}", codes.join("."));
             }
             let _ = writeln!(out, "{} {} 0 {} {}", route.set_id, d.uri, d.priority, attrs);
