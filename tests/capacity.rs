@@ -330,3 +330,59 @@ fn a_carrier_answering_options_but_failing_invites_is_failed_over_while_calls_fl
     stop.cancel();
     let _ = rt.block_on(poller);
 }
+
+#[test]
+fn calls_beyond_max_calls_per_second_go_to_the_next_tier() {
+    const EDGE: &str = "127.0.91.3";
+    const FIXED: &str = "127.0.91.41";
+    const MOBILE: &str = "127.0.91.42";
+    let dir = TempDir::new("lifeline-cps");
+    let spec = policy()
+        .region("x", 1)
+        .expected_calls(10)
+        .route("inbound", 1, |r| {
+            r.tier("fixed", [trunk("fixed")])
+                .tier("mobile", [trunk("mobile")])
+        })
+        .build();
+    let mut observed = world()
+        .trunk("fixed", "x", [format!("sip:{FIXED}:5060").as_str()])
+        .trunk("mobile", "x", [format!("sip:{MOBILE}:5060").as_str()])
+        .observed();
+    observed
+        .trunks
+        .get_mut("fixed")
+        .unwrap()
+        .max_calls_per_second = Some(5);
+    let list = render(&dir.0, &spec, &observed);
+
+    let fixed_log = dir.0.join("fixed.msg");
+    let mobile_log = dir.0.join("mobile.msg");
+    let _fixed = Peer::uas(FIXED, None, &fixed_log);
+    let _mobile = Peer::uas(MOBILE, None, &mobile_log);
+    let allow = format!("ALLOW_FROM=\"{CALLER}/32\"");
+    let mut kam = Kamailio::start_with(EDGE, &list, &dir.0, &[&allow]);
+    let rt = runtime();
+    rt.block_on(kam.wait_ready(Duration::from_secs(20)));
+
+    // 60 calls at 20/s for about 3 s: the fixed line takes 5 a second.
+    let started = Instant::now();
+    let mut sipp = Peer::callers(EDGE, 5074, 60, 20, 100);
+    assert!(
+        sipp.all_succeeded(),
+        "no call rejected while the mobile line had room\n{}",
+        kam.log_tail()
+    );
+    let seconds = started.elapsed().as_secs_f64();
+    let (to_fixed, to_mobile) = (invites(&fixed_log), invites(&mobile_log));
+    eprintln!(
+        "maxCallsPerSecond 5 at 20 calls/s for {seconds:.1} s: fixed {to_fixed}, mobile {to_mobile}"
+    );
+    assert_eq!(to_fixed + to_mobile, 60);
+    // Pipes count per whole second: allow one partial second at each end.
+    let bound = (5.0 * (seconds.ceil() + 1.0)) as usize;
+    assert!(
+        (5..=bound).contains(&to_fixed),
+        "the fixed line got {to_fixed} calls in {seconds:.1} s (limit 5/s)"
+    );
+}
