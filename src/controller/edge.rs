@@ -21,6 +21,8 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
+
+use crate::crd::EdgeFailureMark;
 use serde_json::json;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -121,6 +123,39 @@ impl EdgeBoard {
                         .map(|p| (p.uri.clone(), (p.state, p.since.as_ref().map(|t| t.0))))
                         .collect(),
                 });
+            }
+        }
+        out
+    }
+
+    /// The failure marks (destinations Kamailio took out of service after real calls
+    /// failed) that the believed edge members of `namespace` report: members whose
+    /// pod is gone and members that are `Isolated` (their calls fail for their own
+    /// reasons) are left out.
+    pub fn failure_marks(&self, ctx: &Context, namespace: &str) -> Vec<EdgeFailureMark> {
+        let members = self.members(namespace);
+        if members.is_empty() {
+            return Vec::new();
+        }
+        let isolated = quorum::isolated(&members, &ctx.probes.uri_states(namespace));
+        let believed: HashSet<String> = members
+            .iter()
+            .filter(|m| m.fresh && !isolated.contains(&m.name()))
+            .map(MemberView::name)
+            .collect();
+        let Some(edges) = read(&self.inner.edges) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for edge in edges.state() {
+            if edge.namespace().as_deref() != Some(namespace) {
+                continue;
+            }
+            let Some(status) = &edge.status else { continue };
+            for m in &status.members {
+                if believed.contains(&format!("{}/{}", edge.name_any(), m.name)) {
+                    out.extend(m.failure_marks.iter().cloned());
+                }
             }
         }
         out

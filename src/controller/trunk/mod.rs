@@ -35,7 +35,8 @@ use super::{Context, Retries};
 use crate::crd::{
     EndpointState, TRUNK_FORBIDDEN, TRUNK_QUOTA_EXCEEDED, Trunk, TrunkStatus, find_condition,
 };
-use crate::probe::{ProbeTarget, RTT_REFRESH};
+use crate::probe::passive::{self, PassiveState};
+use crate::probe::{EndpointHealth, ProbeTarget, RTT_REFRESH};
 pub use status::{next_status, reasons};
 
 /// Controller name in metric labels and logs.
@@ -80,6 +81,8 @@ struct TrunkCtx {
     retries: Retries,
     /// CA bundles of TLS endpoints, read off the reconcile path.
     ca_bundles: Arc<observe::CaBundles>,
+    /// Health learned from real calls per endpoint (`ns/name` → URI → state).
+    passive: Mutex<HashMap<Key, HashMap<String, PassiveState>>>,
 }
 
 impl TrunkCtx {
@@ -113,6 +116,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             Duration::from_secs(300),
         )),
         ca_bundles,
+        passive: Mutex::default(),
     });
     let (store, writer) = reflector::store::<Guarded<Trunk>>();
     let trunks = on_deleted(
@@ -164,6 +168,54 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     for (ns, name) in lock(&tctx.known).drain() {
         ctx.probes.remove(&owner_key(&ns, &name));
     }
+}
+
+/// Combine the edges' failure marks with the probed `health` of one Trunk (see
+/// [`crate::probe::passive`]); true while an endpoint is passively failed, so that the
+/// caller comes back to let it recover.
+fn apply_passive(
+    tctx: &TrunkCtx,
+    id: &Key,
+    marks: Vec<crate::crd::EdgeFailureMark>,
+    mut health: Vec<EndpointHealth>,
+    now: jiff::Timestamp,
+) -> (Vec<EndpointHealth>, bool) {
+    let mut all = lock(&tctx.passive);
+    let states = all.entry(id.clone()).or_default();
+    let mut pending = false;
+    for h in &mut health {
+        let previous = states.get(&h.uri).copied().unwrap_or_default();
+        let next = passive::next_state(
+            &h.uri,
+            &marks,
+            previous,
+            now,
+            passive::DEFAULT_RECOVER_AFTER,
+        );
+        if next.failed() {
+            pending = true;
+            let probed = h.state;
+            h.state = passive::combine(probed, &next);
+            if probed != h.state || h.last_error.is_none() {
+                h.last_error = Some(format!(
+                    "real calls failed at the SIP edge{} (answers OPTIONS: {probed})",
+                    next.status_code
+                        .map(|c| format!(" with {c}"))
+                        .unwrap_or_default()
+                ));
+            }
+            if !previous.failed() {
+                h.last_transition = Some(now);
+            }
+            states.insert(h.uri.clone(), next);
+        } else {
+            states.remove(&h.uri);
+        }
+    }
+    if states.is_empty() {
+        all.remove(id);
+    }
+    (health, pending)
 }
 
 fn error_policy(trunk: Arc<Guarded<Trunk>>, error: &Error, tctx: Arc<TrunkCtx>) -> Action {
@@ -270,6 +322,15 @@ async fn reconcile_trunk(
         ctx.edges
             .combine(ctx, ns, trunk.spec.probe.vantage, ctx.probes.health(&key));
     let views = (vantages.len() > 1 && !trunk.spec.disabled).then_some((vantages, summary));
+    // Real calls that failed at the edge take an endpoint down whatever OPTIONS say.
+    let (health, passive_pending) =
+        apply_passive(tctx, &id, ctx.edges.failure_marks(ctx, ns), health, now);
+    // Passive failures recover by time alone: come back to let them.
+    let requeue = if passive_pending {
+        Action::requeue(Duration::from_secs(5))
+    } else {
+        requeue
+    };
     let old = trunk.status.clone().unwrap_or_default();
     let rtt_due = lock(&tctx.last_write)
         .get(&id)
