@@ -14,14 +14,14 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 
+use super::runtime::apply_status;
 use crate::crd::EdgeFailureMark;
 use serde_json::json;
 use tokio::sync::broadcast;
@@ -370,15 +370,15 @@ async fn reconcile_inner(
     let Some((conditions, message)) = next_conditions(edge, &members, &isolated) else {
         return Ok(Action::await_change());
     };
-    let patch = json!({ "status": {
+    // Only the operator's part of the status: every member's entry belongs to that
+    // member's own field manager and is left as it is.
+    let status = json!({
         "observedGeneration": edge.metadata.generation,
         "conditions": conditions,
         "isolatedMembers": isolated,
-    }});
-    let api: Api<SipEdge> = Api::namespaced(ctx.client.clone(), ns);
-    let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
-    let write = api.patch_status(name, &params, &patch);
-    let Some(written) = ctx.while_leading(write).await else {
+        "memberSummary": member_summary(edge, &members),
+    });
+    let Some(written) = apply_status::<SipEdge, _>(ctx, ns, name, &status).await else {
         return Ok(Action::await_change());
     };
     written?;
@@ -459,8 +459,18 @@ fn next_conditions(
     );
     let same = conditions == old.conditions
         && old.isolated_members == isolated
+        && old.member_summary.as_deref() == Some(member_summary(edge, members).as_str())
         && old.observed_generation == edge.metadata.generation;
     (!same).then_some((conditions, message))
+}
+
+/// `live/reported` for `kubectl get`: members whose pod still exists (or that run
+/// outside a pod) over every entry in `status.members`.
+fn member_summary(edge: &SipEdge, members: &[MemberView]) -> String {
+    let name = edge.name_any();
+    let mine: Vec<&MemberView> = members.iter().filter(|m| m.edge == name).collect();
+    let live = mine.iter().filter(|m| m.fresh).count();
+    format!("{live}/{}", mine.len())
 }
 
 /// Keep `lifeline_edge_isolated` at 1 for isolated members, 0 for the others that

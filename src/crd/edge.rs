@@ -39,7 +39,7 @@ use super::EndpointState;
         json_path = ".status.memberSummary",
         name = "Members",
         type_ = "string",
-        description = "members confirming the current routing / members"
+        description = "members whose pod is alive / members reported"
     ),
     printcolumn(
         json_path = ".status.conditions[?(@.type==\"Isolated\")].status",
@@ -78,7 +78,8 @@ pub struct SipEdgeStatus {
     /// `Isolated` condition). Written by the operator.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub isolated_members: Vec<String>,
-    /// `confirmed/members`, for `kubectl get`. Written by the operator.
+    /// `live/reported`: members whose pod still exists (or that run outside a pod)
+    /// over every member entry, for `kubectl get`. Written by the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member_summary: Option<String>,
     /// One entry per edge pod (or per `lifeline sip-sync --edge-member` process), each
