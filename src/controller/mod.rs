@@ -3,6 +3,7 @@
 
 pub mod botpool;
 pub mod drill;
+pub mod edges;
 pub mod notifier;
 pub mod policy;
 pub mod trunk;

@@ -125,6 +125,10 @@ struct PolicyCtx {
     bot_pools: Store<BotPool>,
     /// FailoverDrills: a running one drains its region in the plan.
     drills: Store<crate::crd::FailoverDrill>,
+    /// SipEdges: their members' live calls size the bot pools (see [`super::edges`]).
+    edges: Store<crate::crd::SipEdge>,
+    /// Pod checks of edge members.
+    edge_pods: super::edges::PodChecks,
     /// Last plan per policy, with the policy's uid (a recreated policy starts afresh).
     plans: Mutex<HashMap<Key, (String, Plan)>>,
     /// Region states per policy, summed into the `regions{state}` gauge.
@@ -163,11 +167,14 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let (trunks, trunk_writer) = reflector::store::<Trunk>();
     let (bot_pools, pool_writer) = reflector::store::<BotPool>();
     let (drills, drill_writer) = reflector::store::<crate::crd::FailoverDrill>();
+    let (edges, edge_writer) = reflector::store::<crate::crd::SipEdge>();
     let pctx = Arc::new(PolicyCtx {
         ctx: ctx.clone(),
         trunks,
         bot_pools,
         drills,
+        edges,
+        edge_pods: Default::default(),
         plans: Mutex::new(HashMap::new()),
         region_counts: Mutex::new(HashMap::new()),
         retries: super::Retries::default(),
@@ -208,6 +215,18 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     )
     .backoff(super::QuickBackoff::default())
     .touched_objects();
+
+    // Live calls: an edge's report reconciles the policies whose routing it serves.
+    let edge_events = reflector::reflector(
+        edge_writer,
+        watcher(
+            ctx.api::<crate::crd::SipEdge>(),
+            watcher::Config::default().any_semantic(),
+        ),
+    )
+    .backoff(super::QuickBackoff::default())
+    .touched_objects();
+    let s3 = store.clone();
 
     let s1 = store.clone();
     let s2 = store.clone();
@@ -251,6 +270,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             referencing(&s2, pool.namespace(), |spec| {
                 targets(spec).any(|t| t.bot_pool.as_deref() == Some(name.as_str()))
             })
+        })
+        .watches_stream(edge_events, move |edge: crate::crd::SipEdge| {
+            s3.state()
+                .iter()
+                .filter(|p| super::edges::serves(&edge, p))
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect::<Vec<_>>()
         })
         .watches_stream(drill_events, |drill: crate::crd::FailoverDrill| {
             drill
@@ -514,6 +540,18 @@ async fn reconcile_inner(
     // times would never compare equal to the status it was written to.
     let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
         .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let measured = super::edges::measure(
+        policy,
+        ns,
+        &observed,
+        &pctx.edges,
+        &pctx.edge_pods,
+        &pctx.ctx.client,
+    )
+    .await;
+    let calls_flowing = measured.as_ref().is_some_and(|(_, live)| !live.is_empty());
+    let (measured, live) = measured.unzip();
+    observed.live = live.unwrap_or_default();
     let (plan, events) =
         plan_with_drills(policy, ns, name, &observed, previous.as_ref(), now, pctx);
 
@@ -530,7 +568,8 @@ async fn reconcile_inner(
     // that already holds the new region states and transitions, and the next reconcile
     // (of any replica) renders the same routing from it. The other order would lose
     // the transition: the routing would change while the status forgot why.
-    let status = desired_status(policy, &plan, conflict.as_deref(), &hash, now);
+    let mut status = desired_status(policy, &plan, conflict.as_deref(), &hash, now);
+    status.measured = measured;
     if policy.status.as_ref() != Some(&status) {
         let api: Api<FallbackPolicy> = Api::namespaced(pctx.ctx.client.clone(), ns);
         let patch = json!({ "status": status });
@@ -568,13 +607,20 @@ async fn reconcile_inner(
     if let Some(cm) = conflict {
         return Err(Error::ConfigMapConflict(cm));
     }
+    // While calls flow, look again within the edge members' pod-check time, so the
+    // calls of a member whose pod died without a goodbye stop counting.
+    let idle = if calls_flowing {
+        super::edges::POD_CHECK_TTL
+    } else {
+        Duration::from_secs(300)
+    };
     Ok(match next {
         Some(at) => {
             let wait = at.duration_since(jiff::Timestamp::now());
             let wait = Duration::try_from(wait).unwrap_or(Duration::ZERO);
-            Action::requeue(wait.max(Duration::from_millis(50)))
+            Action::requeue(wait.max(Duration::from_millis(50)).min(idle))
         }
-        None => Action::requeue(Duration::from_secs(300)),
+        None => Action::requeue(idle),
     })
 }
 
@@ -824,6 +870,7 @@ fn desired_status(
     merge_condition(&mut conditions, capacity, now);
 
     FallbackPolicyStatus {
+        measured: None,
         observed_generation: generation,
         conditions,
         active_regions: Some(plan.active_regions()),

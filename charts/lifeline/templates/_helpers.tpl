@@ -74,7 +74,7 @@ resource by resource and verb by verb: no wildcards, no Secrets.
 {{- define "lifeline.namespacedRules" -}}
 # Its own kinds: read the spec, write only the status subresource.
 - apiGroups: ["lifeline.dev"]
-  resources: ["trunks", "botpools", "fallbackpolicies", "notifiers", "failoverdrills"]
+  resources: ["trunks", "botpools", "fallbackpolicies", "notifiers", "failoverdrills", "sipedges"]
   verbs: ["get", "list", "watch"]
 - apiGroups: ["lifeline.dev"]
   resources: ["trunks/status", "botpools/status", "fallbackpolicies/status", "notifiers/status", "failoverdrills/status"]
