@@ -127,7 +127,10 @@ async fn main() {
     let ctx = lifeline::controller::Context::new(client, metrics, Some(ns.name.clone()));
     let stop = CancellationToken::new();
     tokio::spawn(lifeline::controller::policy::run(ctx.clone(), stop.clone()));
-    tokio::spawn(lifeline::controller::botpool::run(ctx.clone(), stop.clone()));
+    tokio::spawn(lifeline::controller::botpool::run(
+        ctx.clone(),
+        stop.clone(),
+    ));
     let surges = env_num("LIFELINE_BENCH_SURGES", 30) as usize;
 
     let trunks = ns.api::<Trunk>();
@@ -265,15 +268,19 @@ async fn main() {
     for _ in 0..surges {
         let t0 = Instant::now();
         report(&edges, json!([call(agents, 10), call(&bot_uri, 16)])).await;
-        up.policy.push(until(t0, "policy demand 16", demand_is(16)).await);
-        up.pool.push(until(t0, "desiredReplicas 4", desired_is(4)).await);
+        up.policy
+            .push(until(t0, "policy demand 16", demand_is(16)).await);
+        up.pool
+            .push(until(t0, "desiredReplicas 4", desired_is(4)).await);
         up.deployment
             .push(until(t0, "Deployment replicas 4", replicas_is(4)).await);
 
         let t0 = Instant::now();
         report(&edges, json!([call(agents, 3)])).await;
-        down.policy.push(until(t0, "policy demand 0", demand_is(0)).await);
-        down.pool.push(until(t0, "desiredReplicas 1", desired_is(1)).await);
+        down.policy
+            .push(until(t0, "policy demand 0", demand_is(0)).await);
+        down.pool
+            .push(until(t0, "desiredReplicas 1", desired_is(1)).await);
         down.deployment
             .push(until(t0, "Deployment replicas 1", replicas_is(1)).await);
     }

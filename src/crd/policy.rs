@@ -137,6 +137,41 @@ pub struct RouteSpec {
     /// Tiers in order of preference; the first with healthy targets carries the calls.
     #[schemars(length(min = 1, max = 6))]
     pub tiers: Vec<TierSpec>,
+    /// Which failed calls make the SIP edge take a destination out of service and try
+    /// the next one (health learned from real calls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<RouteFailover>,
+}
+
+/// Failover on real call failures, for one route.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteFailover {
+    /// Final SIP status codes of an INVITE after which the edge marks the destination
+    /// down (Kamailio `ds_mark_dst`, reported by sip-sync as a failure mark) and tries
+    /// the call on the next destination. 408 also stands for no answer within the
+    /// edge's transaction timer. A 503 carrying `Retry-After` (a peer that is alive but
+    /// busy) retries the call on the next destination without the mark. The callee's
+    /// own answers (486 Busy Here, 600 Busy Everywhere, 603 Decline) are never
+    /// allowed: the call goes back to the caller.
+    #[serde(default = "default_failover_codes")]
+    #[x_kube(validation = Rule::new("self.all(c, c >= 408 && c <= 699)").message("failover.onStatusCodes: use final failure codes between 408 and 699, e.g. [408, 500, 502, 503, 504]"))]
+    #[x_kube(validation = Rule::new("self.all(c, c != 486 && c != 600 && c != 603)").message("failover.onStatusCodes must not contain 486, 600 or 603: they are the callee's answer (busy, declined), not a failure of the line"))]
+    #[schemars(length(min = 1, max = 32))]
+    pub on_status_codes: Vec<u16>,
+}
+
+impl Default for RouteFailover {
+    fn default() -> Self {
+        Self {
+            on_status_codes: default_failover_codes(),
+        }
+    }
+}
+
+/// Fail over on 408 (or no answer), 500, 502, 503 (without Retry-After) and 504.
+pub fn default_failover_codes() -> Vec<u16> {
+    vec![408, 500, 502, 503, 504]
 }
 
 /// A tier: a group of equivalent targets.
@@ -157,7 +192,7 @@ pub struct TierSpec {
 #[x_kube(validation = Rule::new("[has(self.trunk), has(self.botPool), has(self.uri)].filter(x, x).size() == 1").message("each target needs exactly one of trunk, botPool or uri"))]
 #[x_kube(validation = Rule::new("!has(self.uri) || has(self.region)").message("a uri target needs a region (the region whose calls it takes), e.g. region: cologne"))]
 #[x_kube(validation = Rule::new("!has(self.region) || has(self.uri)").message("targets[].region is only for uri targets; trunks and bot pools take the region from their own spec"))]
-#[x_kube(validation = Rule::new("!has(self.maxConcurrentCalls) || has(self.uri)").message("targets[].maxConcurrentCalls is only for uri targets; a trunk's limit is its spec.capacity.maxConcurrentCalls and a bot pool's is replicas × callsPerReplica"))]
+#[x_kube(validation = Rule::new("!has(self.maxConcurrentCalls) || has(self.uri)").message("targets[].maxConcurrentCalls is only for uri targets; set a trunk's limit in its spec.capacity.maxConcurrentCalls (bot pools: callsPerReplica)"))]
 #[serde(rename_all = "camelCase")]
 pub struct TargetSpec {
     /// Name of a Trunk in the policy's namespace.
@@ -178,10 +213,11 @@ pub struct TargetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub region: Option<String>,
-    /// Concurrent calls a `uri` target takes at most, e.g. the number of human agents
-    /// behind a PBX. The plan counts it as the target's capacity: calls beyond it
-    /// overflow to the next tier (bot pools are sized for that overflow), and the SIP
-    /// edge enforces it. Unset: no limit.
+    /// Calls a `uri` target (e.g. the agents' PBX) can take at once. The planner counts
+    /// it as the target's capacity (calls beyond it are planned on the next tier) and
+    /// the SIP edge enforces it: a call beyond it goes to the next destination of the
+    /// route instead. Unset: unlimited. Trunks and bot pools state their capacity in
+    /// their own spec (`capacity.maxConcurrentCalls`, ready bots × `callsPerReplica`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub max_concurrent_calls: Option<u32>,

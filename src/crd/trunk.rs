@@ -169,11 +169,15 @@ pub struct TrunkEndpoint {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TrunkCapacity {
-    /// Calls the line can carry at once.
+    /// Calls the line can carry at once. Enforced by the SIP edge (each Kamailio
+    /// counts the trunk's calls in progress over all its endpoints): a call beyond it
+    /// goes to the next destination of the route (the next tier) instead of this line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub max_concurrent_calls: Option<u32>,
-    /// New calls per second the line accepts.
+    /// New calls per second the line accepts. Enforced by the SIP edge (Kamailio's
+    /// pipelimit, per second, over all endpoints): calls beyond it in a second go to
+    /// the next destination of the route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]
     pub max_calls_per_second: Option<u32>,

@@ -98,6 +98,7 @@ impl PolicyBuilder {
                 name: name.to_string(),
                 set_id,
                 tiers: Vec::new(),
+                failover: None,
             },
         });
         self.spec.routes.push(r.route);
@@ -197,6 +198,7 @@ impl World {
                 region: region.to_string(),
                 disabled: false,
                 max_concurrent_calls: None,
+                max_calls_per_second: None,
                 endpoints: endpoints
                     .into_iter()
                     .map(|u| EndpointObservation {

@@ -183,6 +183,9 @@ pub struct RoutePlan {
     pub excluded: Vec<Excluded>,
     /// True when the route has no placeable destination and keeps older ones.
     pub fail_open: bool,
+    /// Final SIP codes after which the edge marks a destination down and tries the
+    /// next (`spec.routes[].failover.onStatusCodes`, or the default).
+    pub failover_codes: Vec<u16>,
 }
 
 /// One destination in a dispatcher set.
@@ -200,6 +203,23 @@ pub struct Destination {
     pub weight: u32,
     /// Stable unique id within the set (Kamailio's `duid`).
     pub duid: String,
+    /// Limits the edge enforces for the target this destination belongs to, shared
+    /// by all its destinations (a trunk's endpoints, a pool's bots).
+    pub limits: Option<Limits>,
+}
+
+/// Limits of one target (a Trunk, a BotPool, a static URI), enforced by the SIP edge
+/// over every destination of the target: a call beyond them goes to the next
+/// destination of the set (the next tier).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Capacity group: the same for every destination of the target, in every set
+    /// (`trk.<trunk>`, `bot.<pool>`, `uri.<tier>.<index>`).
+    pub group: String,
+    /// Calls in progress at once (`maxload`).
+    pub max_concurrent_calls: Option<u32>,
+    /// New calls per second (`cps`).
+    pub max_calls_per_second: Option<u32>,
 }
 
 /// A referenced destination that is not in the set.
@@ -340,6 +360,7 @@ impl Plan {
                 destinations: Vec::new(),
                 excluded: Vec::new(),
                 fail_open: r.fail_open,
+                failover_codes: Vec::new(),
             })
             .collect();
         Some(Plan {

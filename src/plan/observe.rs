@@ -32,6 +32,8 @@ pub struct TrunkObservation {
     pub disabled: bool,
     /// `spec.capacity.maxConcurrentCalls` (`None`: no stated limit).
     pub max_concurrent_calls: Option<u32>,
+    /// `spec.capacity.maxCallsPerSecond` (`None`: no stated limit).
+    pub max_calls_per_second: Option<u32>,
     /// Endpoints in spec order with their probed state.
     pub endpoints: Vec<EndpointObservation>,
 }
@@ -100,6 +102,11 @@ impl TrunkObservation {
                 .capacity
                 .as_ref()
                 .and_then(|c| c.max_concurrent_calls),
+            max_calls_per_second: trunk
+                .spec
+                .capacity
+                .as_ref()
+                .and_then(|c| c.max_calls_per_second),
             endpoints,
         }
     }

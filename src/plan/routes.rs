@@ -24,6 +24,8 @@ struct Candidate {
     base: u64,
     /// Bot pool name, for demand.
     pool: Option<String>,
+    /// What the edge enforces for the candidate's target.
+    limits: Option<super::Limits>,
 }
 
 /// One tier, evaluated.
@@ -47,6 +49,18 @@ fn sanitize(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// The limits of a target, or `None` when it states none. A stated limit of 0 (a bot
+/// pool with no ready bot) is left out: such a pool has no destination anyway.
+fn limits(group: String, calls: Option<u32>, cps: Option<u32>) -> Option<super::Limits> {
+    let calls = calls.filter(|c| *c > 0);
+    let cps = cps.filter(|c| *c > 0);
+    (calls.is_some() || cps.is_some()).then(|| super::Limits {
+        group: sanitize(&group),
+        max_concurrent_calls: calls,
+        max_calls_per_second: cps,
+    })
 }
 
 fn add_capacity(total: &mut Option<u64>, cap: Option<u64>, first: &mut bool) {
@@ -102,6 +116,11 @@ fn eval_tier(
                     duid: sanitize(&format!("trk.{name}.{i}")),
                     base: u64::from(ep.weight.max(1)),
                     pool: None,
+                    limits: limits(
+                        format!("trk.{name}"),
+                        trunk.max_concurrent_calls,
+                        trunk.max_calls_per_second,
+                    ),
                 };
                 let healthy = !trunk.disabled && ep.state == EndpointState::Up;
                 ev.all.push((cand.clone(), ep.state != EndpointState::Down));
@@ -158,6 +177,7 @@ fn eval_tier(
                     duid: sanitize(&format!("bot.{name}.{addr}")),
                     base: 1,
                     pool: Some(name.clone()),
+                    limits: limits(format!("bot.{name}"), Some(pool.ready_capacity), None),
                 };
                 ev.all.push((cand.clone(), true));
                 match &region_ok {
@@ -196,6 +216,11 @@ fn eval_tier(
                 duid: sanitize(&format!("uri.{}.{index}", tier.name)),
                 base: 1,
                 pool: None,
+                limits: limits(
+                    format!("uri.{}.{index}", tier.name),
+                    target.max_concurrent_calls,
+                    None,
+                ),
             };
             ev.all.push((cand.clone(), state != EndpointState::Down));
             let why = if let Err(why) = active(&region) {
@@ -382,6 +407,7 @@ fn compute_route(
                 priority,
                 weight: u32::try_from(w).unwrap_or(0),
                 duid: c.duid.clone(),
+                limits: c.limits.clone(),
             });
         }
     }
@@ -405,6 +431,11 @@ fn compute_route(
             destinations,
             excluded,
             fail_open: false,
+            failover_codes: route
+                .failover
+                .as_ref()
+                .map(|f| f.on_status_codes.clone())
+                .unwrap_or_else(crate::crd::default_failover_codes),
         },
         floor,
         measured,
@@ -446,6 +477,7 @@ fn fallback_destinations(
                     priority: n - i as u32,
                     weight: u32::try_from(w).unwrap_or(0),
                     duid: c.duid,
+                    limits: c.limits,
                 })
                 .collect();
         }

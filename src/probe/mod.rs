@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod codec;
 pub mod health;
 mod hub;
+pub mod passive;
 pub mod policy;
 pub mod resolve;
 pub mod tls;

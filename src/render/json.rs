@@ -34,6 +34,7 @@ struct Route<'a> {
     set_id: u32,
     active_tier: Option<&'a str>,
     fail_open: bool,
+    failover_codes: &'a [u16],
     destinations: Vec<Dest<'a>>,
     excluded: Vec<Excl<'a>>,
 }
@@ -47,6 +48,12 @@ struct Dest<'a> {
     priority: u32,
     weight: u32,
     duid: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capacity_group: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_concurrent_calls: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_calls_per_second: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -81,6 +88,7 @@ pub fn render(policy: &str, plan: &Plan) -> String {
                 set_id: r.set_id,
                 active_tier: r.active_tier.as_deref(),
                 fail_open: r.fail_open,
+                failover_codes: &r.failover_codes,
                 destinations: r
                     .destinations
                     .iter()
@@ -91,6 +99,15 @@ pub fn render(policy: &str, plan: &Plan) -> String {
                         priority: d.priority,
                         weight: d.weight,
                         duid: &d.duid,
+                        capacity_group: d.limits.as_ref().map(|l| l.group.as_str()),
+                        max_concurrent_calls: d
+                            .limits
+                            .as_ref()
+                            .and_then(|l| l.max_concurrent_calls),
+                        max_calls_per_second: d
+                            .limits
+                            .as_ref()
+                            .and_then(|l| l.max_calls_per_second),
                     })
                     .collect(),
                 excluded: r

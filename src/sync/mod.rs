@@ -13,6 +13,7 @@
 //! replicas the annotations show the last writer; each pod's own truth is its
 //! metrics and logs.
 
+pub mod calls;
 pub mod dispatcher;
 pub mod file;
 pub mod kamailio;
@@ -409,7 +410,7 @@ pub async fn run_with_client(
     );
     // A valid routing already on disk (a restarted edge) lets Kamailio start at once,
     // even when the API server cannot be reached: /startupz must not wait for a watch.
-    let mut applier = Applier::new(rpc, args.file.clone());
+    let mut applier = Applier::new(rpc.clone(), args.file.clone());
     match std::fs::read_to_string(&args.file) {
         Ok(text) => match dispatcher::parse(&text) {
             Ok(list) => {
@@ -436,6 +437,8 @@ pub async fn run_with_client(
             let edges: Api<crate::crd::SipEdge> =
                 Api::namespaced(api.clone().into_client(), &args.namespace);
             tracing::info!(edge = %edge, member = %member, "reporting to the SipEdge");
+            // Live calls and failure marks from Kamailio, for the operator.
+            tokio::spawn(calls::run(rpc.clone(), reporter.clone(), shutdown.clone()));
             let writer = tokio::spawn(report::run_writer(
                 edges,
                 edge.clone(),
