@@ -222,6 +222,16 @@ async fn examples_apply_and_kubectl_get_shows_the_columns() {
                     let got = ns.api::<FallbackPolicy>().get(&name).await.expect(&what);
                     assert_eq!(got.spec, want.spec, "{what}");
                 }
+                "SipEdge" => {
+                    let want: lifeline::crd::SipEdge =
+                        serde_json::from_value(doc.clone()).expect(&what);
+                    let got = ns
+                        .api::<lifeline::crd::SipEdge>()
+                        .get(&name)
+                        .await
+                        .expect(&what);
+                    assert_eq!(got.spec, want.spec, "{what}");
+                }
                 other => panic!("{example}: unexpected kind {other}"),
             }
         }
