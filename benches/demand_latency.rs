@@ -40,6 +40,10 @@ fn env_num(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+fn call0(uri: &str, n: u32) -> serde_json::Value {
+    json!({ "uri": uri, "setId": 1, "activeCalls": n, "callsPerSecond": n as f64 / 2.0 })
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
@@ -179,6 +183,8 @@ async fn main() {
                     { "name": "agents", "targets": [{ "trunk": "agents" }] },
                     { "name": "bots", "targets": [{ "botPool": POOL }] } ] }],
                 "health": { "minHealthyTrunks": 1 },
+                // Set-up order may fail the region for a moment; no wait to come back.
+                "failover": { "recoverAfterSeconds": 0 },
             },
         }),
     )
@@ -254,6 +260,15 @@ async fn main() {
         }
     };
 
+    until(start, "the region Active", || async {
+        policies
+            .get("main")
+            .await
+            .ok()
+            .and_then(|p| p.status)
+            .is_some_and(|s| s.active_regions.as_deref() == Some("frankfurt"))
+    })
+    .await;
     let mut up = Stages {
         policy: Vec::new(),
         pool: Vec::new(),
@@ -264,7 +279,7 @@ async fn main() {
         pool: Vec::new(),
         deployment: Vec::new(),
     };
-    let call = |uri: &str, n: u32| json!({ "uri": uri, "setId": 1, "activeCalls": n, "callsPerSecond": n as f64 / 2.0 });
+    let call = call0;
     for _ in 0..surges {
         let t0 = Instant::now();
         report(&edges, json!([call(agents, 10), call(&bot_uri, 16)])).await;
