@@ -242,6 +242,7 @@ class Demo:
         self.phase = "setup"
         self.runs: dict[str, list[CallRun]] = {}
         self.bots: dict[str, str] = {}
+        self.bot_gone: dict[str, float] = {}
         # Every bot address ever seen, with its pool (a bot may be gone by the summary).
         self.bot_pool: dict[str, str] = {}
         self.phase_start: dict[str, float] = {}
@@ -332,10 +333,16 @@ class Demo:
             if name not in self.bots:
                 sipp_uas(self.procs, name, ip)
                 self.bots[name] = ip
+        # A bot whose pod is gone still finishes its calls (a real pod drains for
+        # drainSeconds): stop its sipp only a little longer than a call lasts.
+        now = time.time()
         for name in list(self.bots):
-            if name not in want:
+            if name in want:
+                self.bot_gone.pop(name, None)
+            elif now - self.bot_gone.setdefault(name, now) > INBOUND_HOLD_MS / 1000 + 3:
                 self.procs.kill(name, signal.SIGTERM)
                 del self.bots[name]
+                del self.bot_gone[name]
 
     # ---------------------------------------------------------------- phases
     def drive(self, phase: str, seconds: float, port_base: int) -> None:
@@ -409,7 +416,8 @@ class Demo:
                 t_switched = time.time()
             self.sync_bots()
             self.live_line()
-            time.sleep(0.2 if t_switched is None else 2.0)
+            # New bots must answer as soon as their pods are ready: look often.
+            time.sleep(0.2 if t_switched is None else 0.5)
 
         log("\n==> phase 3: the carrier is back")
         t_back = time.time()
