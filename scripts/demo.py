@@ -531,7 +531,7 @@ class Demo:
         for ts, _set, dst, _retry in routed:
             host = dst.removeprefix("sip:").split(";")[0].rsplit(":", 1)[0]
             base = dst.split(";")[0]
-            label = names.get(base) or (f"{self.bot_pool[host]} bots" if host in self.bot_pool else base)
+            label = names.get(base) or self.bot_pool.get(host) or base
             sec = int(ts - self.t0)
             per_dest.setdefault(label, {})
             per_dest[label][sec] = per_dest[label].get(sec, 0) + 1

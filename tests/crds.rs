@@ -236,7 +236,9 @@ async fn examples_apply_and_kubectl_get_shows_the_columns() {
             }
         }
 
-        let table = kubectl.ok(&["get", "trk,bp,fbp", "-n", &ns.name]).await;
+        let table = kubectl
+            .ok(&["get", "trk,bp,fbp,sipe", "-n", &ns.name])
+            .await;
         for header in [
             "REGION",
             "MEDIUM",
@@ -261,6 +263,7 @@ async fn examples_apply_and_kubectl_get_shows_the_columns() {
             let resource = match kind.as_str() {
                 "Trunk" => "trunk",
                 "BotPool" => "botpool",
+                "SipEdge" => "sipedge",
                 _ => "fallbackpolicy",
             };
             let row = table
