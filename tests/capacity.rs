@@ -5,8 +5,10 @@
 //! - calls beyond a target's `maxConcurrentCalls` go to the next tier, none rejected;
 //! - a carrier answering OPTIONS 200 but every INVITE 503 is failed over while calls
 //!   flow, with no failed call, and sip-sync reports the mark;
-//! - sip-sync's report follows the calls in progress as sipp ramps them up and down.
+//! - sip-sync's report follows the calls in progress as sipp ramps them up and down,
+//!   in-process and through the real API server into `SipEdge.status.members[]`.
 
+mod common;
 #[path = "fixtures/sync/kamailio.rs"]
 mod kamailio;
 
@@ -385,4 +387,169 @@ fn calls_beyond_max_calls_per_second_go_to_the_next_tier() {
         (5..=bound).contains(&to_fixed),
         "the fixed line got {to_fixed} calls in {seconds:.1} s (limit 5/s)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sipp_ramp_shows_up_in_the_sip_edge_report() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::Api;
+    use kube::api::{Patch, PatchParams};
+    use lifeline::crd::SipEdge;
+    use lifeline::sync::report::ReportArgs;
+    use lifeline::sync::{CONTENT_HASH_ANNOTATION, SyncArgs};
+    use serde_json::json;
+
+    const EDGE: &str = "127.0.91.4";
+    const AGENTS: &str = "127.0.91.51";
+    const BOTS: &str = "127.0.91.52";
+    let Some(client) = common::client().await else {
+        return;
+    };
+    common::install_crds(&client).await;
+    let ns = common::TestNamespace::create(client.clone(), "capacity-report", &[]).await;
+    let dir = TempDir::new("lifeline-capacity-report");
+
+    let agents_uri = format!("sip:{AGENTS}:5060");
+    let mut agents = uri(&agents_uri, "x");
+    agents.max_concurrent_calls = Some(4);
+    let spec = policy()
+        .region("x", 1)
+        .expected_calls(4)
+        .route("inbound", 1, |r| {
+            r.tier("agents", [agents]).tier("bots", [bots("bots-x")])
+        })
+        .build();
+    let observed = world()
+        .bot_pool("bots-x", "x", 40, [BOTS])
+        .uri_state(&agents_uri, EndpointState::Up)
+        .observed();
+    let list = render(&dir.0, &spec, &observed);
+    let text = std::fs::read_to_string(&list).unwrap();
+    let configmaps: Api<ConfigMap> = ns.api();
+    configmaps
+        .patch(
+            "sip-routing",
+            &PatchParams::apply("lifeline-tests").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "sip-routing", "annotations": {
+                    CONTENT_HASH_ANNOTATION: lifeline::sync::file::content_hash(&text)}},
+                "data": {"dispatcher.list": text},
+            })),
+        )
+        .await
+        .expect("routing ConfigMap");
+    let edges: Api<SipEdge> = ns.api();
+    edges
+        .patch(
+            "edge",
+            &PatchParams::apply("lifeline-tests").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "lifeline.dev/v1alpha1", "kind": "SipEdge",
+                "metadata": {"name": "edge"},
+                "spec": {"routingConfigMap": "sip-routing"},
+            })),
+        )
+        .await
+        .expect("SipEdge");
+
+    let _agents = Peer::uas(AGENTS, None, &dir.0.join("agents.msg"));
+    let _bots = Peer::uas(BOTS, None, &dir.0.join("bots.msg"));
+    let allow = format!("ALLOW_FROM=\"{CALLER}/32\"");
+    let mut kam = Kamailio::start_with(EDGE, &list, &dir.0, &[&allow]);
+    kam.wait_ready(Duration::from_secs(20)).await;
+    let stop = CancellationToken::new();
+    let args = SyncArgs {
+        namespace: ns.name.clone(),
+        configmap: "sip-routing".into(),
+        key: "dispatcher.list".into(),
+        file: list.clone(),
+        rpc_url: kam.rpc_url.clone(),
+        rpc_timeout_ms: 1000,
+        max_backoff_ms: 1000,
+        metrics_addr: None,
+        watch_list: false,
+        report: ReportArgs {
+            edge: Some("edge".into()),
+            member: Some("edge-0".into()),
+            pod_uid: None,
+        },
+    };
+    let sync = tokio::spawn(lifeline::sync::run_with_client(
+        client.clone(),
+        args,
+        std::sync::Arc::new(lifeline::telemetry::Metrics::new()),
+        stop.clone(),
+    ));
+    let member_calls = |edge: &SipEdge, host: &str| -> u32 {
+        edge.status
+            .iter()
+            .flat_map(|s| &s.members)
+            .filter(|m| m.name == "edge-0")
+            .flat_map(|m| &m.calls)
+            .filter(|c| c.uri.contains(host))
+            .map(|c| c.active_calls)
+            .sum()
+    };
+    // The member's entry exists before the calls start.
+    common::eventually(Duration::from_secs(20), "the member's first report", || {
+        let edges = edges.clone();
+        async move {
+            let e = edges.get("edge").await.ok()?;
+            e.status
+                .as_ref()
+                .is_some_and(|s| {
+                    s.members
+                        .iter()
+                        .any(|m| m.name == "edge-0" && !m.calls.is_empty())
+                })
+                .then_some(())
+        }
+    })
+    .await;
+
+    // Ramp: 30 calls at 10/s, each held 8 s; 4 fit the agents, 26 go to the bots.
+    let started = Instant::now();
+    let mut sipp = tokio::task::spawn_blocking(|| {
+        let mut p = Peer::callers(EDGE, 5076, 30, 10, 8000);
+        p.all_succeeded()
+    });
+    let mut timeline = Vec::new();
+    let mut full_at = None;
+    while started.elapsed() < Duration::from_secs(8) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Ok(edge) = edges.get("edge").await else {
+            continue;
+        };
+        let (a, b) = (member_calls(&edge, AGENTS), member_calls(&edge, BOTS));
+        if timeline.last().map(|(_, x, y)| (*x, *y)) != Some((a, b)) {
+            timeline.push((started.elapsed().as_millis(), a, b));
+        }
+        // The ramp ends 2.9 s in; the report may lag by the documented delta (5 %).
+        if full_at.is_none() && a == 4 && b >= 25 {
+            full_at = Some(started.elapsed());
+        }
+    }
+    eprintln!("SipEdge report while sipp ramps (ms, agents, bots): {timeline:?}");
+    let full_at =
+        full_at.unwrap_or_else(|| panic!("the report never showed the ramp: {timeline:?}"));
+    eprintln!(
+        "last call of the ramp placed at ~2.9 s; the SipEdge showed it at {} ms",
+        full_at.as_millis()
+    );
+    assert!(
+        (&mut sipp).await.unwrap(),
+        "every call was answered\n{}",
+        kam.log_tail()
+    );
+    common::eventually(Duration::from_secs(10), "the report back at zero", || {
+        let edges = edges.clone();
+        async move {
+            let e = edges.get("edge").await.ok()?;
+            (member_calls(&e, "sip:") == 0).then_some(())
+        }
+    })
+    .await;
+    stop.cancel();
+    let _ = sync.await;
 }
