@@ -235,6 +235,10 @@ def route_log(since: float) -> list[tuple[float, int, str, bool]]:
 
 
 class Demo:
+    # Inbound load (see INBOUND_RATE); subclasses replaying other stories may lower it.
+    inbound_rate = INBOUND_RATE
+    inbound_hold_ms = INBOUND_HOLD_MS
+
     def __init__(self, quick: bool):
         self.quick = quick
         self.procs = Procs()
@@ -247,7 +251,7 @@ class Demo:
         self.bot_pool: dict[str, str] = {}
         self.phase_start: dict[str, float] = {}
         # One sample per live line: region states, bot replicas, measured calls.
-        self.samples: list[dict] = []
+        self.timeline_samples: list[dict] = []
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -350,8 +354,8 @@ class Demo:
         self.phase_start[phase] = time.time()
         runs = [
             start_calls(self.procs, f"calls-{phase}-outbound", "outbound", 10, seconds, port_base),
-            start_calls(self.procs, f"calls-{phase}-inbound", "inbound", INBOUND_RATE, seconds, port_base + 100,
-                        hold_ms=INBOUND_HOLD_MS),
+            start_calls(self.procs, f"calls-{phase}-inbound", "inbound", self.inbound_rate, seconds,
+                        port_base + 100, hold_ms=self.inbound_hold_ms),
         ]
         self.runs[phase] = runs
 
@@ -386,7 +390,7 @@ class Demo:
                 "ready": st.get("readyReplicas", 0), "desired": st.get("desiredReplicas", 0),
                 "demand": st.get("demand", 0), "min": ((b.get("spec") or {}).get("replicas") or {}).get("min", 0),
             }
-        self.samples.append(sample)
+        self.timeline_samples.append(sample)
         ok = failed = 0
         for runs in self.runs.values():
             for r in runs:
@@ -442,7 +446,7 @@ class Demo:
         while time.time() < settle_end:
             self.sync_bots()
             self.live_line()
-            last = self.samples[-1]["bots"].get(RECEIVING_POOL) if self.samples else None
+            last = self.timeline_samples[-1]["bots"].get(RECEIVING_POOL) if self.timeline_samples else None
             if last and last["desired"] <= last["min"] and last["ready"] <= last["min"]:
                 break
             time.sleep(1.0)
@@ -478,7 +482,7 @@ class Demo:
         }
         recover_after = ((pol.get("spec") or {}).get("failover") or {}).get("recoverAfterSeconds", 0)
         bot_phases = self.bot_phases(route_log(self.phase_start.get("normal", self.t0)), t_end_phases)
-        final = self.samples[-1]["bots"] if self.samples else {}
+        final = self.timeline_samples[-1]["bots"] if self.timeline_samples else {}
         timeline = self.write_timeline(t_kill, t_back)
         summary = {
             "phases": per_phase,
@@ -507,7 +511,7 @@ class Demo:
         for i, (phase, start) in enumerate(phases):
             end = phases[i + 1][1] if i + 1 < len(phases) else t_end
             pools: dict[str, dict] = {}
-            for smp in self.samples:
+            for smp in self.timeline_samples:
                 if start <= smp["t"] < end:
                     for name, b in smp["bots"].items():
                         p = pools.setdefault(name, {"max_ready": 0, "max_desired": 0, "calls": 0})
@@ -540,7 +544,7 @@ class Demo:
             "events": {"carrier dies": t_kill - self.t0, "carrier back": t_back - self.t0},
             "phases": {k: v - self.t0 for k, v in self.phase_start.items()},
             "calls_per_second": per_dest,
-            "samples": [dict(s, t=s["t"] - self.t0) for s in self.samples],
+            "samples": [dict(s, t=s["t"] - self.t0) for s in self.timeline_samples],
         }
         path = WORK / "timeline.json"
         path.write_text(json.dumps(data, indent=1))
