@@ -5,7 +5,9 @@ Starts (and always stops) the lifeline operator, the sip-sync sidecar, Kamailio 
 sipp peers for two regions — fixed-line and mobile carriers, human agents, phone bots —
 on 127.0.50.x, applies examples/carrier-outage/, drives calls through Kamailio with
 sipp, kills Cologne's fixed-line carrier, brings it back, and prints a live view and
-a summary. The control plane must be up (`make demo` starts it first).
+a summary with the bot replicas and the calls each bot pool carried per phase, and
+draws target/demo/timeline.png (calls per second per destination, region states, bot
+replicas over time). The control plane must be up (`make demo` starts it first).
 
   scripts/demo.py                  the full replay (about 2 minutes)
   scripts/demo.py --quick --json F shorter phases, summary as JSON in F, exit 1 when a
@@ -48,6 +50,15 @@ DEAD = ["cologne-fixed", "agents-cologne"]
 PEERS = {**CARRIERS, **AGENTS}
 # From examples/carrier-outage: probe period 1 s × failureThreshold 2 + timeout 0.5 s.
 DETECTION_BOUND_S = 1 * 2 + 0.5 + 0.5
+# The SIP edge the demo's sip-sync reports live calls to (examples/carrier-outage/edge.yaml).
+EDGE_NAME = "contact-center-edge"
+# The region that takes Cologne's calls, and its bots.
+RECEIVING_POOL = "frankfurt-bots"
+# Inbound callers: new calls per second and how long each call lasts. 10/s × 3 s =
+# 30 calls in progress: what the policy plans for (expectedConcurrentCalls), more
+# than Frankfurt's 16 agents take once Cologne is gone.
+INBOUND_RATE, INBOUND_HOLD_MS = 10, 3000
+TIMELINE_PNG = WORK / "timeline.png"
 
 
 def log(msg: str) -> None:
@@ -176,7 +187,8 @@ class CallRun:
         return (ok, failed)
 
 
-def start_calls(procs: Procs, name: str, service: str, rate: int, seconds: float, port: int) -> CallRun:
+def start_calls(procs: Procs, name: str, service: str, rate: int, seconds: float, port: int,
+                hold_ms: int = 1000) -> CallRun:
     stat = WORK / f"{name}.csv"
     stat.unlink(missing_ok=True)
     calls = max(1, int(rate * seconds))
@@ -184,7 +196,8 @@ def start_calls(procs: Procs, name: str, service: str, rate: int, seconds: float
         name,
         [
             "sipp", "-sf", str(ROOT / "scripts/sipp/caller.xml"), "-s", service, "-i", CALLER_IP, "-p", str(port),
-            "-r", str(rate), "-m", str(calls), "-d", "1000", "-l", str(rate * 4),
+            "-r", str(rate), "-m", str(calls), "-d", str(hold_ms),
+            "-l", str(max(rate * 4, rate * (hold_ms // 1000 + 2) * 2)),
             "-recv_timeout", "15000", "-nostdin",
             "-trace_stat", "-stf", str(stat), "-fd", "1",
             "-trace_err", "-error_file", str(WORK / "logs" / f"{name}.errors"),
@@ -222,6 +235,10 @@ def route_log(since: float) -> list[tuple[float, int, str, bool]]:
 
 
 class Demo:
+    # Inbound load (see INBOUND_RATE); subclasses replaying other stories may lower it.
+    inbound_rate = INBOUND_RATE
+    inbound_hold_ms = INBOUND_HOLD_MS
+
     def __init__(self, quick: bool):
         self.quick = quick
         self.procs = Procs()
@@ -229,6 +246,12 @@ class Demo:
         self.phase = "setup"
         self.runs: dict[str, list[CallRun]] = {}
         self.bots: dict[str, str] = {}
+        self.bot_gone: dict[str, float] = {}
+        # Every bot address ever seen, with its pool (a bot may be gone by the summary).
+        self.bot_pool: dict[str, str] = {}
+        self.phase_start: dict[str, float] = {}
+        # One sample per live line: region states, bot replicas, measured calls.
+        self.timeline_samples: list[dict] = []
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -242,7 +265,7 @@ class Demo:
         crds = subprocess.run([str(LIFELINE), "crds"], capture_output=True, text=True, check=True).stdout
         kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=lifeline-demo", "-f", "-", input=crds)
         kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/trunks.lifeline.dev",
-                "crd/botpools.lifeline.dev", "crd/fallbackpolicies.lifeline.dev")
+                "crd/botpools.lifeline.dev", "crd/fallbackpolicies.lifeline.dev", "crd/sipedges.lifeline.dev")
         kubectl("create", "namespace", NAMESPACE)
 
         log("==> carriers and human agents (sipp) on 127.0.50.x")
@@ -268,6 +291,8 @@ class Demo:
             str(LIFELINE), "sip-sync", "--namespace", NAMESPACE, "--configmap", "sip-routing",
             "--key", "dispatcher.list", "--file", str(ds_file),
             "--rpc-url", f"http://{EDGE_IP}:{RPC_PORT}/RPC",
+            # Report live calls to the SipEdge: the operator sizes the bots from them.
+            "--edge", EDGE_NAME, "--edge-member", "demo-edge-0",
         ], env=env)
 
         log("==> lifeline operator")
@@ -307,21 +332,30 @@ class Demo:
             ip = (p.get("status") or {}).get("podIP")
             if "lifeline.dev/botpool" in labels and ip and not p["metadata"].get("deletionTimestamp"):
                 want[f"bot-{ip}"] = ip
+                self.bot_pool[ip] = labels["lifeline.dev/botpool"]
         for name, ip in want.items():
             if name not in self.bots:
                 sipp_uas(self.procs, name, ip)
                 self.bots[name] = ip
+        # A bot whose pod is gone still finishes its calls (a real pod drains for
+        # drainSeconds): stop its sipp only a little longer than a call lasts.
+        now = time.time()
         for name in list(self.bots):
-            if name not in want:
+            if name in want:
+                self.bot_gone.pop(name, None)
+            elif now - self.bot_gone.setdefault(name, now) > INBOUND_HOLD_MS / 1000 + 3:
                 self.procs.kill(name, signal.SIGTERM)
                 del self.bots[name]
+                del self.bot_gone[name]
 
     # ---------------------------------------------------------------- phases
     def drive(self, phase: str, seconds: float, port_base: int) -> None:
         self.phase = phase
+        self.phase_start[phase] = time.time()
         runs = [
             start_calls(self.procs, f"calls-{phase}-outbound", "outbound", 10, seconds, port_base),
-            start_calls(self.procs, f"calls-{phase}-inbound", "inbound", 5, seconds, port_base + 100),
+            start_calls(self.procs, f"calls-{phase}-inbound", "inbound", self.inbound_rate, seconds,
+                        port_base + 100, hold_ms=self.inbound_hold_ms),
         ]
         self.runs[phase] = runs
 
@@ -335,9 +369,14 @@ class Demo:
     def live_line(self) -> None:
         pols = get_json("fallbackpolicies.lifeline.dev")
         bps = get_json("botpools.lifeline.dev")
-        regions, tiers = "", ""
+        regions, tiers, measured = "", "", ""
+        sample: dict = {"t": time.time(), "phase": self.phase, "regions": {}, "bots": {}, "measured": None}
         if pols:
             st = pols[0].get("status") or {}
+            sample["regions"] = {r["name"]: r["state"] for r in st.get("regions", [])}
+            if st.get("measured"):
+                sample["measured"] = st["measured"].get("concurrentCalls", 0)
+                measured = f" | measured {sample['measured']} calls"
             regions = " ".join(f"{r['name']}={r['state']}/{r.get('effectiveWeight', 0)}" for r in st.get("regions", []))
             tiers = " ".join(f"{r['name']}:{r.get('activeTier', '-')}" for r in st.get("routes", []))
         bots = " ".join(
@@ -345,12 +384,19 @@ class Demo:
             f"{(b.get('status') or {}).get('desiredReplicas', 0)}"
             for b in bps
         )
+        for b in bps:
+            st = b.get("status") or {}
+            sample["bots"][b["metadata"]["name"]] = {
+                "ready": st.get("readyReplicas", 0), "desired": st.get("desiredReplicas", 0),
+                "demand": st.get("demand", 0), "min": ((b.get("spec") or {}).get("replicas") or {}).get("min", 0),
+            }
+        self.timeline_samples.append(sample)
         ok = failed = 0
         for runs in self.runs.values():
             for r in runs:
                 s, f = r.counts()
                 ok, failed = ok + s, failed + f
-        log(f"[{time.time() - self.t0:6.1f}s] {self.phase:<9} | {regions} | {tiers} | bots {bots} | calls ok {ok} failed {failed}")
+        log(f"[{time.time() - self.t0:6.1f}s] {self.phase:<9} | {regions} | {tiers} | bots {bots}{measured} | calls ok {ok} failed {failed}")
 
     def run(self) -> dict:
         steady, outage, recovery = (10, 30, 40) if self.quick else (20, 40, 45)
@@ -374,7 +420,8 @@ class Demo:
                 t_switched = time.time()
             self.sync_bots()
             self.live_line()
-            time.sleep(0.2 if t_switched is None else 2.0)
+            # New bots must answer as soon as their pods are ready: look often.
+            time.sleep(0.2 if t_switched is None else 0.5)
 
         log("\n==> phase 3: the carrier is back")
         t_back = time.time()
@@ -390,6 +437,19 @@ class Demo:
             self.sync_bots()
             self.live_line()
             time.sleep(0.5)
+
+        t_end_phases = time.time()
+        # After failback the receiving pool returns to its floor once its demand has
+        # stayed low for the pool's scaleDownStabilizationSeconds: wait for it (bounded).
+        self.phase = "settle"
+        settle_end = time.time() + 40
+        while time.time() < settle_end:
+            self.sync_bots()
+            self.live_line()
+            last = self.timeline_samples[-1]["bots"].get(RECEIVING_POOL) if self.timeline_samples else None
+            if last and last["desired"] <= last["min"] and last["ready"] <= last["min"]:
+                break
+            time.sleep(1.0)
 
         per_phase = {}
         for phase, runs in self.runs.items():
@@ -421,6 +481,9 @@ class Demo:
             for b in get_json("botpools.lifeline.dev")
         }
         recover_after = ((pol.get("spec") or {}).get("failover") or {}).get("recoverAfterSeconds", 0)
+        bot_phases = self.bot_phases(route_log(self.phase_start.get("normal", self.t0)), t_end_phases)
+        final = self.timeline_samples[-1]["bots"] if self.timeline_samples else {}
+        timeline = self.write_timeline(t_kill, t_back)
         summary = {
             "phases": per_phase,
             "outage_to_routing_switch_s": None if t_switched is None else round(t_switched - t_kill, 3),
@@ -433,8 +496,65 @@ class Demo:
             "failbacks": failbacks,
             "history": history,
             "bot_pools": bots,
+            "bot_phases": bot_phases,
+            "bots_after": final,
+            "receiving_pool": RECEIVING_POOL,
+            "timeline_png": timeline,
         }
         return summary
+
+    def bot_phases(self, routed: list[tuple[float, int, str, bool]], t_end: float) -> dict:
+        """Per phase and bot pool: most replicas ready / desired, and calls carried (INVITEs
+        Kamailio relayed to the pool's bots)."""
+        phases = list(self.phase_start.items())
+        out: dict[str, dict] = {}
+        for i, (phase, start) in enumerate(phases):
+            end = phases[i + 1][1] if i + 1 < len(phases) else t_end
+            pools: dict[str, dict] = {}
+            for smp in self.timeline_samples:
+                if start <= smp["t"] < end:
+                    for name, b in smp["bots"].items():
+                        p = pools.setdefault(name, {"max_ready": 0, "max_desired": 0, "calls": 0})
+                        p["max_ready"] = max(p["max_ready"], b["ready"])
+                        p["max_desired"] = max(p["max_desired"], b["desired"])
+            for ts, _set, dst, _retry in routed:
+                if start <= ts < end:
+                    host = dst.removeprefix("sip:").split(";")[0].rsplit(":", 1)[0]
+                    pool = self.bot_pool.get(host)
+                    if pool:
+                        pools.setdefault(pool, {"max_ready": 0, "max_desired": 0, "calls": 0})["calls"] += 1
+            out[phase] = pools
+        return out
+
+    def write_timeline(self, t_kill: float, t_back: float) -> str | None:
+        """Write the samples and the per-second calls per destination as JSON, and draw
+        target/demo/timeline.png with Debian's matplotlib (scripts/timeline.py)."""
+        routed = route_log(self.phase_start.get("normal", self.t0))
+        names = {f"sip:{ip}:5060": name for name, ip in PEERS.items()}
+        per_dest: dict[str, dict[int, int]] = {}
+        for ts, _set, dst, _retry in routed:
+            host = dst.removeprefix("sip:").split(";")[0].rsplit(":", 1)[0]
+            base = dst.split(";")[0]
+            label = names.get(base) or self.bot_pool.get(host) or base
+            sec = int(ts - self.t0)
+            per_dest.setdefault(label, {})
+            per_dest[label][sec] = per_dest[label].get(sec, 0) + 1
+        data = {
+            "t0": self.t0,
+            "events": {"carrier dies": t_kill - self.t0, "carrier back": t_back - self.t0},
+            "phases": {k: v - self.t0 for k, v in self.phase_start.items()},
+            "calls_per_second": per_dest,
+            "samples": [dict(s, t=s["t"] - self.t0) for s in self.timeline_samples],
+        }
+        path = WORK / "timeline.json"
+        path.write_text(json.dumps(data, indent=1))
+        py = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+        res = subprocess.run([py, str(ROOT / "scripts/timeline.py"), str(path), str(TIMELINE_PNG)],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            log(f"timeline picture not drawn: {res.stderr.strip()[-300:]} (install python3-matplotlib)")
+            return None
+        return str(TIMELINE_PNG)
 
 
 def print_summary(s: dict) -> list[str]:
@@ -451,6 +571,14 @@ def print_summary(s: dict) -> list[str]:
     log(f"failovers {s['failovers']}, failbacks {s['failbacks']}")
     for name, b in s["bot_pools"].items():
         log(f"bot pool {name}: {b['ready']} ready / {b['desired']} desired for {b['demand']} calls")
+    log(f"\n{'phase':<10} {'bot pool':<16} {'replicas ready/desired (max)':>29} {'calls carried':>14}")
+    for phase, pools in s["bot_phases"].items():
+        for name, p in sorted(pools.items()):
+            log(f"{phase:<10} {name:<16} {p['max_ready']:>15}/{p['max_desired']:<13} {p['calls']:>14}")
+    for name, b in sorted(s["bots_after"].items()):
+        log(f"after failback: {name} {b['ready']} ready / {b['desired']} desired (floor {b['min']})")
+    if s.get("timeline_png"):
+        log(f"timeline picture: {s['timeline_png']}")
 
     problems = []
     out = s["phases"].get("outage", {})
@@ -465,6 +593,18 @@ def print_summary(s: dict) -> list[str]:
     ret = s["carrier_back_to_routing_s"]
     if ret is not None and ret < s["recover_after_seconds"]:
         problems.append(f"the carrier was routed again after {ret} s, before recoverAfterSeconds")
+    pool = s["receiving_pool"]
+    during = (s["bot_phases"].get("outage") or {}).get(pool, {})
+    after = s["bots_after"].get(pool, {})
+    floor = after.get("min", 1)
+    if during.get("max_desired", 0) <= floor:
+        problems.append(f"{pool} did not scale above its floor ({floor}) during the outage")
+    if during.get("calls", 0) == 0:
+        problems.append(f"{pool} carried no calls during the outage")
+    if after.get("desired", 0) > floor:
+        problems.append(f"{pool} did not return to its floor ({floor}) after failback")
+    if not s.get("timeline_png"):
+        problems.append("the timeline picture was not written")
     for p in problems:
         log(f"MISSED: {p}")
     if not problems:

@@ -54,6 +54,11 @@ def cologne_routed(sets: dict[int, list[str]]) -> bool:
 
 
 class Drills(demo.Demo):
+    # The drill's criteria were set for a light inbound load (5 calls/s of 1 s); the
+    # outage replay's heavier load is for showing the bots take the agents' overflow.
+    inbound_rate = 5
+    inbound_hold_ms = 1000
+
     def __init__(self) -> None:
         super().__init__(quick=True)
         self.samples: list[tuple[float, dict[int, list[str]] | None]] = []

@@ -2,6 +2,7 @@
 # Install the Debian packages that tests, the demo and the image builds need, when missing.
 #   kamailio, sipp, lua, openssl       SIP end-to-end tests and the demo
 #   iptables                           tests/vantage.rs cuts one edge's uplink (rules scoped to its 127.x address)
+#   python3-matplotlib                 the demo's timeline picture
 #   buildah, umoci                     `make image` (daemonless build) and the image test (unpack for runc)
 #   containerd, runc, CNI plugins      the real node of the testenv (NODE=real)
 #   iproute2, gcc + libc6-dev          the pod bridge; the static pause binary
@@ -27,6 +28,8 @@ command -v unshare >/dev/null || need+=(util-linux)
 command -v gcc >/dev/null || need+=(gcc)
 [[ -f /usr/lib/x86_64-linux-gnu/libc.a || -f /usr/lib/aarch64-linux-gnu/libc.a ]] || need+=(libc6-dev)
 command -v python3 >/dev/null || need+=(python3)
+# The demo's timeline picture (target/demo/timeline.png), drawn by Debian's Python.
+/usr/bin/python3 -c 'import matplotlib' 2>/dev/null || need+=(python3-matplotlib)
 if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"

@@ -222,11 +222,23 @@ async fn examples_apply_and_kubectl_get_shows_the_columns() {
                     let got = ns.api::<FallbackPolicy>().get(&name).await.expect(&what);
                     assert_eq!(got.spec, want.spec, "{what}");
                 }
+                "SipEdge" => {
+                    let want: lifeline::crd::SipEdge =
+                        serde_json::from_value(doc.clone()).expect(&what);
+                    let got = ns
+                        .api::<lifeline::crd::SipEdge>()
+                        .get(&name)
+                        .await
+                        .expect(&what);
+                    assert_eq!(got.spec, want.spec, "{what}");
+                }
                 other => panic!("{example}: unexpected kind {other}"),
             }
         }
 
-        let table = kubectl.ok(&["get", "trk,bp,fbp", "-n", &ns.name]).await;
+        let table = kubectl
+            .ok(&["get", "trk,bp,fbp,sipe", "-n", &ns.name])
+            .await;
         for header in [
             "REGION",
             "MEDIUM",
@@ -251,6 +263,7 @@ async fn examples_apply_and_kubectl_get_shows_the_columns() {
             let resource = match kind.as_str() {
                 "Trunk" => "trunk",
                 "BotPool" => "botpool",
+                "SipEdge" => "sipedge",
                 _ => "fallbackpolicy",
             };
             let row = table

@@ -22,7 +22,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 
 use super::runtime::apply_status;
-use crate::crd::EdgeFailureMark;
+use crate::crd::{EdgeFailureMark, EdgeMember};
 use serde_json::json;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -123,6 +123,35 @@ impl EdgeBoard {
                         .map(|p| (p.uri.clone(), (p.state, p.since.as_ref().map(|t| t.0))))
                         .collect(),
                 });
+            }
+        }
+        out
+    }
+
+    /// The reports of the edge members that serve the routing ConfigMap `config_map`
+    /// of `namespace` and still count: a member whose pod is gone does not (one
+    /// outside a pod counts until it removes its entry).
+    pub fn reports(&self, namespace: &str, config_map: &str) -> Vec<EdgeMember> {
+        let Some(edges) = read(&self.inner.edges) else {
+            return Vec::new();
+        };
+        let fresh: HashSet<String> = self
+            .members(namespace)
+            .into_iter()
+            .filter(|m| m.fresh)
+            .map(|m| m.name())
+            .collect();
+        let mut out = Vec::new();
+        for edge in edges.state() {
+            if edge.namespace().as_deref() != Some(namespace)
+                || edge.spec.routing_config_map != config_map
+            {
+                continue;
+            }
+            for m in edge.status.iter().flat_map(|s| &s.members) {
+                if fresh.contains(&format!("{}/{}", edge.name_any(), m.name)) {
+                    out.push(m.clone());
+                }
             }
         }
         out

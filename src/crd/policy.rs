@@ -358,6 +358,11 @@ pub struct FallbackPolicyStatus {
     /// Concurrent calls assigned to each bot pool; bot pools scale to this.
     #[serde(default)]
     pub demand: Vec<BotDemand>,
+    /// Live calls measured at the SIP edges (`SipEdge` reports of the edges serving
+    /// this policy's routing ConfigMap), per route, region and tier. Absent while no
+    /// edge reports calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured: Option<MeasuredLoad>,
     /// Content hash of the routing ConfigMap lifeline last wrote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map_hash: Option<String>,
@@ -447,13 +452,68 @@ pub struct RouteStatus {
 }
 
 /// Calls assigned to one bot pool.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct BotDemand {
     /// BotPool name.
     pub bot_pool: String,
-    /// Concurrent calls it must carry.
+    /// Concurrent calls it must carry: the larger of the measured figure and the
+    /// planning floor.
     pub concurrent_calls: u32,
+    /// The planning floor: its share of `spec.expectedConcurrentCalls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor_calls: Option<u32>,
+    /// Its share of the calls measured at the SIP edges (the overflow beyond the
+    /// earlier tiers' capacity, or the calls its bots carry, whichever is larger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_calls: Option<u32>,
+}
+
+/// Live calls measured at the SIP edges.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MeasuredLoad {
+    /// Calls in progress over all routes.
+    pub concurrent_calls: u32,
+    /// New calls per second over all routes (one decimal).
+    pub calls_per_second: f64,
+    /// Edge members whose reports were counted (members whose pod is gone are not).
+    pub edge_members: u32,
+    /// Per route (dispatcher set).
+    #[serde(default)]
+    pub routes: Vec<MeasuredRoute>,
+}
+
+/// Live calls of one route.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MeasuredRoute {
+    /// Route name.
+    pub name: String,
+    /// Dispatcher set id.
+    pub set_id: u32,
+    /// Calls in progress on this route.
+    pub concurrent_calls: u32,
+    /// New calls per second on this route (one decimal).
+    pub calls_per_second: f64,
+    /// Per region of the destinations the calls went to.
+    #[serde(default)]
+    pub regions: Vec<MeasuredShare>,
+    /// Per tier of the destinations the calls went to.
+    #[serde(default)]
+    pub tiers: Vec<MeasuredShare>,
+}
+
+/// Live calls to the destinations of one region or tier.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MeasuredShare {
+    /// Region or tier name (`unknown` for destinations not in the routing any more).
+    pub name: String,
+    /// Calls in progress.
+    pub concurrent_calls: u32,
+    /// New calls per second (one decimal).
+    pub calls_per_second: f64,
 }
 
 /// One region transition.

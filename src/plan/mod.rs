@@ -67,7 +67,16 @@
 //! rather than percent). A pool used by several routes gets the largest of its per-route
 //! figures (routes describe alternative paths for the same calls, not extra calls).
 //! Pools with no ready bot receive no calls and so no demand (they keep their
-//! `replicas.min`).
+//! `replicas.min`). A `uri` target's `maxConcurrentCalls` (human agents) is its
+//! capacity, so the calls beyond it overflow to the next tier, e.g. to bots.
+//!
+//! **Live demand.** When the SIP edges report calls ([`Observed::live`], see
+//! [`demand`]), the same split is done a second time with the calls measured on each
+//! route, and a pool's measured share is at least the calls its bots carry now. A
+//! pool's demand is the larger of its floor share (of `expectedConcurrentCalls`, the
+//! planning floor) and its measured share; the pool adds its headroom when it turns
+//! demand into replicas. The routing's weights and active tiers follow the declared
+//! `expectedConcurrentCalls` only (see [`demand`] for why).
 //!
 //! **Fail-open.** A route left without any placeable destination (for example because
 //! every region failed) is not published empty: it keeps its last known good
@@ -84,6 +93,7 @@
 //! (see fail-open).
 
 mod apportion;
+pub mod demand;
 pub mod fixtures;
 mod observe;
 mod regions;
@@ -102,6 +112,7 @@ use crate::crd::{
 };
 
 pub use apportion::apportion;
+pub use demand::LiveCalls;
 pub use observe::{
     BotPoolObservation, EndpointObservation, Observed, TrunkHealth, TrunkObservation,
     bot_destination,

@@ -19,6 +19,8 @@ pub struct Observed {
     /// Manual failback approval: the time in the policy's `lifeline.dev/failback`
     /// annotation, if it holds a valid RFC 3339 timestamp.
     pub failback_approved_at: Option<jiff::Timestamp>,
+    /// Calls in progress reported by the SIP edges (empty when none report).
+    pub live: super::LiveCalls,
 }
 
 /// One Trunk as the planner needs it.

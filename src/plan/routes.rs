@@ -293,15 +293,78 @@ fn split(amount: u64, cands: &[Candidate], regions: &[RegionPlan]) -> Vec<u64> {
 /// One route, computed with the given region states.
 struct RouteOutcome {
     plan: RoutePlan,
-    /// Calls per bot pool on this route.
-    demand: BTreeMap<String, u64>,
+    /// Calls per bot pool on this route for the declared `expectedConcurrentCalls`.
+    floor: BTreeMap<String, u64>,
+    /// Calls per bot pool on this route for the measured calls, when measured.
+    measured: Option<BTreeMap<String, u64>>,
     /// Total placeable capacity over all tiers (`None`: unlimited).
     capacity: Option<u64>,
+}
+
+/// Which tiers carry `amount` calls and how many each: the first placeable tier, plus
+/// the next placeable ones while the capacity so far is short; each carries what it
+/// can, the last the rest.
+fn allocate(tiers: &[TierEval], amount: u64) -> (Vec<usize>, Vec<u64>) {
+    let mut active_tiers: Vec<usize> = Vec::new();
+    let mut covered: Option<u64> = Some(0);
+    for (i, t) in tiers.iter().enumerate() {
+        if t.placeable.is_empty() {
+            continue;
+        }
+        let short = match covered {
+            None => false,
+            Some(c) => active_tiers.is_empty() || c < amount,
+        };
+        if !short {
+            break;
+        }
+        active_tiers.push(i);
+        covered = match (covered, t.capacity) {
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+    }
+    let mut tier_calls = Vec::with_capacity(active_tiers.len());
+    let mut remaining = amount;
+    for (k, i) in active_tiers.iter().enumerate() {
+        let calls = if k + 1 == active_tiers.len() {
+            remaining
+        } else {
+            tiers[*i].capacity.map_or(remaining, |c| c.min(remaining))
+        };
+        remaining -= calls;
+        tier_calls.push(calls);
+    }
+    (active_tiers, tier_calls)
+}
+
+/// Calls per bot pool when the active tiers carry `tier_calls`.
+fn pool_calls(
+    tiers: &[TierEval],
+    active_tiers: &[usize],
+    tier_calls: &[u64],
+    regions: &[RegionPlan],
+) -> BTreeMap<String, u64> {
+    let mut demand: BTreeMap<String, u64> = BTreeMap::new();
+    for (i, calls) in active_tiers.iter().zip(tier_calls) {
+        let tier = &tiers[*i];
+        for (c, calls) in tier
+            .placeable
+            .iter()
+            .zip(split(*calls, &tier.placeable, regions))
+        {
+            if let Some(pool) = &c.pool {
+                *demand.entry(pool.clone()).or_default() += calls;
+            }
+        }
+    }
+    demand
 }
 
 fn compute_route(
     route: &RouteSpec,
     expected: u64,
+    measured: Option<u64>,
     observed: &Observed,
     regions: &[RegionPlan],
     active: &dyn Fn(&str) -> Result<(), String>,
@@ -314,39 +377,7 @@ fn compute_route(
         .collect();
     let n = route.tiers.len() as u32;
 
-    // Active tiers: the first placeable one, plus overflow while capacity is short.
-    let mut active_tiers: Vec<usize> = Vec::new();
-    let mut covered: Option<u64> = Some(0);
-    for (i, t) in tiers.iter().enumerate() {
-        if t.placeable.is_empty() {
-            continue;
-        }
-        let short = match covered {
-            None => false,
-            Some(c) => active_tiers.is_empty() || c < expected,
-        };
-        if !short {
-            break;
-        }
-        active_tiers.push(i);
-        covered = match (covered, t.capacity) {
-            (Some(a), Some(b)) => Some(a + b),
-            _ => None,
-        };
-    }
-
-    // Calls per active tier: each carries what it can, the last the rest.
-    let mut tier_calls = Vec::with_capacity(active_tiers.len());
-    let mut remaining = expected;
-    for (k, i) in active_tiers.iter().enumerate() {
-        let calls = if k + 1 == active_tiers.len() {
-            remaining
-        } else {
-            tiers[*i].capacity.map_or(remaining, |c| c.min(remaining))
-        };
-        remaining -= calls;
-        tier_calls.push(calls);
-    }
+    let (active_tiers, tier_calls) = allocate(&tiers, expected);
     let tier_percent = if active_tiers.len() <= 1 || expected == 0 {
         let mut v = vec![0; active_tiers.len()];
         if let Some(first) = v.first_mut() {
@@ -359,18 +390,16 @@ fn compute_route(
 
     let mut destinations = Vec::new();
     let mut excluded = Vec::new();
-    let mut demand: BTreeMap<String, u64> = BTreeMap::new();
     for (i, tier) in tiers.iter().enumerate() {
         excluded.extend(tier.excluded.iter().cloned());
         let priority = n - i as u32;
-        let (percent, calls) = match active_tiers.iter().position(|a| *a == i) {
-            Some(k) => (tier_percent[k], tier_calls[k]),
+        let percent = match active_tiers.iter().position(|a| *a == i) {
+            Some(k) => tier_percent[k],
             // Standby (or skipped) tier: listed with weight 0 for per-call failover.
-            None => (0, 0),
+            None => 0,
         };
         let weights = split(percent, &tier.placeable, regions);
-        let call_split = split(calls, &tier.placeable, regions);
-        for ((c, w), calls) in tier.placeable.iter().zip(weights).zip(call_split) {
+        for (c, w) in tier.placeable.iter().zip(weights) {
             destinations.push(Destination {
                 uri: c.uri.clone(),
                 tier: route.tiers[i].name.clone(),
@@ -380,11 +409,13 @@ fn compute_route(
                 duid: c.duid.clone(),
                 limits: c.limits.clone(),
             });
-            if let Some(pool) = &c.pool {
-                *demand.entry(pool.clone()).or_default() += calls;
-            }
         }
     }
+    let floor = pool_calls(&tiers, &active_tiers, &tier_calls, regions);
+    let measured = measured.map(|calls| {
+        let (active, calls) = allocate(&tiers, calls);
+        pool_calls(&tiers, &active, &calls, regions)
+    });
 
     // `None` (unlimited) as soon as one placeable tier has no stated limit.
     let capacity = tiers
@@ -406,7 +437,8 @@ fn compute_route(
                 .map(|f| f.on_status_codes.clone())
                 .unwrap_or_else(crate::crd::default_failover_codes),
         },
-        demand,
+        floor,
+        measured,
         capacity,
     }
 }
@@ -471,10 +503,13 @@ pub(super) fn plan_routes(
     let no_region_active = regions.iter().all(|r| r.state != RegionState::Active);
 
     let mut routes = Vec::new();
-    let mut demand: BTreeMap<String, u64> = BTreeMap::new();
+    let mut floor: BTreeMap<String, u64> = BTreeMap::new();
+    // Pools on a route with measured calls, and what the calls ask of them.
+    let mut measured: BTreeMap<String, u64> = BTreeMap::new();
     let mut shortfalls = Vec::new();
     for route in &spec.routes {
-        let mut out = compute_route(route, expected, observed, regions, &active);
+        let live = observed.live.routes.get(&route.name).copied();
+        let mut out = compute_route(route, expected, live, observed, regions, &active);
         let has_weight = out.plan.destinations.iter().any(|d| d.weight > 0);
         if !has_weight {
             out.plan.fail_open = true;
@@ -499,11 +534,34 @@ pub(super) fn plan_routes(
             )),
             _ => {}
         }
-        for (pool, calls) in out.demand {
-            let e = demand.entry(pool).or_default();
+        for (pool, calls) in out.floor {
+            let e = floor.entry(pool).or_default();
+            *e = (*e).max(calls);
+        }
+        if out.measured.is_some() {
+            // Every pool of a measured route has a measured figure, 0 included.
+            for name in route
+                .tiers
+                .iter()
+                .flat_map(|t| &t.targets)
+                .filter_map(|t| t.bot_pool.as_ref())
+                .filter(|n| observed.bot_pools.contains_key(*n))
+            {
+                measured.entry(name.clone()).or_default();
+            }
+        }
+        for (pool, calls) in out.measured.into_iter().flatten() {
+            let e = measured.entry(pool).or_default();
             *e = (*e).max(calls);
         }
         routes.push(out.plan);
+    }
+    // A pool needs at least the calls its bots carry now.
+    for (pool, calls) in &observed.live.bot_pools {
+        if observed.bot_pools.contains_key(pool) {
+            let e = measured.entry(pool.clone()).or_default();
+            *e = (*e).max(*calls);
+        }
     }
 
     // Every referenced, existing pool appears, with 0 when it carries nothing.
@@ -515,18 +573,31 @@ pub(super) fn plan_routes(
         .filter_map(|t| t.bot_pool.as_ref())
     {
         if observed.bot_pools.contains_key(name) {
-            demand.entry(name.clone()).or_default();
+            floor.entry(name.clone()).or_default();
         }
     }
+    let calls = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    let demand = floor
+        .into_iter()
+        .map(|(bot_pool, floor_calls)| match measured.get(&bot_pool) {
+            // Figures beside the demand only when something was measured, so that a
+            // policy without edges keeps the status it always had.
+            Some(m) => BotDemand {
+                concurrent_calls: calls(floor_calls.max(*m)),
+                floor_calls: Some(calls(floor_calls)),
+                measured_calls: Some(calls(*m)),
+                bot_pool,
+            },
+            None => BotDemand {
+                bot_pool,
+                concurrent_calls: calls(floor_calls),
+                ..Default::default()
+            },
+        })
+        .collect();
     Routed {
         routes,
-        demand: demand
-            .into_iter()
-            .map(|(bot_pool, calls)| BotDemand {
-                bot_pool,
-                concurrent_calls: u32::try_from(calls).unwrap_or(u32::MAX),
-            })
-            .collect(),
+        demand,
         demand_from_previous: no_region_active && previous.is_some_and(|p| !p.demand.is_empty()),
         capacity_shortfalls: shortfalls,
     }

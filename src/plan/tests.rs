@@ -879,3 +879,136 @@ fn a_restart_neither_reannounces_fail_open_nor_fails_back() {
     assert!(p2.fail_open());
     assert!(events.is_empty(), "{events:?}");
 }
+
+/// The contact center of `examples/carrier-outage`, inbound only: agents at a PBX per
+/// region with a concurrent-call limit, then each region's bots.
+fn agents_then_bots(expected: u32) -> (crate::crd::FallbackPolicySpec, World) {
+    let mut cgn = uri("sip:127.0.50.31:5060", "cologne");
+    cgn.max_concurrent_calls = Some(30);
+    let mut fra = uri("sip:127.0.50.32:5060", "frankfurt");
+    fra.max_concurrent_calls = Some(25);
+    let spec = policy()
+        .region("cologne", 60)
+        .region("frankfurt", 40)
+        .expected_calls(expected)
+        .route("inbound", 1, |r| {
+            r.tier("agents", [cgn, fra])
+                .tier("bots", [bots("bots-cgn"), bots("bots-fra")])
+        })
+        .build();
+    let world = world()
+        .uri_state("sip:127.0.50.31:5060", EndpointState::Up)
+        .uri_state("sip:127.0.50.32:5060", EndpointState::Up)
+        .bot_pool("bots-cgn", "cologne", 5, ["10.0.1.1"])
+        .bot_pool("bots-fra", "frankfurt", 5, ["10.0.2.1"]);
+    (spec, world)
+}
+
+fn demand_entry<'a>(plan: &'a Plan, pool: &str) -> &'a crate::crd::BotDemand {
+    plan.demand.iter().find(|d| d.bot_pool == pool).unwrap()
+}
+
+#[test]
+fn agents_capacity_sends_the_overflow_to_the_bots() {
+    // 70 expected calls, agents take 30 + 25: the bots take the other 15.
+    let (spec, world) = agents_then_bots(70);
+    let (p, _) = plan(&spec, &world.observed(), None, t(0));
+    let inbound = route(&p, "inbound");
+    assert_eq!(inbound.active_tier.as_deref(), Some("agents"));
+    let bots_weight: u32 = inbound
+        .destinations
+        .iter()
+        .filter(|d| d.tier == "bots")
+        .map(|d| d.weight)
+        .sum();
+    assert_eq!(bots_weight, 21, "15 of 70 calls, in percent");
+    assert_eq!(demand(&p, "bots-cgn") + demand(&p, "bots-fra"), 15);
+    // Within capacity the agents take everything and the bots keep their floor.
+    let (spec, world) = agents_then_bots(50);
+    let (p, _) = plan(&spec, &world.observed(), None, t(0));
+    assert_eq!(demand(&p, "bots-cgn"), 0);
+    assert_eq!(demand(&p, "bots-fra"), 0);
+    assert!(weights(route(&p, "inbound")).len() == 2);
+}
+
+#[test]
+fn measured_calls_above_the_floor_size_the_bots_that_take_the_overflow() {
+    // Cologne is gone (agents Down, bots not ready: the region fails); 40 calls arrive
+    // at Frankfurt, whose agents take 25.
+    let (spec, world) = agents_then_bots(20);
+    let mut observed = world
+        .uri_state("sip:127.0.50.31:5060", EndpointState::Down)
+        .bots_ready("bots-cgn", 0, 1)
+        .observed();
+    let (before, _) = plan(&spec, &observed, None, t(0));
+    assert_eq!(demand(&before, "bots-fra"), 0, "the floor fits the agents");
+    assert_eq!(demand_entry(&before, "bots-fra").measured_calls, None);
+
+    observed.live.routes.insert("inbound".into(), 40);
+    let (after, _) = plan(&spec, &observed, Some(&before), t(1));
+    let fra = demand_entry(&after, "bots-fra");
+    assert_eq!(fra.concurrent_calls, 15);
+    assert_eq!((fra.floor_calls, fra.measured_calls), (Some(0), Some(15)));
+    // Cologne's bots are in a failed region: nothing for them.
+    assert_eq!(demand(&after, "bots-cgn"), 0);
+    // The routing itself does not move with the load.
+    assert_eq!(route(&after, "inbound"), route(&before, "inbound"));
+}
+
+#[test]
+fn the_declared_floor_holds_when_fewer_calls_are_measured() {
+    let (spec, world) = agents_then_bots(70);
+    let mut observed = world.observed();
+    observed.live.routes.insert("inbound".into(), 10);
+    let (p, _) = plan(&spec, &observed, None, t(0));
+    let total: u32 = p.demand.iter().map(|d| d.concurrent_calls).sum();
+    assert_eq!(total, 15, "70 expected − 55 agents");
+    // 10 measured calls fit the agents: nothing measured for the bots.
+    assert!(
+        p.demand.iter().all(|d| d.measured_calls == Some(0)),
+        "{:?}",
+        p.demand
+    );
+}
+
+#[test]
+fn calls_the_bots_carry_now_keep_their_pool_sized() {
+    // The agents have room by the plan, yet 12 calls sit at Frankfurt's bots (e.g.
+    // they arrived while the agents' PBX was away): the pool keeps room for them.
+    let (spec, world) = agents_then_bots(0);
+    let mut observed = world.observed();
+    observed.live.bot_pools.insert("bots-fra".into(), 12);
+    observed.live.routes.insert("inbound".into(), 12);
+    let (p, _) = plan(&spec, &observed, None, t(0));
+    assert_eq!(demand(&p, "bots-fra"), 12);
+    assert_eq!(demand(&p, "bots-cgn"), 0);
+}
+
+proptest! {
+    #[test]
+    fn measured_demand_never_undercuts_the_floor(
+        expected in 0u32..200,
+        measured in 0u64..400,
+        cgn_up in any::<bool>(),
+    ) {
+        let (spec, world) = agents_then_bots(expected);
+        let state = if cgn_up { EndpointState::Up } else { EndpointState::Down };
+        let observed = world.uri_state("sip:127.0.50.31:5060", state).observed();
+        let (floor, _) = plan(&spec, &observed, None, t(0));
+        let mut live = observed.clone();
+        live.live.routes.insert("inbound".into(), measured);
+        let (with_live, _) = plan(&spec, &live, None, t(0));
+        for d in &with_live.demand {
+            let f = demand(&floor, &d.bot_pool);
+            prop_assert!(d.concurrent_calls >= f);
+            prop_assert_eq!(d.floor_calls, Some(f));
+        }
+        // The overflow is what the agents cannot take.
+        let agents = if cgn_up { 55 } else { 25 };
+        let total: u64 = with_live.demand.iter().map(|d| u64::from(d.concurrent_calls)).sum();
+        let overflow = measured.max(u64::from(expected)).saturating_sub(agents);
+        // Each pool takes the larger of two splits; rounding adds at most one per pool.
+        prop_assert!(total >= overflow && total <= overflow + 2, "{total} vs {overflow}");
+        prop_assert_eq!(route(&with_live, "inbound"), route(&floor, "inbound"));
+    }
+}

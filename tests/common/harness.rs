@@ -23,6 +23,8 @@ pub enum Controller {
     Policy,
     /// The BotPool scaler.
     BotPool,
+    /// The SipEdge reader (edge vantages, live calls, isolation).
+    Edge,
 }
 
 /// A namespace with `controllers` running in it.
@@ -55,6 +57,7 @@ impl Harness {
                 Controller::Trunk => tokio::spawn(lifeline::controller::trunk::run(ctx, stop)),
                 Controller::Policy => tokio::spawn(lifeline::controller::policy::run(ctx, stop)),
                 Controller::BotPool => tokio::spawn(lifeline::controller::botpool::run(ctx, stop)),
+                Controller::Edge => tokio::spawn(lifeline::controller::edge::run(ctx, stop)),
             };
         }
         Some(Self { ns, ctx, stop })

@@ -294,6 +294,7 @@ mod tests {
                     .map(|(n, c)| BotDemand {
                         bot_pool: n.to_string(),
                         concurrent_calls: *c,
+                        ..Default::default()
                     })
                     .collect(),
                 ..Default::default()

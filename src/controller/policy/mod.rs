@@ -243,9 +243,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         .reconcile_on(futures::stream::select(
             futures::stream::select(probe_changes, everyone),
             // An edge report changed: policies with static targets combine vantages again.
-            edge_changes(ctx.edges.subscribe(), s4, |p| {
-                parsed(p).is_some_and(|p| targets(&p.spec).any(|t| t.uri.is_some()))
-            }),
+            // An edge report changed: static targets combine vantages again, and live
+            // calls size the bot pools.
+            edge_changes(ctx.edges.subscribe(), s4, |_| true),
         ))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, pctx.clone())
@@ -338,6 +338,12 @@ async fn reconcile_policy(
     // times would never compare equal to the status it was written to.
     let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
         .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    // Live calls measured at the SIP edges that serve this routing: the planner sizes
+    // the bot pools from them (the declared load stays the floor).
+    let reports = ctx.edges.reports(ns, &policy.spec.routing_config_map.name);
+    let (measured, live) =
+        crate::plan::demand::aggregate(&policy.spec, &observed, &reports).unzip();
+    observed.live = live.unwrap_or_default();
     let drills = pctx.caches.drills_in(ns);
     let (plan, events) = decide::plan_with_drills(
         policy,
@@ -373,7 +379,8 @@ async fn reconcile_policy(
     // that already holds the new region states and transitions, and the next reconcile
     // (of any replica) renders the same routing from it. The other order would lose
     // the transition: the routing would change while the status forgot why.
-    let status = desired_status(policy, &plan, conflict.as_deref(), &hash, now);
+    let mut status = desired_status(policy, &plan, conflict.as_deref(), &hash, now);
+    status.measured = measured;
     if policy.status.as_ref() != Some(&status) {
         let Some(result) = apply_status::<FallbackPolicy, _>(ctx, ns, name, &status).await else {
             return Ok(Action::await_change());

@@ -163,6 +163,7 @@ pub fn desired_status(
     merge_condition(&mut conditions, capacity, now);
 
     FallbackPolicyStatus {
+        measured: None,
         observed_generation: generation,
         conditions,
         active_regions: Some(plan.active_regions()),
