@@ -429,8 +429,10 @@ async fn run(sizes: Sizes) {
     let deadline = started + Duration::from_secs(300);
     while first_seen.len() < policies_total {
         let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(Some((at, cm))) = tokio::time::timeout(left, cm_rx.recv()).await else {
+        let next = tokio::time::timeout(left, cm_rx.recv()).await;
+        let Ok(Some((at, cm))) = next else {
             operator.process.assert_running();
+            assert!(next.is_err(), "the ConfigMap watch ended");
             panic!(
                 "only {} of {policies_total} routing ConfigMaps after 300 s",
                 first_seen.len()
