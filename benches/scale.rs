@@ -426,19 +426,30 @@ async fn run(sizes: Sizes) {
     // 1. Every policy's routing written, then settled.
     let mut first_seen: HashMap<String, Instant> = HashMap::new();
     let mut latest: HashMap<String, String> = HashMap::new();
-    let deadline = started + Duration::from_secs(300);
+    let deadline = started + Duration::from_secs(env_num("SCALE_WRITE_DEADLINE_SECS", 300) as u64);
     while first_seen.len() < policies_total {
         let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(Some((at, cm))) = tokio::time::timeout(left, cm_rx.recv()).await else {
+        let next = tokio::time::timeout(left, cm_rx.recv()).await;
+        let Ok(Some((at, cm))) = next else {
             operator.process.assert_running();
-            panic!(
-                "only {} of {policies_total} routing ConfigMaps after 300 s",
-                first_seen.len()
-            );
+            assert!(next.is_err(), "the ConfigMap watch ended");
+            break;
         };
         let (key, text) = routing(&cm);
         first_seen.entry(key.clone()).or_insert(at);
         latest.insert(key, text);
+    }
+    if first_seen.len() < policies_total {
+        // Not met: say so with what there is, and still measure memory and the API
+        // requests of the state it is in (they explain why).
+        println!(
+            "scale: only {} of {policies_total} policies' routing written {:.0} s after the operator started (target: all within 30 s); RSS {:.1} MiB",
+            first_seen.len(),
+            started.elapsed().as_secs_f64(),
+            rss_mib(pid)
+        );
+        report_quiet_and_memory(&client, &operator, pid, &peak_rss, sizes.quiet, &mut cm_rx).await;
+        return;
     }
     let all_written = first_seen.values().max().copied().unwrap_or(started) - started;
     println!(
@@ -539,17 +550,34 @@ async fn run(sizes: Sizes) {
         );
     }
 
-    // 3. Quiet steady state.
+    // 3. Quiet steady state; 4. memory.
     tokio::time::sleep(Duration::from_secs(5)).await;
+    report_quiet_and_memory(&client, &operator, pid, &peak_rss, sizes.quiet, &mut cm_rx).await;
+    operator.process.assert_running();
+    drop(operator);
+    println!("scale: deleting {} namespaces", namespaces.len());
+    drop(namespaces);
+}
+
+/// A quiet window: API requests by verb and resource, the operator's probes, writes and
+/// CPU; then its memory.
+async fn report_quiet_and_memory(
+    client: &Client,
+    operator: &Operator,
+    pid: u32,
+    peak_rss: &Mutex<f64>,
+    quiet: Duration,
+    cm_rx: &mut tokio::sync::mpsc::UnboundedReceiver<(Instant, ConfigMap)>,
+) {
     while cm_rx.try_recv().is_ok() {}
-    let api_before = apiserver_requests(&client).await;
+    let api_before = apiserver_requests(client).await;
     let op_before = operator.scrape().await.unwrap_or_default();
     let cpu_before = cpu_seconds(pid);
     let quiet_start = Instant::now();
-    tokio::time::sleep(sizes.quiet).await;
+    tokio::time::sleep(quiet).await;
     let cpu = cpu_seconds(pid) - cpu_before;
     let quiet_secs = quiet_start.elapsed().as_secs_f64();
-    let api_after = apiserver_requests(&client).await;
+    let api_after = apiserver_requests(client).await;
     let op_after = operator.scrape().await.unwrap_or_default();
     let mut cm_changes = 0;
     while cm_rx.try_recv().is_ok() {
@@ -623,8 +651,4 @@ async fn run(sizes: Sizes) {
         "scale: operator RSS {rss:.1} MiB at the end, peak {peak:.1} MiB (target < 128 MiB: ratio {:.2})",
         peak / 128.0
     );
-    operator.process.assert_running();
-    drop(operator);
-    println!("scale: deleting {} namespaces", namespaces.len());
-    drop(namespaces);
 }

@@ -17,15 +17,23 @@ where
 {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let mut stream = watcher(api, config)
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        while let Some(next) = stream.next().await {
-            let Ok(object) = next else { continue };
-            if tx.send((Instant::now(), object)).is_err() {
+        // The backoff gives up after a while of errors (an overloaded API server); the
+        // watch then starts over (a re-list delivers every object again).
+        loop {
+            let mut stream = watcher(api.clone(), config.clone())
+                .default_backoff()
+                .applied_objects()
+                .boxed();
+            while let Some(next) = stream.next().await {
+                let Ok(object) = next else { continue };
+                if tx.send((Instant::now(), object)).is_err() {
+                    return;
+                }
+            }
+            if tx.is_closed() {
                 return;
             }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
     });
     rx
