@@ -99,7 +99,7 @@ fn sip_sync(
     member: &str,
     ip: &str,
     kam: &kamailio::Kamailio,
-    file: &PathBuf,
+    file: &std::path::Path,
     probe: bool,
 ) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lifeline"));
