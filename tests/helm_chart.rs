@@ -1007,6 +1007,13 @@ fn dashboard_and_metrics_reference_match_the_registry() {
             result: "delivered",
         })
         .inc();
+    metrics
+        .edge_isolated
+        .get_or_create(&lifeline::telemetry::EdgeMemberLabels {
+            edge: "ns/edge".into(),
+            member: "edge-0".into(),
+        })
+        .set(1);
     let text = metrics.encode();
     let mut exported = std::collections::BTreeSet::new();
     let mut documented_names = Vec::new();
