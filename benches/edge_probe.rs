@@ -1,8 +1,8 @@
 //! What probing costs the SIP edge: two real `lifeline sip-sync` processes side by
 //! side, each beside its own Kamailio 5.6 edge, reporting to the same `SipEdge`.
 //! One (`idle`) runs with `--no-probe`; the other (`probing`) probes the 1,000
-//! destinations listed in the routing ConfigMap's `probes.json` (every 1 s by default;
-//! `LIFELINE_BENCH_PERIOD`) from its edge address. A real Kamailio on 127.0.95.20
+//! destinations listed in the routing ConfigMap's `probes.json` from its edge address,
+//! every 5 s (the Trunk default; `LIFELINE_BENCH_PERIOD=1` for the 1 s worst case). A real Kamailio on 127.0.95.20
 //! answers all of them (1,000 URIs, one address).
 //!
 //! Once every destination is reported Up, the bench measures for a quiet minute
@@ -145,7 +145,7 @@ async fn main() {
     let period: u32 = std::env::var("LIFELINE_BENCH_PERIOD")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+        .unwrap_or(5);
     let quiet: u64 = std::env::var("LIFELINE_BENCH_QUIET_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())

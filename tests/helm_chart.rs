@@ -958,6 +958,13 @@ fn dashboard_and_metrics_reference_match_the_registry() {
             result: "delivered",
         })
         .inc();
+    metrics
+        .edge_isolated
+        .get_or_create(&lifeline::telemetry::EdgeMemberLabels {
+            edge: "ns/edge".into(),
+            member: "edge-0".into(),
+        })
+        .set(1);
     // Each process has its own registry; both export `lifeline_build_info`.
     let text = format!("{}{}", metrics.encode(), sync.encode());
     let mut exported = std::collections::BTreeSet::new();

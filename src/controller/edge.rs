@@ -303,6 +303,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let ectx = Arc::new(EdgeCtx {
         ctx: ctx.clone(),
         isolated: Mutex::new(HashMap::new()),
+        versions: Mutex::new(HashMap::new()),
         retries: super::Retries::default(),
     });
     controller
@@ -331,6 +332,8 @@ struct EdgeCtx {
     ctx: Arc<Context>,
     /// Members with a published `edge_isolated` series, per edge (`ns/name`).
     isolated: Mutex<HashMap<String, HashSet<String>>>,
+    /// The resourceVersion of each SipEdge last seen, to tell a new report.
+    versions: Mutex<HashMap<(String, String), String>>,
     retries: super::Retries,
 }
 
@@ -358,9 +361,26 @@ impl Error {
 async fn reconcile(edge: Arc<SipEdge>, ectx: Arc<EdgeCtx>) -> Result<Action, Error> {
     let ns = edge.namespace().ok_or(Error::NoNamespace)?;
     let name = edge.name_any();
-    // Every change of a report: the Trunks and policies of this namespace combine
-    // vantages again (they read from the same cache).
-    let _ = ectx.ctx.edges.inner.changes.send(ns.clone());
+    // A changed report (a new resourceVersion, not a reconcile woken by the operator's
+    // own probes): the Trunks and policies of this namespace combine vantages again
+    // (they read from the same cache).
+    let version = edge.resource_version();
+    let changed = {
+        let mut seen = ectx.versions.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (ns.clone(), name.clone());
+        if seen.get(&key) == version.as_ref() {
+            false
+        } else {
+            match version {
+                Some(v) => seen.insert(key, v),
+                None => seen.remove(&key),
+            };
+            true
+        }
+    };
+    if changed {
+        let _ = ectx.ctx.edges.inner.changes.send(ns.clone());
+    }
     let result = ectx
         .ctx
         .instrumented(
