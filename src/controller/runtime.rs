@@ -317,6 +317,28 @@ where
     .flat_map(futures::stream::iter)
 }
 
+/// What can go wrong in a reconcile of the Trunk, FallbackPolicy and SipEdge
+/// controllers (all transient: retried with the shared backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The API server refused or failed a request (transient).
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The object has no namespace (cannot happen for a namespaced kind); names the kind.
+    #[error("{0} without a namespace")]
+    NoNamespace(&'static str),
+}
+
+impl ReconcileError {
+    /// Short static category for metric labels.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ReconcileError::Kube(_) => "kube",
+            ReconcileError::NoNamespace(_) => "invalid",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

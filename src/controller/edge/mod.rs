@@ -156,28 +156,10 @@ struct EdgeCtx {
 }
 
 /// What can go wrong in a reconcile.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The API server refused or failed a request (transient).
-    #[error("kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    /// The object has no namespace (cannot happen for a namespaced kind).
-    #[error("SipEdge without a namespace")]
-    NoNamespace,
-}
-
-impl Error {
-    /// Short static category for metric labels.
-    pub fn category(&self) -> &'static str {
-        match self {
-            Error::Kube(_) => "kube",
-            Error::NoNamespace => "invalid",
-        }
-    }
-}
+pub type Error = super::runtime::ReconcileError;
 
 async fn reconcile(edge: Arc<SipEdge>, ectx: Arc<EdgeCtx>) -> Result<Action, Error> {
-    let ns = edge.namespace().ok_or(Error::NoNamespace)?;
+    let ns = edge.namespace().ok_or(Error::NoNamespace("SipEdge"))?;
     let name = edge.name_any();
     // A changed report (a new resourceVersion, not a reconcile woken by the operator's
     // own probes): the Trunks and policies of this namespace combine vantages again

@@ -58,26 +58,8 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Controller name in metric labels and logs.
 const CONTROLLER: &str = "policy";
 
-/// Errors of a policy reconcile (all transient: retried with the shared backoff).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Kubernetes API error.
-    #[error("kubernetes: {0}")]
-    Kube(#[from] kube::Error),
-    /// The policy has no namespace (never happens for a namespaced kind).
-    #[error("policy without a namespace")]
-    NoNamespace,
-}
-
-impl Error {
-    /// Short static category for metric labels.
-    pub fn category(&self) -> &'static str {
-        match self {
-            Error::Kube(_) => "kube",
-            Error::NoNamespace => "invalid",
-        }
-    }
-}
+/// What can go wrong in a reconcile.
+pub type Error = super::runtime::ReconcileError;
 
 /// The hub owner key of a policy's static targets.
 pub fn owner_key(namespace: &str, name: &str) -> String {
@@ -280,7 +262,9 @@ async fn reconcile(
     obj: Arc<Guarded<FallbackPolicy>>,
     pctx: Arc<PolicyCtx>,
 ) -> Result<Action, Error> {
-    let ns = obj.namespace().ok_or(Error::NoNamespace)?;
+    let ns = obj
+        .namespace()
+        .ok_or(Error::NoNamespace("FallbackPolicy"))?;
     let name = obj.name_any();
     let policy = match &obj.0 {
         Ok(policy) => policy,

@@ -42,26 +42,8 @@ pub use status::{next_status, reasons};
 /// Controller name in metric labels and logs.
 const CONTROLLER: &str = "trunk";
 
-/// What can go wrong in a reconcile (all transient: retried with the shared backoff).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The API server refused or failed a request (transient).
-    #[error("kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    /// The object has no namespace (cannot happen for a namespaced kind).
-    #[error("trunk without a namespace")]
-    NoNamespace,
-}
-
-impl Error {
-    /// Short static category for metric labels.
-    pub fn category(&self) -> &'static str {
-        match self {
-            Error::Kube(_) => "kube",
-            Error::NoNamespace => "invalid",
-        }
-    }
-}
+/// What can go wrong in a reconcile.
+pub type Error = super::runtime::ReconcileError;
 
 /// The hub owner key of a Trunk.
 pub fn owner_key(namespace: &str, name: &str) -> String {
@@ -230,7 +212,7 @@ fn error_policy(trunk: Arc<Guarded<Trunk>>, error: &Error, tctx: Arc<TrunkCtx>) 
 }
 
 async fn reconcile(obj: Arc<Guarded<Trunk>>, tctx: Arc<TrunkCtx>) -> Result<Action, Error> {
-    let ns = obj.namespace().ok_or(Error::NoNamespace)?;
+    let ns = obj.namespace().ok_or(Error::NoNamespace("trunk"))?;
     let name = obj.name_any();
     let trunk = match &obj.0 {
         Ok(trunk) => trunk,
