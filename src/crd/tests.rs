@@ -44,6 +44,7 @@ enum Object {
     Trunk(Box<Trunk>),
     BotPool(Box<BotPool>),
     FallbackPolicy(Box<FallbackPolicy>),
+    SipEdge(Box<SipEdge>),
 }
 
 impl Object {
@@ -61,6 +62,7 @@ impl Object {
             "FallbackPolicy" => {
                 serde_json::from_value(doc).map(|o| Object::FallbackPolicy(Box::new(o)))
             }
+            "SipEdge" => serde_json::from_value(doc).map(|o| Object::SipEdge(Box::new(o))),
             other => return Err(format!("not a lifeline kind: {other:?}")),
         };
         typed.map_err(|e| e.to_string())
@@ -72,6 +74,7 @@ impl Object {
             Object::Trunk(o) => o.validate_cel(),
             Object::BotPool(o) => o.validate_cel(),
             Object::FallbackPolicy(o) => o.validate_cel(),
+            Object::SipEdge(o) => o.validate_cel(),
         };
         match result {
             Ok(()) => Vec::new(),
@@ -169,8 +172,8 @@ fn examples_pass_every_cel_rule() {
             }
         }
     }
-    // minimal: 3 objects; carrier-outage: 4 trunks, 2 bot pools, 1 policy.
-    assert_eq!(objects, 10);
+    // minimal: 3 objects; carrier-outage: 4 trunks, 2 bot pools, 1 policy, 1 SipEdge.
+    assert_eq!(objects, 11);
 }
 
 fn trunk_with_uri(uri: &str) -> Trunk {

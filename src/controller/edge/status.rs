@@ -117,6 +117,7 @@ mod tests {
             observed_generation: Some(1),
             conditions: conditions.clone(),
             isolated_members: vec!["p1".into()],
+            member_summary: Some(member_summary(&edge, &members)),
             ..Default::default()
         });
         assert!(next_conditions(&edge, &members, &["p1".to_string()]).is_none());
