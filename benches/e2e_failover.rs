@@ -26,7 +26,7 @@ use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use lifeline::crd::{EndpointState, FallbackPolicy, Trunk};
 use lifeline::routing::dispatcher::Destination;
-use lifeline::sync::kamailio::KamailioRpc;
+use lifeline::sip_sync::kamailio::KamailioRpc;
 use serde_json::json;
 
 use common::TempDir;

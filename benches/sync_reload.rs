@@ -20,7 +20,7 @@ use kube::api::{Patch, PatchParams};
 use lifeline::routing::CONTENT_HASH_ANNOTATION;
 use lifeline::routing::content_hash;
 use lifeline::routing::dispatcher;
-use lifeline::sync::kamailio::KamailioRpc;
+use lifeline::sip_sync::kamailio::KamailioRpc;
 use lifeline::telemetry::SyncMetrics;
 use serde_json::json;
 

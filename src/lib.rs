@@ -5,8 +5,8 @@
 //! key, content hash, annotations, the dispatcher format rendered and parsed),
 //! `controller` the reconcilers, `notify` the alerts and webhook payloads of Notifiers,
 //! `drill` the schedule and outcome rules of failover drills, `operator` the process
-//! that runs them, `sync` the Kamailio sidecar, `admin` the `/metrics` and probe server
-//! both processes run, `status` the `lifeline status` table, `telemetry` logs and
+//! that runs them, `sip_sync` the `lifeline sip-sync` sidecar beside Kamailio, `admin` the `/metrics` and probe server
+//! both processes run, `status_command` the `lifeline status` table, `telemetry` logs and
 //! metrics, and `backoff` the one retry backoff every part shares.
 
 pub mod admin;
@@ -19,6 +19,6 @@ pub mod operator;
 pub mod plan;
 pub mod probe;
 pub mod routing;
-pub mod status;
-pub mod sync;
+pub mod sip_sync;
+pub mod status_command;
 pub mod telemetry;

@@ -23,11 +23,11 @@ enum Command {
     /// Run the operator: probes trunks, runs bot pools, plans fallback, writes routing.
     Operator(lifeline::operator::OperatorArgs),
     /// Run the Kamailio sidecar: applies the routing ConfigMap to Kamailio within milliseconds.
-    SipSync(lifeline::sync::SyncArgs),
+    SipSync(lifeline::sip_sync::SyncArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
     /// Show policies, regions, active tiers and bot capacity from the cluster.
-    Status(lifeline::status::StatusArgs),
+    Status(lifeline::status_command::StatusArgs),
 }
 
 #[tokio::main]
@@ -44,7 +44,7 @@ async fn main() -> Result<()> {
         Command::SipSync(args) => {
             init_logging(cli.log_format);
             let shutdown = lifeline::operator::shutdown_signal();
-            lifeline::sync::run(args, shutdown)
+            lifeline::sip_sync::run(args, shutdown)
                 .await
                 .context("sip-sync failed")?;
         }
@@ -52,7 +52,7 @@ async fn main() -> Result<()> {
             let client = kube::Client::try_default()
                 .await
                 .context("no Kubernetes configuration (KUBECONFIG)")?;
-            print!("{}", lifeline::status::render(client, &args).await?);
+            print!("{}", lifeline::status_command::render(client, &args).await?);
         }
     }
     Ok(())

@@ -289,7 +289,7 @@ pub struct SyncMetrics {
     /// Time from seeing a ConfigMap change to a confirmed reload.
     pub sync_duration: Histogram,
     /// 1 while Kamailio does not load every destination of the current routing and
-    /// sip-sync has stopped reloading it (see `sync::MAX_UNCONFIRMED`).
+    /// sip-sync has stopped reloading it (see `sip_sync::MAX_UNCONFIRMED`).
     pub sync_unconfirmed: Gauge,
 }
 

@@ -18,9 +18,9 @@ use common::TempDir;
 use common::kamailio::Kamailio;
 use lifeline::crd::EndpointState;
 use lifeline::plan::fixtures::{bots, policy, trunk, uri, world};
-use lifeline::sync::calls;
-use lifeline::sync::kamailio::KamailioRpc;
-use lifeline::sync::report::Reporter;
+use lifeline::sip_sync::calls;
+use lifeline::sip_sync::kamailio::KamailioRpc;
+use lifeline::sip_sync::report::Reporter;
 use tokio_util::sync::CancellationToken;
 
 /// Callers (allowed to call in by `ALLOW_FROM`).
@@ -395,8 +395,8 @@ async fn a_sipp_ramp_shows_up_in_the_sip_edge_report() {
     use kube::api::{Patch, PatchParams};
     use lifeline::crd::SipEdge;
     use lifeline::routing::CONTENT_HASH_ANNOTATION;
-    use lifeline::sync::SyncArgs;
-    use lifeline::sync::report::ReportArgs;
+    use lifeline::sip_sync::SyncArgs;
+    use lifeline::sip_sync::report::ReportArgs;
     use serde_json::json;
 
     const EDGE: &str = "127.0.91.4";
@@ -470,7 +470,7 @@ async fn a_sipp_ramp_shows_up_in_the_sip_edge_report() {
         metrics_addr: None,
         watch_list: false,
         annotate: false,
-        probe: lifeline::sync::probe::ProbeArgs {
+        probe: lifeline::sip_sync::probe::ProbeArgs {
             disabled: true,
             ..Default::default()
         },
@@ -480,7 +480,7 @@ async fn a_sipp_ramp_shows_up_in_the_sip_edge_report() {
             pod_uid: None,
         },
     };
-    let sync = tokio::spawn(lifeline::sync::run_with_client(
+    let sync = tokio::spawn(lifeline::sip_sync::run_with_client(
         client.clone(),
         args,
         std::sync::Arc::new(lifeline::telemetry::SyncMetrics::new()),

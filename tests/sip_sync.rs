@@ -15,7 +15,7 @@ use lifeline::routing::dispatcher::{self, DispatcherList};
 use lifeline::routing::{
     APPLIED_HASH_ANNOTATION, CONTENT_HASH_ANNOTATION, SYNC_ERROR_ANNOTATION, content_hash,
 };
-use lifeline::sync::kamailio::KamailioRpc;
+use lifeline::sip_sync::kamailio::KamailioRpc;
 use serde_json::json;
 
 use common::TempDir;
@@ -436,7 +436,7 @@ async fn a_silently_dropped_destination_gets_bounded_reloads_and_a_clear_signal(
     );
     // No more reloads: the count of confirm failures stays at the bound.
     let failures = sync.metric("lifeline_sync_failures_total{reason=\"confirm\"}");
-    assert_eq!(failures, f64::from(lifeline::sync::MAX_UNCONFIRMED));
+    assert_eq!(failures, f64::from(lifeline::sip_sync::MAX_UNCONFIRMED));
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
         sync.metric("lifeline_sync_failures_total{reason=\"confirm\"}"),

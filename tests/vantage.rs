@@ -35,9 +35,9 @@ use kube::{Api, Client};
 use lifeline::crd::{
     EDGE_ISOLATED, EndpointState, FallbackPolicy, SipEdge, Trunk, VantageVote, find_condition,
 };
-use lifeline::sync::SyncArgs;
-use lifeline::sync::probe::ProbeArgs;
-use lifeline::sync::report::ReportArgs;
+use lifeline::sip_sync::SyncArgs;
+use lifeline::sip_sync::probe::ProbeArgs;
+use lifeline::sip_sync::report::ReportArgs;
 use lifeline::telemetry::Metrics;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -134,7 +134,7 @@ impl EdgeMember {
             },
         };
         let stop = CancellationToken::new();
-        tokio::spawn(lifeline::sync::run_with_client(
+        tokio::spawn(lifeline::sip_sync::run_with_client(
             client.clone(),
             args,
             Arc::new(lifeline::telemetry::SyncMetrics::new()),

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use lifeline::sync::SyncArgs;
+use lifeline::sip_sync::SyncArgs;
 use lifeline::telemetry::SyncMetrics;
 use tokio_util::sync::CancellationToken;
 
@@ -51,7 +51,7 @@ impl SipSync {
             probe: Default::default(),
             report: Default::default(),
         };
-        tokio::spawn(lifeline::sync::run_with_client(
+        tokio::spawn(lifeline::sip_sync::run_with_client(
             client,
             args,
             metrics.clone(),
