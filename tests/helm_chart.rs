@@ -923,7 +923,15 @@ fn dashboard_and_metrics_reference_match_the_registry() {
         ControllerLabels, ErrorLabels, Metrics, ReasonLabels, StateLabels, SyncMetrics,
     };
     // Families appear in the output only once they have a child.
-    let metrics = Metrics::new();
+    let mut metrics = Metrics::new();
+    // Registered by the operator process on its counting client (src/operator.rs).
+    lifeline::operator::api_requests::register(&mut metrics.registry);
+    lifeline::operator::api_requests::REQUESTS
+        .get_or_create(&lifeline::operator::api_requests::RequestLabels {
+            verb: "get",
+            resource: "leases".into(),
+        })
+        .inc();
     let controller = "trunk";
     metrics
         .reconcile_duration

@@ -185,8 +185,11 @@ fn chart_lints_and_renders_the_sidecar_layout() {
     assert!(cfg.starts_with("#!KAMAILIO"));
 }
 
-/// `list` only without WatchList, `patch` only with the opt-in annotations; both still
-/// by the one ConfigMap's name.
+/// Without edge reports (`sipSync.report=false`) the Role is get/watch on the one
+/// ConfigMap and nothing more; `list` only without WatchList, `patch` only with the
+/// opt-in annotations, both still by the one ConfigMap's name. (With reports, the
+/// default, one more rule: get/patch on this edge's own SipEdge status; see
+/// `chart_lints_and_renders_the_sidecar_layout`.)
 #[test]
 fn role_grows_only_with_the_values_that_need_it() {
     for (values, verbs, annotate) in [
@@ -203,6 +206,7 @@ fn role_grows_only_with_the_values_that_need_it() {
         ),
     ] {
         let mut extra = IMAGE.to_vec();
+        extra.extend(["--set", "sipSync.report=false"]);
         extra.extend(values.iter().copied());
         let docs = template(&extra);
         assert_eq!(

@@ -5,7 +5,8 @@
 //! - [`process`]: the guard of every process a test starts, scratch directories;
 //! - [`sip`]: sipp and dnsmasq peers; [`kamailio`]: Kamailio as edge or carrier;
 //! - [`operator`]: the `lifeline operator` binary as a child process; [`sync`]:
-//!   `lifeline sip-sync` in the test process.
+//!   `lifeline sip-sync` in the test process; [`replay`]: the carrier-outage replays'
+//!   shared criteria.
 //!
 //! Each test gets its own namespace, deleted when the guard drops, even when the test
 //! panics. When the control plane is not running, `TestEnv::connect` panics with a
@@ -17,6 +18,7 @@ pub mod kamailio;
 pub mod operator;
 pub mod process;
 pub mod real_plane;
+pub mod replay;
 pub mod sip;
 pub mod sync;
 pub mod tools;
