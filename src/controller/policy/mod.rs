@@ -377,17 +377,29 @@ async fn reconcile_policy(
     }
     // From here on the status holds this plan: a failed routing write below retries
     // from it, and must not replay its transitions and Events.
-    apply::events(policy, decide::notices(policy, &events), ctx).await;
     lock(&pctx.plans).insert(key.clone(), (uid.clone(), plan.clone()));
+    // The routing before the Events: each Event is a request of its own, and calls
+    // wait for the routing, not for the Events. They are published whatever the
+    // routing write did (the status already holds their transitions, so a retry
+    // would not publish them again).
+    let notices = decide::notices(policy, &events);
+    let mut written_now = Ok(());
     if routing == Routing::Stale {
         let write = apply::config_map(policy, ns, format, &text, &hash, &probes, ctx);
-        let Some(version) = ctx.while_leading(write).await else {
-            return Ok(Action::await_change());
-        };
-        if let Some(version) = version? {
-            lock(&pctx.written).insert(key.clone(), (uid, (hash, version)));
+        match ctx.while_leading(write).await {
+            None => {
+                apply::events(policy, notices, ctx).await;
+                return Ok(Action::await_change());
+            }
+            Some(Ok(Some(version))) => {
+                lock(&pctx.written).insert(key.clone(), (uid, (hash, version)));
+            }
+            Some(Ok(None)) => {}
+            Some(Err(e)) => written_now = Err(e),
         }
     }
+    apply::events(policy, notices, ctx).await;
+    written_now?;
     lock(&pctx.region_counts).insert(key, decide::region_counts(&plan));
     pctx.publish_region_gauge();
 
