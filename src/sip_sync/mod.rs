@@ -699,18 +699,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_and_is_capped() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
-        let delays: Vec<u128> = (0..6).map(|_| b.next_delay().as_millis()).collect();
-        assert!((100..=110).contains(&delays[0]), "{delays:?}");
-        assert!((200..=220).contains(&delays[1]), "{delays:?}");
-        assert!((400..=440).contains(&delays[2]), "{delays:?}");
-        assert!(delays[4..].iter().all(|d| *d == 1000), "{delays:?}");
-        b.reset();
-        assert!(b.next_delay() < Duration::from_millis(111));
-    }
-
-    #[test]
     fn annotation_patch_carries_applied_hash_and_optional_error() {
         let body = annotation_patch("routing", Some(("abc", "2026-01-01T00:00:00Z")), None);
         let ann = &body["metadata"]["annotations"];
