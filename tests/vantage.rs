@@ -27,7 +27,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{TestNamespace, eventually};
+use common::eventually;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -38,7 +38,6 @@ use lifeline::crd::{
 use lifeline::sip_sync::SyncArgs;
 use lifeline::sip_sync::probe::ProbeArgs;
 use lifeline::sip_sync::report::ReportArgs;
-use lifeline::telemetry::Metrics;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -223,39 +222,37 @@ impl Drop for Blackhole {
 }
 
 /// The operator's controllers for one namespace.
-struct Operator {
-    ns: TestNamespace,
-    ctx: Arc<lifeline::controller::Context>,
-    stop: CancellationToken,
+/// The controllers that combine vantages (Trunk, FallbackPolicy, SipEdge) in a test
+/// namespace, with the SipEdge the members report to.
+struct Operator(common::Harness);
+
+impl std::ops::Deref for Operator {
+    type Target = common::Harness;
+    fn deref(&self) -> &common::Harness {
+        &self.0
+    }
 }
 
 impl Operator {
     async fn start(prefix: &str) -> Option<Self> {
-        lifeline::telemetry::init_logging(lifeline::telemetry::LogFormat::Plain);
-        let client: Client = common::client().await?;
-        common::install_crds(&client).await;
-        let ns = TestNamespace::create(client.clone(), prefix, &[]).await;
-        let metrics = Arc::new(Metrics::new());
-        let ctx = lifeline::controller::Context::new(client, metrics, Some(ns.name.clone()));
-        let stop = CancellationToken::new();
-        tokio::spawn(lifeline::controller::trunk::run(ctx.clone(), stop.clone()));
-        tokio::spawn(lifeline::controller::policy::run(ctx.clone(), stop.clone()));
-        tokio::spawn(lifeline::controller::edge::run(ctx.clone(), stop.clone()));
+        use common::Controller;
+        let h = common::Harness::start(
+            prefix,
+            &[],
+            &[Controller::Trunk, Controller::Policy, Controller::Edge],
+        )
+        .await?;
         let edge: SipEdge = serde_json::from_value(json!({
             "apiVersion": "lifeline.dev/v1alpha1", "kind": "SipEdge",
             "metadata": { "name": EDGE },
             "spec": { "routingConfigMap": ROUTING },
         }))
         .unwrap();
-        ns.api::<SipEdge>()
+        h.ns.api::<SipEdge>()
             .create(&PostParams::default(), &edge)
             .await
             .expect("create SipEdge");
-        Some(Self { ns, ctx, stop })
-    }
-
-    fn client(&self) -> Client {
-        self.ctx.client.clone()
+        Some(Self(h))
     }
 
     async fn create_trunk(&self, name: &str, uri: &str, vantage: &str) {
@@ -382,13 +379,6 @@ impl Operator {
             })
             .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
             .collect()
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        self.ctx.probes.shutdown();
     }
 }
 
