@@ -292,3 +292,86 @@ async fn disabled_and_deleted_trunks_stop_probing() {
     )
     .await;
 }
+
+/// Health from real calls: an edge member reports a failure mark (Kamailio marked the
+/// destination down after a 503 to an INVITE) for an endpoint that still answers
+/// OPTIONS. The Trunk controller makes it Down at once, says why, and keeps it Down
+/// until no mark has been reported for 30 s (docs/capacity.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_failure_mark_downs_an_endpoint_that_answers_options() {
+    use lifeline::crd::{SipEdge, member_field_manager};
+    let Some(h) = Harness::start("trk-passive", &[], &[Controller::Trunk, Controller::Edge]).await
+    else {
+        return;
+    };
+    let _peer = sipp_options(200, "127.0.10.8", 5060, "u1");
+    let uri = "sip:127.0.10.8:5060";
+    h.create_trunk("half-dead", &[uri]).await;
+    h.wait_for("half-dead", EndpointState::Up, deadline()).await;
+
+    let edges = h.ns.api::<SipEdge>();
+    let edge: SipEdge = serde_json::from_value(json!({
+        "apiVersion": "lifeline.dev/v1alpha1", "kind": "SipEdge",
+        "metadata": { "name": "edge" },
+        "spec": { "routingConfigMap": "sip-routing" },
+    }))
+    .unwrap();
+    edges
+        .create(&PostParams::default(), &edge)
+        .await
+        .expect("create SipEdge");
+    let report = |marks: serde_json::Value| {
+        let edges = edges.clone();
+        async move {
+            let body = json!({
+                "apiVersion": "lifeline.dev/v1alpha1", "kind": "SipEdge",
+                "metadata": { "name": "edge" },
+                "status": { "members": [{ "name": "edge-0", "failureMarks": marks }] },
+            });
+            edges
+                .patch_status(
+                    "edge",
+                    &PatchParams::apply(&member_field_manager("edge-0")).force(),
+                    &Patch::Apply(&body),
+                )
+                .await
+                .expect("report to the SipEdge");
+        }
+    };
+
+    let marked = Instant::now();
+    report(json!([{ "uri": uri, "statusCode": 503 }])).await;
+    let status = h
+        .wait_for("half-dead", EndpointState::Down, Duration::from_secs(5))
+        .await;
+    eprintln!("failure mark reported: Down after {:?}", marked.elapsed());
+    let error = status.endpoints[0].last_error.clone().unwrap_or_default();
+    assert!(
+        error.contains("real calls failed at the SIP edge with 503"),
+        "the status says why: {error}"
+    );
+    assert_eq!(
+        status.endpoints[0].last_status_code,
+        Some(200),
+        "OPTIONS still answered"
+    );
+
+    // The mark goes; the endpoint stays Down for the hold, then the probes decide.
+    report(json!([])).await;
+    let cleared = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let trunk = h.ns.api::<Trunk>().get("half-dead").await.unwrap();
+    assert_eq!(
+        trunk.status.unwrap().endpoints[0].state,
+        EndpointState::Down,
+        "still Down 10 s after the mark went (hold 30 s)"
+    );
+    h.wait_for("half-dead", EndpointState::Up, Duration::from_secs(45))
+        .await;
+    let back = cleared.elapsed();
+    eprintln!("mark cleared: Up again after {back:?}");
+    assert!(
+        back >= Duration::from_secs(25),
+        "Up only after the hold: {back:?}"
+    );
+}
