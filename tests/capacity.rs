@@ -132,6 +132,27 @@ fn reported_active(reporter: &Reporter, host: &str) -> u32 {
         .sum()
 }
 
+/// One region, one inbound route: a fixed-line trunk at `fixed`, then a mobile trunk at
+/// `mobile` as the next tier (both on port 5060).
+fn fixed_then_mobile(
+    fixed: &str,
+    mobile: &str,
+) -> (lifeline::crd::FallbackPolicySpec, lifeline::plan::Observed) {
+    let spec = policy()
+        .region("x", 1)
+        .expected_calls(10)
+        .route("inbound", 1, |r| {
+            r.tier("fixed", [trunk("fixed")])
+                .tier("mobile", [trunk("mobile")])
+        })
+        .build();
+    let observed = world()
+        .trunk("fixed", "x", [format!("sip:{fixed}:5060").as_str()])
+        .trunk("mobile", "x", [format!("sip:{mobile}:5060").as_str()])
+        .observed();
+    (spec, observed)
+}
+
 #[test]
 fn calls_beyond_max_concurrent_calls_overflow_to_the_next_tier_and_the_report_follows() {
     const EDGE: &str = "127.0.91.1";
@@ -240,18 +261,7 @@ fn a_carrier_answering_options_but_failing_invites_is_failed_over_while_calls_fl
     const HALF_DEAD: &str = "127.0.91.31";
     const MOBILE: &str = "127.0.91.32";
     let dir = TempDir::new("lifeline-passive");
-    let spec = policy()
-        .region("x", 1)
-        .expected_calls(10)
-        .route("inbound", 1, |r| {
-            r.tier("fixed", [trunk("fixed")])
-                .tier("mobile", [trunk("mobile")])
-        })
-        .build();
-    let observed = world()
-        .trunk("fixed", "x", [format!("sip:{HALF_DEAD}:5060").as_str()])
-        .trunk("mobile", "x", [format!("sip:{MOBILE}:5060").as_str()])
-        .observed();
+    let (spec, observed) = fixed_then_mobile(HALF_DEAD, MOBILE);
     let list = render(&dir.0, &spec, &observed);
 
     let carrier_log = dir.0.join("carrier.msg");
@@ -338,18 +348,7 @@ fn calls_beyond_max_calls_per_second_go_to_the_next_tier() {
     const FIXED: &str = "127.0.91.41";
     const MOBILE: &str = "127.0.91.42";
     let dir = TempDir::new("lifeline-cps");
-    let spec = policy()
-        .region("x", 1)
-        .expected_calls(10)
-        .route("inbound", 1, |r| {
-            r.tier("fixed", [trunk("fixed")])
-                .tier("mobile", [trunk("mobile")])
-        })
-        .build();
-    let mut observed = world()
-        .trunk("fixed", "x", [format!("sip:{FIXED}:5060").as_str()])
-        .trunk("mobile", "x", [format!("sip:{MOBILE}:5060").as_str()])
-        .observed();
+    let (spec, mut observed) = fixed_then_mobile(FIXED, MOBILE);
     observed
         .trunks
         .get_mut("fixed")
