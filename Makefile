@@ -78,7 +78,7 @@ release: tools image ## Image (OCI archive), packaged chart, CRD bundle, SHA256S
 
 .PHONY: test-real-node
 test-real-node: deps tools release images-test ## The real-node layer alone: real_node and the pod replay (each starts and stops its own plane)
-	$(CARGO) test --test real_node --test e2e_cluster -- --nocapture
+	$(CARGO) test --test real_node --test real_node_takeover --test e2e_cluster -- --nocapture
 
 .PHONY: test-unit
 test-unit: ## Unit and property tests (no cluster needed)

@@ -45,12 +45,34 @@ PRIVATE_DIRS=(/var/lib/kubelet /var/lib/cni /var/log/pods /var/log/containers
 
 ctr_() { ctr --address "$SOCK" --namespace k8s.io "$@"; }
 
+# true when the real-node testenv in directory $1 has no running node: its run
+# was killed before it could stop (a session or CI job ended mid-test), and what it
+# left behind (bridge, cgroups, plane processes) is ours to clean up.
+owner_gone() {
+  local f="$1/run/node.pid" pid
+  [[ -f "$f" ]] || return 0
+  pid="$(cat "$f")"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 0
+  kill -0 "$pid" 2>/dev/null || return 0
+  ! tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "node.sh init"
+}
+
 net_up() {
+  # only one real node per machine: the bridge and 10.96.0.1:443 are machine-wide
+  local owner; owner="$(cat /run/lifeline-testenv.owner 2>/dev/null || true)"
+  if [[ -n "$owner" && "$owner" != "$TESTENV_DIR" ]] && owner_gone "$owner"; then
+    log "net-up: the bridge's owner $owner has no running node (its run was killed); stopping what it left"
+    TESTENV_DIR="$owner" NODE=real "$here/down.sh" || true
+    # down.sh removes the bridge and the owner file only while the owner file names it
+    if [[ "$(cat /run/lifeline-testenv.owner 2>/dev/null || true)" == "$owner" ]]; then
+      ip link del "$BRIDGE" 2>/dev/null || true
+      rm -f /run/lifeline-testenv.owner
+    fi
+    owner=""
+  fi
   if ip link show "$BRIDGE" >/dev/null 2>&1; then
-    # only one real node per machine: the bridge and 10.96.0.1:443 are machine-wide
-    local owner; owner="$(cat /run/lifeline-testenv.owner 2>/dev/null || true)"
     [[ -z "$owner" || "$owner" == "$TESTENV_DIR" ]] ||
-      die "bridge $BRIDGE belongs to another real-node testenv ($owner); run its down.sh first"
+      die "bridge $BRIDGE belongs to another real-node testenv ($owner), whose node is running; run its down.sh first"
   else
     ip link add "$BRIDGE" type bridge
   fi
