@@ -55,12 +55,11 @@ fn a_real_node_left_by_a_killed_run_in_another_checkout_does_not_block_the_next(
         let mut child = Command::new("true").spawn().expect("spawn true");
         let dead_pid = child.id();
         child.wait().unwrap();
-        std::fs::write(
-            gone_testenv.join("run/node.pid"),
-            format!("{dead_pid}\n"),
-        )
-        .unwrap();
-        assert!(sh("ip link add lifeline0 type bridge"), "cannot add the bridge");
+        std::fs::write(gone_testenv.join("run/node.pid"), format!("{dead_pid}\n")).unwrap();
+        assert!(
+            sh("ip link add lifeline0 type bridge"),
+            "cannot add the bridge"
+        );
         std::fs::write(OWNER_FILE, format!("{}\n", gone_testenv.display())).unwrap();
     }
 
