@@ -19,7 +19,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::runtime::{Guarded, cached, guarded_watch, parsed, report_invalid};
+use super::runtime::{Guarded, cached, guarded_watch, parsed, reconcile_parsed};
 use super::{Context, Retries};
 use crate::crd::{BotPool, FIELD_MANAGER, FailoverDrill, FallbackPolicy};
 use crate::drill::{Observation, decide};
@@ -117,27 +117,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
 }
 
 fn error_policy(drill: Arc<Guarded<FailoverDrill>>, error: &Error, dctx: Arc<DrillCtx>) -> Action {
-    let key = (drill.namespace().unwrap_or_default(), drill.name_any());
     dctx.ctx
-        .reconcile_failed("drill", &dctx.retries, key, error.category(), error)
+        .reconcile_failed("drill", &dctx.retries, &*drill, error.category(), error)
 }
 
 async fn reconcile(obj: Arc<Guarded<FailoverDrill>>, dctx: Arc<DrillCtx>) -> Result<Action, Error> {
     let ns = obj.namespace().ok_or(Error::NoNamespace)?;
     let name = obj.name_any();
-    let drill = match &obj.0 {
-        Ok(drill) => drill,
-        Err(invalid) => return Ok(report_invalid(&dctx.ctx, "drill", &obj, invalid).await),
-    };
-    dctx.ctx
-        .reconcile_counted(
-            "drill",
-            &dctx.retries,
-            &ns,
-            &name,
-            reconcile_inner(drill, &ns, &name, &dctx),
-        )
-        .await
+    let inner = |drill| reconcile_inner(drill, &ns, &name, &dctx);
+    reconcile_parsed(&dctx.ctx, "drill", &dctx.retries, &obj, (&ns, &name), inner).await
 }
 
 async fn reconcile_inner(

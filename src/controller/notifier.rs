@@ -25,7 +25,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::runtime::{Guarded, cached, guarded_watch, parsed, report_invalid};
+use super::runtime::{Guarded, cached, guarded_watch, parsed, reconcile_parsed};
 use super::{Context, Retries};
 use crate::backoff::Backoff;
 use crate::crd::{
@@ -132,30 +132,28 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
 }
 
 fn error_policy(notifier: Arc<Guarded<Notifier>>, error: &Error, nctx: Arc<NotifierCtx>) -> Action {
-    let key = (
-        notifier.namespace().unwrap_or_default(),
-        notifier.name_any(),
-    );
-    nctx.ctx
-        .reconcile_failed("notifier", &nctx.retries, key, error.category(), error)
+    nctx.ctx.reconcile_failed(
+        "notifier",
+        &nctx.retries,
+        &*notifier,
+        error.category(),
+        error,
+    )
 }
 
 async fn reconcile(obj: Arc<Guarded<Notifier>>, nctx: Arc<NotifierCtx>) -> Result<Action, Error> {
     let ns = obj.namespace().ok_or(Error::NoNamespace)?;
     let name = obj.name_any();
-    let notifier = match &obj.0 {
-        Ok(notifier) => notifier,
-        Err(invalid) => return Ok(report_invalid(&nctx.ctx, "notifier", &obj, invalid).await),
-    };
-    nctx.ctx
-        .reconcile_counted(
-            "notifier",
-            &nctx.retries,
-            &ns,
-            &name,
-            reconcile_inner(notifier, &ns, &name, &nctx),
-        )
-        .await
+    let inner = |notifier| reconcile_inner(notifier, &ns, &name, &nctx);
+    reconcile_parsed(
+        &nctx.ctx,
+        "notifier",
+        &nctx.retries,
+        &obj,
+        (&ns, &name),
+        inner,
+    )
+    .await
 }
 
 async fn reconcile_inner(

@@ -16,7 +16,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::Context;
+use super::{Context, Retries};
 use crate::crd::FIELD_MANAGER;
 
 /// An object as the watches deliver it: either the parsed object or, for one that does
@@ -197,6 +197,31 @@ where
     };
     publish(ctx, event, &obj.object_ref(&())).await;
     Action::await_change()
+}
+
+/// The reconcile of `obj` (`ns/name`) around a controller's own `reconcile`, the same
+/// for every kind: an object that does not parse is reported ([`report_invalid`]) and
+/// waits for a change; a parsed one is reconciled inside
+/// [`Context::reconcile_counted`] (span, duration, retries forgotten on success).
+pub async fn reconcile_parsed<'a, K, E, F>(
+    ctx: &Context,
+    controller: &'static str,
+    retries: &Retries,
+    obj: &'a Guarded<K>,
+    (ns, name): (&str, &str),
+    reconcile: impl FnOnce(&'a K) -> F,
+) -> Result<Action, E>
+where
+    K: Resource<DynamicType = ()>,
+    F: Future<Output = Result<Action, E>>,
+{
+    match &obj.0 {
+        Ok(parsed) => {
+            ctx.reconcile_counted(controller, retries, ns, name, reconcile(parsed))
+                .await
+        }
+        Err(invalid) => Ok(report_invalid(ctx, controller, obj, invalid).await),
+    }
 }
 
 /// Whether `store` holds its first complete list. Checked, never awaited inside a

@@ -42,7 +42,7 @@ use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::runtime::{
-    Guarded, apply_status, cached, guarded_watch, on_deleted, publish, report_invalid, truncate,
+    Guarded, apply_status, cached, guarded_watch, on_deleted, publish, reconcile_parsed, truncate,
 };
 use super::{Context, Retries};
 use crate::crd::{BotPool, FallbackPolicy, ScalingMode};
@@ -235,27 +235,23 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
 async fn reconcile(obj: Arc<Guarded<BotPool>>, state: Arc<State>) -> Result<Action, Error> {
     let ns = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
-    let pool = match &obj.0 {
-        Ok(pool) => pool,
-        Err(invalid) => return Ok(report_invalid(&state.ctx, CONTROLLER, &obj, invalid).await),
-    };
-    state
-        .ctx
-        .reconcile_counted(
-            CONTROLLER,
-            &state.retries,
-            &ns,
-            &name,
-            reconcile_pool(pool, &state),
-        )
-        .await
+    let inner = |pool| reconcile_pool(pool, &state);
+    reconcile_parsed(
+        &state.ctx,
+        CONTROLLER,
+        &state.retries,
+        &obj,
+        (&ns, &name),
+        inner,
+    )
+    .await
 }
 
 fn error_policy(pool: Arc<Guarded<BotPool>>, err: &Error, state: Arc<State>) -> Action {
-    let key = (pool.namespace().unwrap_or_default(), pool.name_any());
-    let action = state
-        .ctx
-        .reconcile_failed(CONTROLLER, &state.retries, key, err.category(), err);
+    let action =
+        state
+            .ctx
+            .reconcile_failed(CONTROLLER, &state.retries, &*pool, err.category(), err);
     let ctx = state.ctx.clone();
     let reference = pool.object_ref(&());
     let event = Event {

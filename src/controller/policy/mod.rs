@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::runtime::{
     Guarded, apply_status, cached, edge_changes, everyone_on_recovery, guarded_watch, on_deleted,
-    parsed, probe_changes, report_invalid,
+    parsed, probe_changes, reconcile_parsed,
 };
 use super::{Context, Retries};
 use crate::crd::{BotPool, FailoverDrill, FallbackPolicy, Trunk};
@@ -224,7 +224,6 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         })
         .reconcile_on(futures::stream::select(
             futures::stream::select(probe_changes, everyone),
-            // An edge report changed: policies with static targets combine vantages again.
             // An edge report changed: static targets combine vantages again, and live
             // calls size the bot pools.
             edge_changes(ctx.edges.subscribe(), s4, |_| true),
@@ -253,9 +252,8 @@ fn error_policy(
     {
         pctx.ctx.api_call_failed();
     }
-    let key = (policy.namespace().unwrap_or_default(), policy.name_any());
     pctx.ctx
-        .reconcile_failed(CONTROLLER, &pctx.retries, key, error.category(), error)
+        .reconcile_failed(CONTROLLER, &pctx.retries, &*policy, error.category(), error)
 }
 
 async fn reconcile(
@@ -266,19 +264,16 @@ async fn reconcile(
         .namespace()
         .ok_or(Error::NoNamespace("FallbackPolicy"))?;
     let name = obj.name_any();
-    let policy = match &obj.0 {
-        Ok(policy) => policy,
-        Err(invalid) => return Ok(report_invalid(&pctx.ctx, CONTROLLER, &obj, invalid).await),
-    };
-    pctx.ctx
-        .reconcile_counted(
-            CONTROLLER,
-            &pctx.retries,
-            &ns,
-            &name,
-            reconcile_policy(policy, &ns, &name, &pctx),
-        )
-        .await
+    let inner = |policy| reconcile_policy(policy, &ns, &name, &pctx);
+    reconcile_parsed(
+        &pctx.ctx,
+        CONTROLLER,
+        &pctx.retries,
+        &obj,
+        (&ns, &name),
+        inner,
+    )
+    .await
 }
 
 async fn reconcile_policy(
