@@ -16,21 +16,19 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::runtime::{Guarded, cached, guarded_watch, parsed, reconcile_parsed};
+use super::runtime::{Guarded, cached, guarded_watch, parsed, reconcile_parsed, write_status};
 use super::{Context, Retries};
 use crate::backoff::Backoff;
 use crate::crd::{
-    FIELD_MANAGER, FallbackPolicy, Notifier, NotifierStatus, ReceiverSpec, ReceiverStatus,
-    condition, merge_condition,
+    FallbackPolicy, Notifier, NotifierStatus, ReceiverSpec, ReceiverStatus, condition,
+    merge_condition,
 };
 use crate::notify::{self, Alert, Delivery, RateLimit};
 
@@ -38,29 +36,7 @@ use crate::notify::{self, Alert, Delivery, RateLimit};
 pub const DELIVERING: &str = "Delivering";
 
 /// Errors of the Notifier controller.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Kubernetes API error.
-    #[error("kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    /// The object has no namespace.
-    #[error("object has no namespace")]
-    NoNamespace,
-    /// The policy cache is not synced (shutting down).
-    #[error("policy cache not ready")]
-    Cache,
-}
-
-impl Error {
-    /// Short static category for metrics and Event reasons.
-    pub fn category(&self) -> &'static str {
-        match self {
-            Error::Kube(_) => "kube",
-            Error::NoNamespace => "missing_namespace",
-            Error::Cache => "cache",
-        }
-    }
-}
+pub type Error = super::runtime::WriterError;
 
 type ReceiverKey = (String, String, String);
 
@@ -242,18 +218,7 @@ async fn reconcile_inner(
     };
     merge_condition(&mut status.conditions, delivering, now);
     if notifier.status.as_ref() != Some(&status) {
-        let api: Api<Notifier> = Api::namespaced(nctx.ctx.client.clone(), ns);
-        let body = json!({
-            "apiVersion": "lifeline.dev/v1alpha1",
-            "kind": "Notifier",
-            "status": status,
-        });
-        api.patch_status(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await?;
+        write_status::<Notifier, _>(&nctx.ctx, ns, name, &status).await?;
     }
     Ok(match retry_in {
         Some(wait) => Action::requeue(wait.max(Duration::from_millis(100))),
@@ -446,6 +411,7 @@ async fn post(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn notifier(policies: &[&str]) -> Notifier {
         serde_json::from_value(json!({

@@ -113,15 +113,31 @@ where
         + Debug,
     S: Serialize,
 {
+    ctx.while_leading(write_status::<K, S>(ctx, ns, name, status))
+        .await
+}
+
+/// [`apply_status`] without the leadership guard, for the controllers that run only
+/// while this replica leads (FailoverDrill, Notifier): the write always completes.
+pub async fn write_status<K, S>(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    status: &S,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+    S: Serialize,
+{
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let body = status_body::<K, S>(status);
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let write = async move {
-        api.patch_status(name, &params, &Patch::Apply(&body))
-            .await
-            .map(|_| ())
-    };
-    ctx.while_leading(write).await
+    api.patch_status(name, &params, &Patch::Apply(&body))
+        .await
+        .map(|_| ())
 }
 
 /// The server-side apply body of a status write.
@@ -368,6 +384,33 @@ impl ReconcileError {
         match self {
             ReconcileError::Kube(_) => "kube",
             ReconcileError::NoNamespace(_) => "invalid",
+        }
+    }
+}
+
+/// What can go wrong in a reconcile of the FailoverDrill and Notifier controllers,
+/// which read only caches and write only while leading (all transient: retried with
+/// the controller's backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum WriterError {
+    /// Kubernetes API error.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The object has no namespace.
+    #[error("object has no namespace")]
+    NoNamespace,
+    /// A cache is not synced (shutting down).
+    #[error("cache not ready")]
+    Cache,
+}
+
+impl WriterError {
+    /// Short static category for metrics and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            WriterError::Kube(_) => "kube",
+            WriterError::NoNamespace => "missing_namespace",
+            WriterError::Cache => "cache",
         }
     }
 }
