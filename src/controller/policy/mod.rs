@@ -8,6 +8,7 @@
 //!   Events the planner's transitions become, when to look again;
 //! - [`status`]: pure — the status that describes a plan;
 //! - [`apply`]: the writes, server-side apply with lifeline's one field manager.
+//! - `state`: what the controller remembers between reconciles, and forgetting it.
 //!
 //! Triggers: the policy itself, its ConfigMap (owner reference), a ConfigMap of the
 //! routing's name that is in the way (created, renamed or deleted), every Trunk and
@@ -24,11 +25,11 @@
 pub mod apply;
 pub mod decide;
 pub mod observe;
+mod state;
 pub mod status;
 
 use observe::{referencing, targets};
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -47,8 +48,8 @@ use super::runtime::{
 use super::{Context, Retries};
 use crate::crd::{BotPool, FailoverDrill, FallbackPolicy, Trunk};
 use crate::plan::Plan;
-use crate::telemetry::StateLabels;
 use decide::Routing;
+use state::{Key, PolicyCtx, lock};
 pub use status::{desired_status, reasons};
 
 /// The annotation with the lowercase hex SHA-256 of the rendered routing.
@@ -64,66 +65,6 @@ pub type Error = super::runtime::ReconcileError;
 /// The hub owner key of a policy's static targets.
 pub fn owner_key(namespace: &str, name: &str) -> String {
     format!("policy/{namespace}/{name}")
-}
-
-type Key = (String, String);
-/// A routing write: content hash and the resourceVersion it produced.
-type Written = (String, String);
-
-/// Controller state beyond the shared [`Context`].
-struct PolicyCtx {
-    ctx: Arc<Context>,
-    caches: observe::Caches,
-    /// Last plan per policy, with the policy's uid (a recreated policy starts afresh).
-    plans: Mutex<HashMap<Key, (String, Plan)>>,
-    /// The routing this process last wrote per policy: uid, content hash and the
-    /// resourceVersion the write produced.
-    written: Mutex<HashMap<Key, (String, Written)>>,
-    /// Region states per policy, summed into the `regions{state}` gauge.
-    region_counts: Mutex<HashMap<Key, [i64; 4]>>,
-    /// Policies this process holds state for (probes, plans), to forget on deletion.
-    known: Mutex<HashSet<Key>>,
-    /// Failed reconciles in a row, for the backoff.
-    retries: Retries,
-}
-
-impl PolicyCtx {
-    /// A policy left the watch: stop probing its static targets and drop its state.
-    /// (No finalizer: the ConfigMap goes with its owner reference, and the prober is
-    /// in-process state.)
-    fn forget(&self, ns: &str, name: &str) {
-        let key = (ns.to_string(), name.to_string());
-        self.ctx.probes.remove(&owner_key(ns, name));
-        lock(&self.known).remove(&key);
-        lock(&self.plans).remove(&key);
-        lock(&self.written).remove(&key);
-        lock(&self.region_counts).remove(&key);
-        self.retries.reset(&key);
-        self.publish_region_gauge();
-    }
-
-    fn publish_region_gauge(&self) {
-        let mut total = [0i64; 4];
-        for counts in lock(&self.region_counts).values() {
-            for (t, c) in total.iter_mut().zip(counts) {
-                *t += c;
-            }
-        }
-        for (state, n) in ["Active", "Failed", "Draining", "Recovering"]
-            .iter()
-            .zip(total)
-        {
-            self.ctx
-                .metrics
-                .regions
-                .get_or_create(&StateLabels { state })
-                .set(n);
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Run the policy controller until `shutdown` is cancelled.
