@@ -46,6 +46,7 @@ use super::runtime::{
 };
 use super::{Context, Retries};
 use crate::crd::{BotPool, FallbackPolicy, ScalingMode};
+use apply::Fingerprint;
 pub use status::{
     Limit, Observed, PodCounts, demand_for, desired_status, observe_pods, reason, sizing,
 };
@@ -106,19 +107,6 @@ fn rejection(err: &Error) -> Option<String> {
         } if matches!(status.code, 400 | 422) => Some(format!("{action}: {}", status.message)),
         _ => None,
     }
-}
-
-/// The inputs of an apply and the versions of the objects it produced. Deployments
-/// and PDBs bump `metadata.generation` on every spec change (a user's edit
-/// included) but not on status updates; a Service has no generation but no status
-/// churn either, so its `resourceVersion` serves.
-#[derive(Clone, Debug, PartialEq)]
-struct Fingerprint {
-    pool_generation: Option<i64>,
-    inputs: build::Inputs,
-    deployment_generation: Option<i64>,
-    service_version: Option<String>,
-    pdb_generation: Option<i64>,
 }
 
 /// State of one controller run.
