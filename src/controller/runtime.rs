@@ -96,6 +96,23 @@ where
     })
 }
 
+/// A namespaced kind whose status subresource the controllers write.
+pub trait StatusKind:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Debug
+{
+}
+
+impl<K> StatusKind for K where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+{
+}
+
 /// Server-side apply `status` to the status subresource of `K` `ns/name` with the one
 /// field manager, while this replica leads. `None`: not leading (nothing written).
 ///
@@ -109,10 +126,7 @@ pub async fn apply_status<K, S>(
     status: &S,
 ) -> Option<Result<(), kube::Error>>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug,
+    K: StatusKind,
     S: Serialize,
 {
     ctx.while_leading(write_status::<K, S>(ctx, ns, name, status))
@@ -128,10 +142,7 @@ pub async fn write_status<K, S>(
     status: &S,
 ) -> Result<(), kube::Error>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug,
+    K: StatusKind,
     S: Serialize,
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
