@@ -10,44 +10,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
+use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use super::runtime::{Guarded, cached, guarded_watch, parsed, report_invalid};
+use super::runtime::{Guarded, cached, guarded_watch, parsed, reconcile_parsed, write_status};
 use super::{Context, Retries};
-use crate::crd::{BotPool, FIELD_MANAGER, FailoverDrill, FallbackPolicy};
+use crate::crd::{BotPool, FailoverDrill, FallbackPolicy};
 use crate::drill::{Observation, decide};
 
 /// Errors of the FailoverDrill controller.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Kubernetes API error.
-    #[error("kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    /// The object has no namespace.
-    #[error("object has no namespace")]
-    NoNamespace,
-    /// A cache is not synced (shutting down).
-    #[error("cache not ready")]
-    Cache,
-}
-
-impl Error {
-    /// Short static category for metrics and Event reasons.
-    pub fn category(&self) -> &'static str {
-        match self {
-            Error::Kube(_) => "kube",
-            Error::NoNamespace => "missing_namespace",
-            Error::Cache => "cache",
-        }
-    }
-}
+pub type Error = super::runtime::WriterError;
 
 struct DrillCtx {
     ctx: Arc<Context>,
@@ -117,27 +93,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
 }
 
 fn error_policy(drill: Arc<Guarded<FailoverDrill>>, error: &Error, dctx: Arc<DrillCtx>) -> Action {
-    let key = (drill.namespace().unwrap_or_default(), drill.name_any());
     dctx.ctx
-        .reconcile_failed("drill", &dctx.retries, key, error.category(), error)
+        .reconcile_failed("drill", &dctx.retries, &*drill, error.category(), error)
 }
 
 async fn reconcile(obj: Arc<Guarded<FailoverDrill>>, dctx: Arc<DrillCtx>) -> Result<Action, Error> {
     let ns = obj.namespace().ok_or(Error::NoNamespace)?;
     let name = obj.name_any();
-    let drill = match &obj.0 {
-        Ok(drill) => drill,
-        Err(invalid) => return Ok(report_invalid(&dctx.ctx, "drill", &obj, invalid).await),
-    };
-    dctx.ctx
-        .reconcile_counted(
-            "drill",
-            &dctx.retries,
-            &ns,
-            &name,
-            reconcile_inner(drill, &ns, &name, &dctx),
-        )
-        .await
+    let inner = |drill| reconcile_inner(drill, &ns, &name, &dctx);
+    reconcile_parsed(&dctx.ctx, "drill", &dctx.retries, &obj, (&ns, &name), inner).await
 }
 
 async fn reconcile_inner(
@@ -188,18 +152,7 @@ async fn reconcile_inner(
     );
     // Status.
     if drill.status.as_ref() != Some(&decision.status) {
-        let api: Api<FailoverDrill> = Api::namespaced(dctx.ctx.client.clone(), ns);
-        let body = json!({
-            "apiVersion": "lifeline.dev/v1alpha1",
-            "kind": "FailoverDrill",
-            "status": decision.status,
-        });
-        api.patch_status(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await?;
+        write_status::<FailoverDrill, _>(&dctx.ctx, ns, name, &decision.status).await?;
     }
     // Events, after the status that they describe is stored.
     let reference = drill.object_ref(&());

@@ -173,17 +173,18 @@ impl Context {
         result
     }
 
-    /// A failed reconcile of `key`: counted in `lifeline_reconcile_errors_total` under
+    /// A failed reconcile of `obj`: counted in `lifeline_reconcile_errors_total` under
     /// `category`, logged, and requeued after the shared backoff ([`Retries::backoff`]).
-    /// A failure that says the API server is unreachable also wakes the watchdog.
     pub fn reconcile_failed(
         &self,
         controller: &'static str,
         retries: &Retries,
-        key: (String, String),
+        obj: &impl kube::Resource,
         category: &'static str,
         error: &dyn std::fmt::Display,
     ) -> kube::runtime::controller::Action {
+        use kube::ResourceExt;
+        let key = (obj.namespace().unwrap_or_default(), obj.name_any());
         self.metrics
             .reconcile_errors
             .get_or_create(&crate::telemetry::ErrorLabels {

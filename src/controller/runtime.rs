@@ -1,11 +1,10 @@
 //! What every controller does the same way: guarded watches feeding caches, cleanup on
-//! deletions seen by those watches, status by server-side apply, and the handling of
-//! an object that cannot be read.
+//! deletions seen by those watches, status by server-side apply, the handling of an
+//! object that cannot be read, and (in `runtime/triggers.rs`) what else wakes a reconcile.
 
 use std::fmt::Debug;
-use std::sync::Arc;
 
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, TryStreamExt};
 use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
@@ -16,8 +15,11 @@ use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::Context;
+use super::{Context, Retries};
 use crate::crd::FIELD_MANAGER;
+
+mod triggers;
+pub use triggers::{all_of, edge_changes, everyone_on_recovery, parse_owner_key, probe_changes};
 
 /// An object as the watches deliver it: either the parsed object or, for one that does
 /// not match its type (an older CRD version, a hand-made object that bypassed the
@@ -94,6 +96,23 @@ where
     })
 }
 
+/// A namespaced kind whose status subresource the controllers write.
+pub trait StatusKind:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Debug
+{
+}
+
+impl<K> StatusKind for K where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+{
+}
+
 /// Server-side apply `status` to the status subresource of `K` `ns/name` with the one
 /// field manager, while this replica leads. `None`: not leading (nothing written).
 ///
@@ -107,21 +126,31 @@ pub async fn apply_status<K, S>(
     status: &S,
 ) -> Option<Result<(), kube::Error>>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug,
+    K: StatusKind,
+    S: Serialize,
+{
+    ctx.while_leading(write_status::<K, S>(ctx, ns, name, status))
+        .await
+}
+
+/// [`apply_status`] without the leadership guard, for the controllers that run only
+/// while this replica leads (FailoverDrill, Notifier): the write always completes.
+pub async fn write_status<K, S>(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    status: &S,
+) -> Result<(), kube::Error>
+where
+    K: StatusKind,
     S: Serialize,
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let body = status_body::<K, S>(status);
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let write = async move {
-        api.patch_status(name, &params, &Patch::Apply(&body))
-            .await
-            .map(|_| ())
-    };
-    ctx.while_leading(write).await
+    api.patch_status(name, &params, &Patch::Apply(&body))
+        .await
+        .map(|_| ())
 }
 
 /// The server-side apply body of a status write.
@@ -199,6 +228,31 @@ where
     Action::await_change()
 }
 
+/// The reconcile of `obj` (`ns/name`) around a controller's own `reconcile`, the same
+/// for every kind: an object that does not parse is reported ([`report_invalid`]) and
+/// waits for a change; a parsed one is reconciled inside
+/// [`Context::reconcile_counted`] (span, duration, retries forgotten on success).
+pub async fn reconcile_parsed<'a, K, E, F>(
+    ctx: &Context,
+    controller: &'static str,
+    retries: &Retries,
+    obj: &'a Guarded<K>,
+    (ns, name): (&str, &str),
+    reconcile: impl FnOnce(&'a K) -> F,
+) -> Result<Action, E>
+where
+    K: Resource<DynamicType = ()>,
+    F: Future<Output = Result<Action, E>>,
+{
+    match &obj.0 {
+        Ok(parsed) => {
+            ctx.reconcile_counted(controller, retries, ns, name, reconcile(parsed))
+                .await
+        }
+        Err(invalid) => Ok(report_invalid(ctx, controller, obj, invalid).await),
+    }
+}
+
 /// Whether `store` holds its first complete list. Checked, never awaited inside a
 /// reconcile: kube's readiness future wakes only the last task that polled it, so two
 /// reconciles awaiting the same cache at once would leave one waiting forever.
@@ -215,115 +269,6 @@ where
 
 /// How soon a reconcile that found a cache not filled yet looks again.
 pub const CACHE_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// Every object in `store`, as reconcile requests (leadership gained, API back).
-pub fn all_of<K>(store: &Store<K>) -> Vec<ObjectRef<K>>
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
-    store
-        .state()
-        .iter()
-        .map(|o| ObjectRef::from_obj(o.as_ref()))
-        .collect()
-}
-
-/// Requests for every object in `store` each time leadership is gained or the API
-/// answers again after an outage; `on_leading` runs first on leadership (e.g. to forget
-/// in-memory state of an earlier term).
-pub fn everyone_on_recovery<K>(
-    ctx: &Arc<Context>,
-    store: Store<K>,
-    on_leading: impl Fn() + Send + 'static,
-) -> impl Stream<Item = ObjectRef<K>> + Send + 'static
-where
-    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-{
-    futures::stream::select(
-        super::on_change(ctx.leading.clone(), |l| *l).map(move |()| on_leading()),
-        super::on_change(ctx.api_returned(), |_| true),
-    )
-    .flat_map(move |()| {
-        let all = all_of(&store);
-        tracing::debug!(objects = all.len(), kind = %K::kind(&()), "reconciling every object");
-        futures::stream::iter(all)
-    })
-}
-
-/// The edge board's notifications (a namespace's SIP edge reports changed) as reconcile
-/// requests for the cached objects of that namespace that `wanted` selects (all of
-/// them after a lag).
-pub fn edge_changes<K>(
-    rx: tokio::sync::broadcast::Receiver<String>,
-    store: Store<K>,
-    wanted: fn(&K) -> bool,
-) -> impl Stream<Item = ObjectRef<K>> + Send + 'static
-where
-    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-{
-    use tokio::sync::broadcast::error::RecvError;
-    futures::stream::unfold(rx, move |mut rx| {
-        let store = store.clone();
-        async move {
-            let ns = match rx.recv().await {
-                Ok(ns) => Some(ns),
-                Err(RecvError::Lagged(_)) => None,
-                Err(RecvError::Closed) => return None,
-            };
-            let refs: Vec<ObjectRef<K>> = store
-                .state()
-                .iter()
-                .filter(|o| ns.is_none() || o.namespace() == ns)
-                .filter(|o| wanted(o))
-                .map(|o| ObjectRef::from_obj(o.as_ref()))
-                .collect();
-            Some((refs, rx))
-        }
-    })
-    .flat_map(futures::stream::iter)
-}
-
-/// Keys `ns/name` of the objects a prober owner key names (`<prefix>/<ns>/<name>`).
-pub fn parse_owner_key<K>(prefix: &str, key: &str) -> Option<ObjectRef<K>>
-where
-    K: Resource<DynamicType = ()>,
-{
-    let (ns, name) = key
-        .strip_prefix(prefix)?
-        .strip_prefix('/')?
-        .split_once('/')?;
-    Some(ObjectRef::new(name).within(ns))
-}
-
-/// The prober's change notifications for owners with `prefix`, as reconcile requests.
-/// A lagging receiver requeues everything in `store`.
-pub fn probe_changes<K>(
-    rx: tokio::sync::broadcast::Receiver<String>,
-    prefix: &'static str,
-    store: Store<K>,
-) -> impl Stream<Item = ObjectRef<K>> + Send + 'static
-where
-    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-{
-    use tokio::sync::broadcast::error::RecvError;
-    futures::stream::unfold(rx, move |mut rx| {
-        let store = store.clone();
-        async move {
-            loop {
-                match rx.recv().await {
-                    Ok(key) => {
-                        if let Some(r) = parse_owner_key(prefix, &key) {
-                            return Some((vec![r], rx));
-                        }
-                    }
-                    Err(RecvError::Lagged(_)) => return Some((all_of(&store), rx)),
-                    Err(RecvError::Closed) => return None,
-                }
-            }
-        }
-    })
-    .flat_map(futures::stream::iter)
-}
 
 /// What can go wrong in a reconcile of the Trunk, FallbackPolicy and SipEdge
 /// controllers (all transient: retried with the shared backoff).
@@ -347,42 +292,32 @@ impl ReconcileError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::crd::{FallbackPolicy, Trunk};
+/// What can go wrong in a reconcile of the FailoverDrill and Notifier controllers,
+/// which read only caches and write only while leading (all transient: retried with
+/// the controller's backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum WriterError {
+    /// Kubernetes API error.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The object has no namespace.
+    #[error("object has no namespace")]
+    NoNamespace,
+    /// A cache is not synced (shutting down).
+    #[error("cache not ready")]
+    Cache,
+}
 
-    #[test]
-    fn status_body_names_kind_and_carries_only_the_status() {
-        let body = status_body::<Trunk, _>(&serde_json::json!({ "healthyEndpoints": 1 }));
-        assert_eq!(body["apiVersion"], "lifeline.dev/v1alpha1");
-        assert_eq!(body["kind"], "Trunk");
-        assert_eq!(body["status"]["healthyEndpoints"], 1);
-        assert_eq!(body.as_object().map(|o| o.len()), Some(3));
-    }
-
-    #[test]
-    fn owner_keys_parse_only_their_prefix() {
-        let r = parse_owner_key::<Trunk>("trunk", "trunk/ns1/a").unwrap();
-        assert_eq!(
-            (r.name.as_str(), r.namespace.as_deref()),
-            ("a", Some("ns1"))
-        );
-        assert!(parse_owner_key::<Trunk>("trunk", "policy/ns1/a").is_none());
-        assert!(parse_owner_key::<FallbackPolicy>("policy", "policyx/ns1/a").is_none());
-        assert!(parse_owner_key::<Trunk>("trunk", "trunk/ns1").is_none());
-    }
-
-    #[test]
-    fn an_unreadable_object_keeps_its_name() {
-        let bad: Guarded<Trunk> = serde_json::from_value(serde_json::json!({
-            "apiVersion": "lifeline.dev/v1alpha1", "kind": "Trunk",
-            "metadata": { "name": "t1", "namespace": "n" },
-            "spec": { "region": 7 }
-        }))
-        .unwrap();
-        assert!(parsed(&bad).is_none());
-        assert_eq!(bad.name_any(), "t1");
-        assert_eq!(truncate("äöü", 2), "äö");
+impl WriterError {
+    /// Short static category for metrics and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            WriterError::Kube(_) => "kube",
+            WriterError::NoNamespace => "missing_namespace",
+            WriterError::Cache => "cache",
+        }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -681,6 +681,11 @@ mod tests {
         )
     }
 
+    /// Whether `out` is a failure of `kind`.
+    fn failed_with(out: &Outcome, kind: FailureKind) -> bool {
+        matches!(out, Outcome::Failed { kind: k, .. } if *k == kind)
+    }
+
     async fn probe(prober: &Prober, uri: &str, timeout: Duration) -> Outcome {
         prober
             .probe(uri, None, timeout)
@@ -723,27 +728,9 @@ mod tests {
             "{out:?}"
         );
         let out = run(|_| vec![b"SIP/2.0 2".to_vec(), vec![b'x'; 65_000]]).await;
-        assert!(
-            matches!(
-                out,
-                Outcome::Failed {
-                    kind: FailureKind::Parse,
-                    ..
-                }
-            ),
-            "{out:?}"
-        );
+        assert!(failed_with(&out, FailureKind::Parse), "{out:?}");
         let out = run(|req| vec![answer(&req.replace("Call-ID: ", "Call-ID: x"), "200 OK")]).await;
-        assert!(
-            matches!(
-                out,
-                Outcome::Failed {
-                    kind: FailureKind::Timeout,
-                    ..
-                }
-            ),
-            "{out:?}"
-        );
+        assert!(failed_with(&out, FailureKind::Timeout), "{out:?}");
     }
 
     #[tokio::test]
@@ -766,16 +753,7 @@ mod tests {
             Duration::from_millis(500),
         )
         .await;
-        assert!(
-            matches!(
-                out,
-                Outcome::Failed {
-                    kind: FailureKind::Connect,
-                    ..
-                }
-            ),
-            "{out:?}"
-        );
+        assert!(failed_with(&out, FailureKind::Connect), "{out:?}");
         let closed = std::net::TcpListener::bind("127.0.10.250:0").unwrap();
         let port = closed.local_addr().unwrap().port();
         drop(closed);
@@ -785,27 +763,9 @@ mod tests {
             Duration::from_millis(500),
         )
         .await;
-        assert!(
-            matches!(
-                out,
-                Outcome::Failed {
-                    kind: FailureKind::Connect,
-                    ..
-                }
-            ),
-            "{out:?}"
-        );
+        assert!(failed_with(&out, FailureKind::Connect), "{out:?}");
         let out = probe(&prober, "tel:+4922112345", Duration::from_millis(50)).await;
-        assert!(
-            matches!(
-                out,
-                Outcome::Failed {
-                    kind: FailureKind::Unsupported,
-                    ..
-                }
-            ),
-            "{out:?}"
-        );
+        assert!(failed_with(&out, FailureKind::Unsupported), "{out:?}");
     }
 
     /// RFC 3261 §18.3: a 200 whose body is shorter than its Content-Length, or whose
@@ -826,16 +786,7 @@ mod tests {
                 ]
             })
             .await;
-            assert!(
-                matches!(
-                    out,
-                    Outcome::Failed {
-                        kind: FailureKind::Parse,
-                        ..
-                    }
-                ),
-                "{bad}: {out:?}"
-            );
+            assert!(failed_with(&out, FailureKind::Parse), "{bad}: {out:?}");
         }
     }
 

@@ -216,3 +216,16 @@ pub async fn transitions(
         publish(ctx, event, &reference).await;
     }
 }
+
+/// The inputs of an apply and the versions of the objects it produced. Deployments
+/// and PDBs bump `metadata.generation` on every spec change (a user's edit
+/// included) but not on status updates; a Service has no generation but no status
+/// churn either, so its `resourceVersion` serves.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Fingerprint {
+    pub(super) pool_generation: Option<i64>,
+    pub(super) inputs: build::Inputs,
+    pub(super) deployment_generation: Option<i64>,
+    pub(super) service_version: Option<String>,
+    pub(super) pdb_generation: Option<i64>,
+}

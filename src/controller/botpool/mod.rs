@@ -42,10 +42,11 @@ use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::runtime::{
-    Guarded, apply_status, cached, guarded_watch, on_deleted, publish, report_invalid, truncate,
+    Guarded, apply_status, cached, guarded_watch, on_deleted, publish, reconcile_parsed, truncate,
 };
 use super::{Context, Retries};
 use crate::crd::{BotPool, FallbackPolicy, ScalingMode};
+use apply::Fingerprint;
 pub use status::{
     Limit, Observed, PodCounts, demand_for, desired_status, observe_pods, reason, sizing,
 };
@@ -106,19 +107,6 @@ fn rejection(err: &Error) -> Option<String> {
         } if matches!(status.code, 400 | 422) => Some(format!("{action}: {}", status.message)),
         _ => None,
     }
-}
-
-/// The inputs of an apply and the versions of the objects it produced. Deployments
-/// and PDBs bump `metadata.generation` on every spec change (a user's edit
-/// included) but not on status updates; a Service has no generation but no status
-/// churn either, so its `resourceVersion` serves.
-#[derive(Clone, Debug, PartialEq)]
-struct Fingerprint {
-    pool_generation: Option<i64>,
-    inputs: build::Inputs,
-    deployment_generation: Option<i64>,
-    service_version: Option<String>,
-    pdb_generation: Option<i64>,
 }
 
 /// State of one controller run.
@@ -235,27 +223,23 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
 async fn reconcile(obj: Arc<Guarded<BotPool>>, state: Arc<State>) -> Result<Action, Error> {
     let ns = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
-    let pool = match &obj.0 {
-        Ok(pool) => pool,
-        Err(invalid) => return Ok(report_invalid(&state.ctx, CONTROLLER, &obj, invalid).await),
-    };
-    state
-        .ctx
-        .reconcile_counted(
-            CONTROLLER,
-            &state.retries,
-            &ns,
-            &name,
-            reconcile_pool(pool, &state),
-        )
-        .await
+    let inner = |pool| reconcile_pool(pool, &state);
+    reconcile_parsed(
+        &state.ctx,
+        CONTROLLER,
+        &state.retries,
+        &obj,
+        (&ns, &name),
+        inner,
+    )
+    .await
 }
 
 fn error_policy(pool: Arc<Guarded<BotPool>>, err: &Error, state: Arc<State>) -> Action {
-    let key = (pool.namespace().unwrap_or_default(), pool.name_any());
-    let action = state
-        .ctx
-        .reconcile_failed(CONTROLLER, &state.retries, key, err.category(), err);
+    let action =
+        state
+            .ctx
+            .reconcile_failed(CONTROLLER, &state.retries, &*pool, err.category(), err);
     let ctx = state.ctx.clone();
     let reference = pool.object_ref(&());
     let event = Event {
@@ -407,17 +391,4 @@ async fn reconcile_pool(pool: &BotPool, state: &State) -> Result<Action, Error> 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_bounded() {
-        let b = crate::backoff::Backoff::new(Duration::from_secs(1), RESYNC);
-        let about = |d: Duration, s: u64| {
-            (Duration::from_secs(s)..=Duration::from_millis(s * 1100)).contains(&d)
-        };
-        assert!(about(b.delay(1), 1), "{:?}", b.delay(1));
-        assert!(about(b.delay(3), 4), "{:?}", b.delay(3));
-        assert_eq!(b.delay(100), RESYNC);
-    }
-}
+mod tests;

@@ -288,7 +288,6 @@ fn error_policy(edge: Arc<SipEdge>, error: &Error, ectx: Arc<EdgeCtx>) -> Action
     {
         ectx.ctx.api_call_failed();
     }
-    let key = (edge.namespace().unwrap_or_default(), edge.name_any());
     ectx.ctx
-        .reconcile_failed("edge", &ectx.retries, key, error.category(), error)
+        .reconcile_failed("edge", &ectx.retries, &*edge, error.category(), error)
 }

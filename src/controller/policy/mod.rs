@@ -8,6 +8,7 @@
 //!   Events the planner's transitions become, when to look again;
 //! - [`status`]: pure — the status that describes a plan;
 //! - [`apply`]: the writes, server-side apply with lifeline's one field manager.
+//! - `state`: what the controller remembers between reconciles, and forgetting it.
 //!
 //! Triggers: the policy itself, its ConfigMap (owner reference), a ConfigMap of the
 //! routing's name that is in the way (created, renamed or deleted), every Trunk and
@@ -24,11 +25,11 @@
 pub mod apply;
 pub mod decide;
 pub mod observe;
+mod state;
 pub mod status;
 
 use observe::{referencing, targets};
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -42,13 +43,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::runtime::{
     Guarded, apply_status, cached, edge_changes, everyone_on_recovery, guarded_watch, on_deleted,
-    parsed, probe_changes, report_invalid,
+    parsed, probe_changes, reconcile_parsed,
 };
 use super::{Context, Retries};
 use crate::crd::{BotPool, FailoverDrill, FallbackPolicy, Trunk};
 use crate::plan::Plan;
-use crate::telemetry::StateLabels;
 use decide::Routing;
+use state::{Key, PolicyCtx, lock};
 pub use status::{desired_status, reasons};
 
 /// The annotation with the lowercase hex SHA-256 of the rendered routing.
@@ -64,66 +65,6 @@ pub type Error = super::runtime::ReconcileError;
 /// The hub owner key of a policy's static targets.
 pub fn owner_key(namespace: &str, name: &str) -> String {
     format!("policy/{namespace}/{name}")
-}
-
-type Key = (String, String);
-/// A routing write: content hash and the resourceVersion it produced.
-type Written = (String, String);
-
-/// Controller state beyond the shared [`Context`].
-struct PolicyCtx {
-    ctx: Arc<Context>,
-    caches: observe::Caches,
-    /// Last plan per policy, with the policy's uid (a recreated policy starts afresh).
-    plans: Mutex<HashMap<Key, (String, Plan)>>,
-    /// The routing this process last wrote per policy: uid, content hash and the
-    /// resourceVersion the write produced.
-    written: Mutex<HashMap<Key, (String, Written)>>,
-    /// Region states per policy, summed into the `regions{state}` gauge.
-    region_counts: Mutex<HashMap<Key, [i64; 4]>>,
-    /// Policies this process holds state for (probes, plans), to forget on deletion.
-    known: Mutex<HashSet<Key>>,
-    /// Failed reconciles in a row, for the backoff.
-    retries: Retries,
-}
-
-impl PolicyCtx {
-    /// A policy left the watch: stop probing its static targets and drop its state.
-    /// (No finalizer: the ConfigMap goes with its owner reference, and the prober is
-    /// in-process state.)
-    fn forget(&self, ns: &str, name: &str) {
-        let key = (ns.to_string(), name.to_string());
-        self.ctx.probes.remove(&owner_key(ns, name));
-        lock(&self.known).remove(&key);
-        lock(&self.plans).remove(&key);
-        lock(&self.written).remove(&key);
-        lock(&self.region_counts).remove(&key);
-        self.retries.reset(&key);
-        self.publish_region_gauge();
-    }
-
-    fn publish_region_gauge(&self) {
-        let mut total = [0i64; 4];
-        for counts in lock(&self.region_counts).values() {
-            for (t, c) in total.iter_mut().zip(counts) {
-                *t += c;
-            }
-        }
-        for (state, n) in ["Active", "Failed", "Draining", "Recovering"]
-            .iter()
-            .zip(total)
-        {
-            self.ctx
-                .metrics
-                .regions
-                .get_or_create(&StateLabels { state })
-                .set(n);
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Run the policy controller until `shutdown` is cancelled.
@@ -224,7 +165,6 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         })
         .reconcile_on(futures::stream::select(
             futures::stream::select(probe_changes, everyone),
-            // An edge report changed: policies with static targets combine vantages again.
             // An edge report changed: static targets combine vantages again, and live
             // calls size the bot pools.
             edge_changes(ctx.edges.subscribe(), s4, |_| true),
@@ -253,9 +193,8 @@ fn error_policy(
     {
         pctx.ctx.api_call_failed();
     }
-    let key = (policy.namespace().unwrap_or_default(), policy.name_any());
     pctx.ctx
-        .reconcile_failed(CONTROLLER, &pctx.retries, key, error.category(), error)
+        .reconcile_failed(CONTROLLER, &pctx.retries, &*policy, error.category(), error)
 }
 
 async fn reconcile(
@@ -266,19 +205,16 @@ async fn reconcile(
         .namespace()
         .ok_or(Error::NoNamespace("FallbackPolicy"))?;
     let name = obj.name_any();
-    let policy = match &obj.0 {
-        Ok(policy) => policy,
-        Err(invalid) => return Ok(report_invalid(&pctx.ctx, CONTROLLER, &obj, invalid).await),
-    };
-    pctx.ctx
-        .reconcile_counted(
-            CONTROLLER,
-            &pctx.retries,
-            &ns,
-            &name,
-            reconcile_policy(policy, &ns, &name, &pctx),
-        )
-        .await
+    let inner = |policy| reconcile_policy(policy, &ns, &name, &pctx);
+    reconcile_parsed(
+        &pctx.ctx,
+        CONTROLLER,
+        &pctx.retries,
+        &obj,
+        (&ns, &name),
+        inner,
+    )
+    .await
 }
 
 async fn reconcile_policy(

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::runtime::{
     Guarded, apply_status, edge_changes, everyone_on_recovery, guarded_watch, on_deleted,
-    probe_changes, publish, report_invalid, truncate,
+    probe_changes, publish, reconcile_parsed, truncate,
 };
 use super::{Context, Retries};
 use crate::crd::{
@@ -206,31 +206,27 @@ fn error_policy(trunk: Arc<Guarded<Trunk>>, error: &Error, tctx: Arc<TrunkCtx>) 
     {
         tctx.ctx.api_call_failed();
     }
-    let key = (trunk.namespace().unwrap_or_default(), trunk.name_any());
     tctx.ctx
-        .reconcile_failed(CONTROLLER, &tctx.retries, key, error.category(), error)
+        .reconcile_failed(CONTROLLER, &tctx.retries, &*trunk, error.category(), error)
 }
 
 async fn reconcile(obj: Arc<Guarded<Trunk>>, tctx: Arc<TrunkCtx>) -> Result<Action, Error> {
     let ns = obj.namespace().ok_or(Error::NoNamespace("trunk"))?;
     let name = obj.name_any();
-    let trunk = match &obj.0 {
-        Ok(trunk) => trunk,
-        Err(invalid) => {
-            // Not probed: its endpoints cannot be read.
-            tctx.forget(&ns, &name);
-            return Ok(report_invalid(&tctx.ctx, CONTROLLER, &obj, invalid).await);
-        }
-    };
-    tctx.ctx
-        .reconcile_counted(
-            CONTROLLER,
-            &tctx.retries,
-            &ns,
-            &name,
-            reconcile_trunk(trunk, &tctx, &ns, &name),
-        )
-        .await
+    if obj.0.is_err() {
+        // Not probed: its endpoints cannot be read.
+        tctx.forget(&ns, &name);
+    }
+    let inner = |trunk| reconcile_trunk(trunk, &tctx, &ns, &name);
+    reconcile_parsed(
+        &tctx.ctx,
+        CONTROLLER,
+        &tctx.retries,
+        &obj,
+        (&ns, &name),
+        inner,
+    )
+    .await
 }
 
 async fn reconcile_trunk(
