@@ -43,16 +43,7 @@ impl Harness {
                 "failureThreshold": 1, "successThreshold": 1
             });
         }
-        let trunk: Trunk = serde_json::from_value(json!({
-            "apiVersion": "lifeline.dev/v1alpha1", "kind": "Trunk",
-            "metadata": { "name": name }, "spec": spec,
-        }))
-        .unwrap();
-        self.ns
-            .api::<Trunk>()
-            .create(&PostParams::default(), &trunk)
-            .await
-            .expect("create trunk");
+        self.create_trunk_spec(name, spec).await;
     }
 
     /// Stand-in for the prober: every endpoint of `name` in `state`.

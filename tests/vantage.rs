@@ -256,25 +256,16 @@ impl Operator {
     }
 
     async fn create_trunk(&self, name: &str, uri: &str, vantage: &str) {
-        let trunk: Trunk = serde_json::from_value(json!({
-            "apiVersion": "lifeline.dev/v1alpha1", "kind": "Trunk",
-            "metadata": { "name": name },
-            "spec": {
-                "region": "cologne",
-                "endpoints": [{ "uri": uri }],
-                "probe": {
-                    "periodSeconds": PERIOD_S, "timeoutMillis": TIMEOUT_MS,
-                    "failureThreshold": THRESHOLD, "successThreshold": 1,
-                    "vantage": vantage,
-                },
+        let spec = json!({
+            "region": "cologne",
+            "endpoints": [{ "uri": uri }],
+            "probe": {
+                "periodSeconds": PERIOD_S, "timeoutMillis": TIMEOUT_MS,
+                "failureThreshold": THRESHOLD, "successThreshold": 1,
+                "vantage": vantage,
             },
-        }))
-        .unwrap();
-        self.ns
-            .api::<Trunk>()
-            .create(&PostParams::default(), &trunk)
-            .await
-            .expect("create trunk");
+        });
+        self.create_trunk_spec(name, spec).await;
     }
 
     /// One route: `primary` first, `backup` when the primary is down.
