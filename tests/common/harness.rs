@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, PostParams};
+use kube::api::ListParams;
 use kube::{Api, Client};
 use lifeline::controller::Context;
 use lifeline::crd::Trunk;
@@ -76,16 +76,12 @@ impl Harness {
 
     /// Create the Trunk `name` with `spec` (JSON, as in a manifest) in the namespace.
     pub async fn create_trunk_spec(&self, name: &str, spec: serde_json::Value) -> Trunk {
-        let trunk: Trunk = serde_json::from_value(serde_json::json!({
-            "apiVersion": "lifeline.dev/v1alpha1", "kind": "Trunk",
-            "metadata": { "name": name }, "spec": spec,
-        }))
-        .expect("a valid Trunk");
         self.ns
-            .api::<Trunk>()
-            .create(&PostParams::default(), &trunk)
+            .create_from(serde_json::json!({
+                "apiVersion": "lifeline.dev/v1alpha1", "kind": "Trunk",
+                "metadata": { "name": name }, "spec": spec,
+            }))
             .await
-            .expect("create trunk")
     }
 
     /// `(reason, note)` of every Event about the object `name` in the namespace.

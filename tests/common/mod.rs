@@ -108,6 +108,24 @@ impl TestNamespace {
     {
         Api::namespaced(self.client.clone(), &self.name)
     }
+
+    /// Create the object `manifest` (JSON with apiVersion, kind and metadata, as in a
+    /// YAML file) in this namespace; the object as created.
+    pub async fn create_from<K>(&self, manifest: serde_json::Value) -> K
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::Serialize
+            + serde::de::DeserializeOwned,
+    {
+        let object: K = serde_json::from_value(manifest)
+            .unwrap_or_else(|e| panic!("not a valid {}: {e}", K::kind(&())));
+        self.api::<K>()
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap_or_else(|e| panic!("create {}: {e}", K::kind(&())))
+    }
 }
 
 impl Drop for TestNamespace {
