@@ -16,10 +16,8 @@ replicas over time). The control plane must be up (`make demo` starts it first).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -28,6 +26,12 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from replay_common import (
+    CallRun, argument_parser, bot_status, bots_column, calls_per_phase, calls_so_far, conclude, healthy_trunks,
+    is_dead, is_dest, log, outage_calls, outage_problems, parse_route_log, policy_columns, print_outage_times,
+    print_phases, regions_active, report,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBECONFIG = ROOT / "target/testenv/kubeconfig"
@@ -59,10 +63,6 @@ RECEIVING_POOL = "frankfurt-bots"
 # than Frankfurt's 16 agents take once Cologne is gone.
 INBOUND_RATE, INBOUND_HOLD_MS = 10, 3000
 TIMELINE_PNG = WORK / "timeline.png"
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
@@ -112,15 +112,6 @@ def dispatcher_destinations() -> dict[int, list[str]] | None:
     return sets
 
 
-def is_dest(uri: str, base: str) -> bool:
-    """True when `uri` is `base` with or without URI parameters."""
-    return uri == base or uri.startswith(base + ";")
-
-
-def is_dead(uri: str, dead: list[str]) -> bool:
-    return any(is_dest(uri, d) for d in dead)
-
-
 @dataclass
 class Procs:
     """Every process the demo starts, stopped on exit whatever happens."""
@@ -163,30 +154,6 @@ def sipp_uas(procs: Procs, name: str, ip: str, port: int = 5060) -> None:
     procs.start(name, ["sipp", "-sn", "uas", "-aa", "-i", ip, "-p", str(port), "-nostdin"])
 
 
-@dataclass
-class CallRun:
-    name: str
-    stat_file: Path
-    proc: subprocess.Popen
-
-    def counts(self) -> tuple[int, int]:
-        """(successful, failed) calls so far, from sipp's statistics file."""
-        try:
-            lines = [l for l in self.stat_file.read_text().splitlines() if l.strip()]
-        except OSError:
-            return (0, 0)
-        if len(lines) < 2:
-            return (0, 0)
-        head = lines[0].split(";")
-        last = lines[-1].split(";")
-        try:
-            ok = int(last[head.index("SuccessfulCall(C)")])
-            failed = int(last[head.index("FailedCall(C)")])
-        except (ValueError, IndexError):
-            return (0, 0)
-        return (ok, failed)
-
-
 def start_calls(procs: Procs, name: str, service: str, rate: int, seconds: float, port: int,
                 hold_ms: int = 1000) -> CallRun:
     stat = WORK / f"{name}.csv"
@@ -221,17 +188,11 @@ def wait_calls(run: CallRun, timeout: float) -> tuple[int, int]:
 
 def route_log(since: float) -> list[tuple[float, int, str, bool]]:
     """(time, set, destination, is_retry) of every INVITE Kamailio relayed after `since`."""
-    out = []
-    pat = re.compile(r"lifeline-route ts=([0-9.]+) set=(\d+) dst=(\S+) retry=(\d)")
     try:
         text = (WORK / "logs" / "kamailio.log").read_text(errors="replace")
     except OSError:
-        return out
-    for m in pat.finditer(text):
-        ts = float(m.group(1))
-        if ts >= since:
-            out.append((ts, int(m.group(2)), m.group(3), m.group(4) == "1"))
-    return out
+        return []
+    return parse_route_log(text, since)
 
 
 class Demo:
@@ -312,11 +273,8 @@ class Demo:
         while time.time() < deadline:
             self.sync_bots()
             sets = dispatcher_destinations() or {}
-            trunks = get_json("trunks.lifeline.dev")
-            healthy = sum(1 for t in trunks if (t.get("status") or {}).get("healthyEndpoints", 0) > 0)
-            pols = get_json("fallbackpolicies.lifeline.dev")
-            regions = ((pols[0].get("status") or {}).get("regions", [])) if pols else []
-            active = bool(regions) and all(r.get("state") == "Active" for r in regions)
+            healthy = healthy_trunks(get_json("trunks.lifeline.dev"))
+            active = regions_active(get_json("fallbackpolicies.lifeline.dev"))
             if healthy == len(CARRIERS) and active and len(sets.get(1, [])) > 0 and len(sets.get(2, [])) > 0:
                 break
             time.sleep(0.5)
@@ -377,13 +335,8 @@ class Demo:
             if st.get("measured"):
                 sample["measured"] = st["measured"].get("concurrentCalls", 0)
                 measured = f" | measured {sample['measured']} calls"
-            regions = " ".join(f"{r['name']}={r['state']}/{r.get('effectiveWeight', 0)}" for r in st.get("regions", []))
-            tiers = " ".join(f"{r['name']}:{r.get('activeTier', '-')}" for r in st.get("routes", []))
-        bots = " ".join(
-            f"{b['metadata']['name']}={(b.get('status') or {}).get('readyReplicas', 0)}/"
-            f"{(b.get('status') or {}).get('desiredReplicas', 0)}"
-            for b in bps
-        )
+            regions, tiers = policy_columns(st)
+        bots = bots_column(bps)
         for b in bps:
             st = b.get("status") or {}
             sample["bots"][b["metadata"]["name"]] = {
@@ -391,11 +344,7 @@ class Demo:
                 "demand": st.get("demand", 0), "min": ((b.get("spec") or {}).get("replicas") or {}).get("min", 0),
             }
         self.timeline_samples.append(sample)
-        ok = failed = 0
-        for runs in self.runs.values():
-            for r in runs:
-                s, f = r.counts()
-                ok, failed = ok + s, failed + f
+        ok, failed = calls_so_far(self.runs)
         log(f"[{time.time() - self.t0:6.1f}s] {self.phase:<9} | {regions} | {tiers} | bots {bots}{measured} | calls ok {ok} failed {failed}")
 
     def run(self) -> dict:
@@ -451,35 +400,14 @@ class Demo:
                 break
             time.sleep(1.0)
 
-        per_phase = {}
-        for phase, runs in self.runs.items():
-            ok = failed = 0
-            for r in runs:
-                s, f = wait_calls(r, 30)
-                ok, failed = ok + s, failed + f
-            per_phase[phase] = {"placed": ok + failed, "answered": ok, "failed": failed}
-
-        routed = route_log(t_kill)
-        to_dead_first = [ts for ts, _s, dst, retry in routed if is_dead(dst, dead_uris) and not retry and ts < t_back]
-        last_new_to_dead = (max(to_dead_first) - t_kill) if to_dead_first else 0.0
-        # A call leaves the dead line either per call (Kamailio's failure route retries it
-        # on the next destination) or for good (lifeline's routing no longer lists it).
-        retries = [ts for ts, _s, dst, retry in routed if retry and not is_dead(dst, dead_uris)]
-        firsts = retries[:1] + ([t_switched] if t_switched else [])
-        first_fallback = (min(firsts) - t_kill) if firsts else None
+        per_phase = calls_per_phase(self.runs, wait_calls)
+        calls = outage_calls(route_log(t_kill), dead_uris, t_kill, t_back, t_switched)
 
         pol = (get_json("fallbackpolicies.lifeline.dev") or [{}])[0]
         history = (pol.get("status") or {}).get("history", [])
         failovers = sum(1 for h in history if h.get("from") == "Active")
         failbacks = sum(1 for h in history if h.get("to") == "Active" and h.get("from") != "Active")
-        bots = {
-            b["metadata"]["name"]: {
-                "ready": (b.get("status") or {}).get("readyReplicas", 0),
-                "desired": (b.get("status") or {}).get("desiredReplicas", 0),
-                "demand": (b.get("status") or {}).get("demand", 0),
-            }
-            for b in get_json("botpools.lifeline.dev")
-        }
+        bots = {b["metadata"]["name"]: bot_status(b) for b in get_json("botpools.lifeline.dev")}
         recover_after = ((pol.get("spec") or {}).get("failover") or {}).get("recoverAfterSeconds", 0)
         bot_phases = self.bot_phases(route_log(self.phase_start.get("normal", self.t0)), t_end_phases)
         final = self.timeline_samples[-1]["bots"] if self.timeline_samples else {}
@@ -487,8 +415,8 @@ class Demo:
         summary = {
             "phases": per_phase,
             "outage_to_routing_switch_s": None if t_switched is None else round(t_switched - t_kill, 3),
-            "outage_to_first_fallback_call_s": None if first_fallback is None else round(first_fallback, 3),
-            "last_new_call_to_dead_carrier_s": round(last_new_to_dead, 3),
+            "outage_to_first_fallback_call_s": None if calls.first_fallback is None else round(calls.first_fallback, 3),
+            "last_new_call_to_dead_carrier_s": round(calls.last_new_to_dead, 3),
             "detection_bound_s": DETECTION_BOUND_S,
             "carrier_back_to_routing_s": None if t_returned is None else round(t_returned - t_back, 3),
             "recover_after_seconds": recover_after,
@@ -559,16 +487,9 @@ class Demo:
 
 def print_summary(s: dict) -> list[str]:
     log("\n================ summary ================")
-    log(f"{'phase':<10} {'placed':>7} {'answered':>9} {'failed':>7}")
-    for phase, c in s["phases"].items():
-        log(f"{phase:<10} {c['placed']:>7} {c['answered']:>9} {c['failed']:>7}")
+    print_phases(s)
     log(f"outage -> Kamailio routing without the dead line: {s['outage_to_routing_switch_s']} s")
-    log(f"outage -> first outbound call on a fallback line:  {s['outage_to_first_fallback_call_s']} s")
-    log(f"last new call sent to the dead carrier:           {s['last_new_call_to_dead_carrier_s']} s after the outage"
-        f" (bound {s['detection_bound_s']} s)")
-    log(f"carrier back -> routed again:                     {s['carrier_back_to_routing_s']} s"
-        f" (recoverAfterSeconds {s['recover_after_seconds']})")
-    log(f"failovers {s['failovers']}, failbacks {s['failbacks']}")
+    print_outage_times(s)
     for name, b in s["bot_pools"].items():
         log(f"bot pool {name}: {b['ready']} ready / {b['desired']} desired for {b['demand']} calls")
     log(f"\n{'phase':<10} {'bot pool':<16} {'replicas ready/desired (max)':>29} {'calls carried':>14}")
@@ -580,16 +501,7 @@ def print_summary(s: dict) -> list[str]:
     if s.get("timeline_png"):
         log(f"timeline picture: {s['timeline_png']}")
 
-    problems = []
-    out = s["phases"].get("outage", {})
-    if out.get("placed", 0) == 0:
-        problems.append("no calls were placed during the outage")
-    elif out["failed"] > 0.01 * out["placed"]:
-        problems.append(f"{out['failed']} of {out['placed']} calls failed during the outage (> 1 %)")
-    if s["last_new_call_to_dead_carrier_s"] > s["detection_bound_s"]:
-        problems.append("new calls reached the dead carrier after the detection window")
-    if s["outage_to_routing_switch_s"] is None:
-        problems.append("Kamailio's routing never dropped the dead carrier")
+    problems = outage_problems(s)
     ret = s["carrier_back_to_routing_s"]
     if ret is not None and ret < s["recover_after_seconds"]:
         problems.append(f"the carrier was routed again after {ret} s, before recoverAfterSeconds")
@@ -605,17 +517,11 @@ def print_summary(s: dict) -> list[str]:
         problems.append(f"{pool} did not return to its floor ({floor}) after failback")
     if not s.get("timeline_png"):
         problems.append("the timeline picture was not written")
-    for p in problems:
-        log(f"MISSED: {p}")
-    if not problems:
-        log("all mission criteria met")
-    return problems
+    return report(problems)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="shorter phases (end-to-end test)")
-    ap.add_argument("--json", type=Path, help="write the summary as JSON here")
+    ap = argument_parser(__doc__)
     ap.add_argument("--keep-namespace", action="store_true", help="leave the demo namespace for inspection")
     args = ap.parse_args()
     if not KUBECONFIG.exists():
@@ -624,13 +530,7 @@ def main() -> int:
     demo = Demo(args.quick)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        summary = demo.run()
-        problems = print_summary(summary)
-        summary["problems"] = problems
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(summary, indent=2))
-        return 1 if problems else 0
+        return conclude(demo.run(), print_summary, args.json)
     finally:
         demo.procs.stop_all()
         if not args.keep_namespace:

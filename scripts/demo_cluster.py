@@ -30,7 +30,6 @@ end, also on failure; the plane itself stays up (`make testenv-down` stops it).
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import hashlib
 import json
@@ -45,6 +44,12 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from replay_common import (
+    CallRun, argument_parser, bot_status, bots_column, calls_per_phase, calls_so_far, conclude, healthy_trunks,
+    is_dead, is_dest, log, outage_calls, outage_problems, parse_route_log, policy_columns, print_outage_times,
+    print_phases, regions_active, report,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBECONFIG = ROOT / "target/testenv-real/kubeconfig"
@@ -78,10 +83,6 @@ DEAD = ["cologne-fixed", "agents-cologne"]
 # From examples/carrier-outage: probe period 1 s × failureThreshold 2 + timeout 0.5 s, + 0.5 s.
 DETECTION_BOUND_S = 1 * 2 + 0.5 + 0.5
 ENV = dict(os.environ, KUBECONFIG=str(KUBECONFIG))
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def run(argv: list[str], check: bool = True, input: str | None = None, timeout: float = 180,
@@ -149,15 +150,6 @@ def metric(text: str | None, name: str) -> float | None:
     return None
 
 
-def is_dest(uri: str, base: str) -> bool:
-    """True when `uri` is `base` with or without URI parameters."""
-    return uri == base or uri.startswith(base + ";")
-
-
-def is_dead(uri: str, dead: list[str]) -> bool:
-    return any(is_dest(uri, d) for d in dead)
-
-
 def routing_uris(content: str) -> list[str]:
     return [line.split()[1] for line in content.splitlines() if line.strip() and not line.startswith("#")]
 
@@ -188,27 +180,6 @@ def set_link(ifname: str, up: bool) -> None:
 
 
 # ------------------------------------------------------------------ callers (host sipp)
-@dataclass
-class CallRun:
-    name: str
-    stat_file: Path
-    proc: subprocess.Popen
-
-    def counts(self) -> tuple[int, int]:
-        """(successful, failed) calls so far, from sipp's statistics file."""
-        try:
-            lines = [l for l in self.stat_file.read_text().splitlines() if l.strip()]
-        except OSError:
-            return (0, 0)
-        if len(lines) < 2:
-            return (0, 0)
-        head, last = lines[0].split(";"), lines[-1].split(";")
-        try:
-            return (int(last[head.index("SuccessfulCall(C)")]), int(last[head.index("FailedCall(C)")]))
-        except (ValueError, IndexError):
-            return (0, 0)
-
-
 @dataclass
 class Callers:
     runs: list[CallRun] = field(default_factory=list)
@@ -415,11 +386,8 @@ class Demo:
 
         log("==> waiting for healthy trunks, ready bots, the routing, and the edge Ready")
         def converged():
-            trunks = get_json("trunks.lifeline.dev")
-            healthy = sum(1 for t in trunks if (t.get("status") or {}).get("healthyEndpoints", 0) > 0)
-            pols = get_json("fallbackpolicies.lifeline.dev")
-            regions = ((pols[0].get("status") or {}).get("regions", [])) if pols else []
-            active = bool(regions) and all(r.get("state") == "Active" for r in regions)
+            healthy = healthy_trunks(get_json("trunks.lifeline.dev"))
+            active = regions_active(get_json("fallbackpolicies.lifeline.dev"))
             bots = get_json("botpools.lifeline.dev")
             bots_ready = len(bots) == 2 and all((b.get("status") or {}).get("readyReplicas", 0) >= 1 for b in bots)
             pod = edge_pod()
@@ -470,9 +438,7 @@ class Demo:
         text = kubectl("logs", "-n", NAMESPACE, f"deploy/{EDGE_RELEASE}-lifeline-edge", "-c", "kamailio",
                        "--tail=-1", check=False)
         (WORK / "logs" / "kamailio.log").write_text(text)
-        pat = re.compile(r"lifeline-route ts=([0-9.]+) set=(\d+) dst=(\S+) retry=(\d)")
-        return [(float(m.group(1)), int(m.group(2)), m.group(3), m.group(4) == "1")
-                for m in pat.finditer(text) if float(m.group(1)) >= since]
+        return parse_route_log(text, since)
 
     # -------------------------------------------------------------- phases
     def drive(self, phase: str, seconds: float, port_base: int) -> None:
@@ -487,16 +453,9 @@ class Demo:
         bps = get_json("botpools.lifeline.dev")
         regions = tiers = ""
         if pols:
-            st = pols[0].get("status") or {}
-            regions = " ".join(f"{r['name']}={r['state']}/{r.get('effectiveWeight', 0)}" for r in st.get("regions", []))
-            tiers = " ".join(f"{r['name']}:{r.get('activeTier', '-')}" for r in st.get("routes", []))
-        bots = " ".join(f"{b['metadata']['name']}={(b.get('status') or {}).get('readyReplicas', 0)}/"
-                        f"{(b.get('status') or {}).get('desiredReplicas', 0)}" for b in bps)
-        ok = failed = 0
-        for runs in self.phase_runs.values():
-            for r in runs:
-                s, f = r.counts()
-                ok, failed = ok + s, failed + f
+            regions, tiers = policy_columns(pols[0].get("status") or {})
+        bots = bots_column(bps)
+        ok, failed = calls_so_far(self.phase_runs)
         log(f"[{time.time() - self.t0:6.1f}s] {self.phase:<9} | {regions} | {tiers} | bots {bots} | calls ok {ok} failed {failed}")
 
     def watch_for(self, seconds: float) -> None:
@@ -532,17 +491,8 @@ class Demo:
         self.drive("recovery", recovery, 6021)
         self.watch_for(recovery)
 
-        per_phase = {}
-        for phase, runs in self.phase_runs.items():
-            ok = failed = 0
-            for r in runs:
-                s, f = self.callers.wait(r, 30)
-                ok, failed = ok + s, failed + f
-            per_phase[phase] = {"placed": ok + failed, "answered": ok, "failed": failed}
-
+        per_phase = calls_per_phase(self.phase_runs, self.callers.wait)
         routed = self.route_log(t_kill)
-        to_dead_first = [ts for ts, _s, dst, retry in routed if is_dead(dst, dead_uris) and not retry and ts < t_back]
-        last_new_to_dead = (max(to_dead_first) - t_kill) if to_dead_first else 0.0
 
         # When Kamailio ran a routing without (after the outage) and with (after the
         # return) the dead line: sip-sync's confirmations, matched to the content by hash.
@@ -556,17 +506,13 @@ class Demo:
         t_switched = first_confirmed(t_kill, t_back, lambda uris: not any(is_dead(u, dead_uris) for u in uris))
         t_returned = first_confirmed(t_back, float("inf"),
                                      lambda uris: all(any(is_dest(u, d) for u in uris) for d in dead_uris))
-        retries = [ts for ts, _s, dst, retry in routed if retry and not is_dead(dst, dead_uris)]
-        firsts = retries[:1] + ([t_switched] if t_switched else [])
-        first_fallback = (min(firsts) - t_kill) if firsts else None
+        calls = outage_calls(routed, dead_uris, t_kill, t_back, t_switched)
 
         pol = (get_json("fallbackpolicies.lifeline.dev") or [{}])[0]
         history = (pol.get("status") or {}).get("history", [])
         bots = {
             b["metadata"]["name"]: {
-                "ready": (b.get("status") or {}).get("readyReplicas", 0),
-                "desired": (b.get("status") or {}).get("desiredReplicas", 0),
-                "demand": (b.get("status") or {}).get("demand", 0),
+                **bot_status(b),
                 "pods": len([p for p in get_json("pods", NAMESPACE, "-l", f"lifeline.dev/botpool={b['metadata']['name']}")
                              if ready(p)]),
             }
@@ -576,9 +522,9 @@ class Demo:
         return {
             "phases": per_phase,
             "outage_to_routing_switch_s": None if t_switched is None else round(t_switched - t_kill, 3),
-            "outage_to_first_fallback_call_s": None if first_fallback is None else round(first_fallback, 3),
-            "last_new_call_to_dead_carrier_s": round(last_new_to_dead, 3),
-            "calls_to_dead_carrier_after_outage": len(to_dead_first),
+            "outage_to_first_fallback_call_s": None if calls.first_fallback is None else round(calls.first_fallback, 3),
+            "last_new_call_to_dead_carrier_s": round(calls.last_new_to_dead, 3),
+            "calls_to_dead_carrier_after_outage": len(calls.to_dead_first),
             "detection_bound_s": DETECTION_BOUND_S,
             "carrier_back_to_routing_s": None if t_returned is None else round(t_returned - t_back, 3),
             "recover_after_seconds": recover_after,
@@ -608,9 +554,7 @@ class Demo:
 
 def print_summary(s: dict) -> list[str]:
     log("\n================ summary (pods on the real node) ================")
-    log(f"{'phase':<10} {'placed':>7} {'answered':>9} {'failed':>7}")
-    for phase, c in s["phases"].items():
-        log(f"{phase:<10} {c['placed']:>7} {c['answered']:>9} {c['failed']:>7}")
+    print_phases(s)
     e = s["edge"]
     log(f"edge pod before any routing: Ready {e['ready_without_routing']}, "
         f"Kamailio started {e['kamailio_started_without_routing']}")
@@ -618,26 +562,12 @@ def print_summary(s: dict) -> list[str]:
         f"-> edge pod Ready: {e['routing_created_to_ready_s']:.0f} s (whole seconds); "
         f"Ready after the confirmation: {e['ready_after_confirmation']}")
     log(f"outage -> sip-sync confirmed routing without it:  {s['outage_to_routing_switch_s']} s")
-    log(f"outage -> first outbound call on a fallback line:  {s['outage_to_first_fallback_call_s']} s")
-    log(f"last new call sent to the dead carrier:           {s['last_new_call_to_dead_carrier_s']} s after the outage"
-        f" (bound {s['detection_bound_s']} s)")
-    log(f"carrier back -> routed again:                     {s['carrier_back_to_routing_s']} s"
-        f" (recoverAfterSeconds {s['recover_after_seconds']})")
-    log(f"failovers {s['failovers']}, failbacks {s['failbacks']}")
+    print_outage_times(s)
     for name, b in s["bot_pools"].items():
         log(f"bot pool {name}: {b['ready']} ready / {b['desired']} desired for {b['demand']} calls "
             f"({b['pods']} bot pods Ready)")
 
-    problems = []
-    out = s["phases"].get("outage", {})
-    if out.get("placed", 0) == 0:
-        problems.append("no calls were placed during the outage")
-    elif out["failed"] > 0.01 * out["placed"]:
-        problems.append(f"{out['failed']} of {out['placed']} calls failed during the outage (> 1 %)")
-    if s["last_new_call_to_dead_carrier_s"] > s["detection_bound_s"]:
-        problems.append("new calls reached the dead carrier after the detection window")
-    if s["outage_to_routing_switch_s"] is None:
-        problems.append("Kamailio's routing never dropped the dead carrier")
+    problems = outage_problems(s)
     ret = s["carrier_back_to_routing_s"]
     if ret is None:
         problems.append("the carrier was never routed again after it came back")
@@ -647,30 +577,18 @@ def print_summary(s: dict) -> list[str]:
         problems.append("the edge pod started or became Ready without a routing")
     if not e["ready_after_confirmation"]:
         problems.append("the edge pod became Ready before sip-sync confirmed the routing")
-    for p in problems:
-        log(f"MISSED: {p}")
-    if not problems:
-        log("all mission criteria met")
-    return problems
+    return report(problems)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="shorter phases (end-to-end test)")
-    ap.add_argument("--json", type=Path, help="write the summary as JSON here")
+    ap = argument_parser(__doc__)
     ap.add_argument("--keep", action="store_true", help="leave the releases and namespaces for inspection")
     args = ap.parse_args()
     demo = Demo(args.quick)
     demo.preflight()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        summary = demo.run()
-        problems = print_summary(summary)
-        summary["problems"] = problems
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(summary, indent=2))
-        return 1 if problems else 0
+        return conclude(demo.run(), print_summary, args.json)
     finally:
         demo.teardown(args.keep)
         log(f"removed everything the replay created (logs in {WORK.relative_to(ROOT)}/logs/)")

@@ -153,13 +153,15 @@ fn fixed_then_mobile(
     (spec, observed)
 }
 
-#[test]
-fn calls_beyond_max_concurrent_calls_overflow_to_the_next_tier_and_the_report_follows() {
-    const EDGE: &str = "127.0.91.1";
-    const AGENTS: &str = "127.0.91.21";
-    const BOTS: &str = "127.0.91.22";
-    let dir = TempDir::new("lifeline-capacity");
-    let agents_uri = format!("sip:{AGENTS}:5060");
+/// One region, one inbound route: the agents at `agents_ip` (port 5060, at most 4
+/// calls at once, Up) first, then the bot pool `bots-x` at `bots_ip` taking
+/// `calls_per_bot` calls per replica.
+fn agents_then_bots(
+    agents_ip: &str,
+    bots_ip: &str,
+    calls_per_bot: u32,
+) -> (lifeline::crd::FallbackPolicySpec, lifeline::plan::Observed) {
+    let agents_uri = format!("sip:{agents_ip}:5060");
     let mut agents = uri(&agents_uri, "x");
     agents.max_concurrent_calls = Some(4);
     let spec = policy()
@@ -170,9 +172,19 @@ fn calls_beyond_max_concurrent_calls_overflow_to_the_next_tier_and_the_report_fo
         })
         .build();
     let observed = world()
-        .bot_pool("bots-x", "x", 20, [BOTS])
+        .bot_pool("bots-x", "x", calls_per_bot, [bots_ip])
         .uri_state(&agents_uri, EndpointState::Up)
         .observed();
+    (spec, observed)
+}
+
+#[test]
+fn calls_beyond_max_concurrent_calls_overflow_to_the_next_tier_and_the_report_follows() {
+    const EDGE: &str = "127.0.91.1";
+    const AGENTS: &str = "127.0.91.21";
+    const BOTS: &str = "127.0.91.22";
+    let dir = TempDir::new("lifeline-capacity");
+    let (spec, observed) = agents_then_bots(AGENTS, BOTS, 20);
     let list = render(&dir.0, &spec, &observed);
     let text = std::fs::read_to_string(&list).unwrap();
     assert!(
@@ -408,20 +420,7 @@ async fn a_sipp_ramp_shows_up_in_the_sip_edge_report() {
     let ns = common::TestNamespace::create(client.clone(), "capacity-report", &[]).await;
     let dir = TempDir::new("lifeline-capacity-report");
 
-    let agents_uri = format!("sip:{AGENTS}:5060");
-    let mut agents = uri(&agents_uri, "x");
-    agents.max_concurrent_calls = Some(4);
-    let spec = policy()
-        .region("x", 1)
-        .expected_calls(4)
-        .route("inbound", 1, |r| {
-            r.tier("agents", [agents]).tier("bots", [bots("bots-x")])
-        })
-        .build();
-    let observed = world()
-        .bot_pool("bots-x", "x", 40, [BOTS])
-        .uri_state(&agents_uri, EndpointState::Up)
-        .observed();
+    let (spec, observed) = agents_then_bots(AGENTS, BOTS, 40);
     let list = render(&dir.0, &spec, &observed);
     let text = std::fs::read_to_string(&list).unwrap();
     let configmaps: Api<ConfigMap> = ns.api();

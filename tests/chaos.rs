@@ -225,7 +225,7 @@ impl Workload {
                 .iter()
                 .map(|ip| json!({ "uri": format!("sip:{ip}:5060") }))
                 .collect();
-            w.create::<Trunk>(json!({
+            w.ns.create_from::<Trunk>(json!({
                 "apiVersion": "lifeline.dev/v1alpha1", "kind": "Trunk",
                 "metadata": { "name": name },
                 "spec": { "region": region, "medium": medium, "endpoints": endpoints,
@@ -234,7 +234,7 @@ impl Workload {
             .await;
         }
         for (name, region) in [("bots-cgn", "cologne"), ("bots-ber", "berlin")] {
-            w.create::<BotPool>(json!({
+            w.ns.create_from::<BotPool>(json!({
                 "apiVersion": "lifeline.dev/v1alpha1", "kind": "BotPool",
                 "metadata": { "name": name },
                 "spec": { "region": region, "image": "registry.example.net/voice-bot:1.0",
@@ -243,7 +243,7 @@ impl Workload {
             }))
             .await;
         }
-        w.create::<FallbackPolicy>(json!({
+        w.ns.create_from::<FallbackPolicy>(json!({
             "apiVersion": "lifeline.dev/v1alpha1", "kind": "FallbackPolicy",
             "metadata": { "name": "main" },
             "spec": {
@@ -262,22 +262,6 @@ impl Workload {
         }))
         .await;
         w
-    }
-
-    async fn create<K>(&self, value: serde_json::Value)
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + serde::Serialize
-            + std::fmt::Debug,
-    {
-        let obj: K = serde_json::from_value(value).unwrap();
-        self.ns
-            .api::<K>()
-            .create(&PostParams::default(), &obj)
-            .await
-            .expect("create workload object");
     }
 
     /// Endpoint states by URI, over every Trunk (missing status counts as Unknown).

@@ -15,7 +15,10 @@
 
 mod common;
 
-use common::tools::{helm, run, run_ok, tool};
+use common::tools::{
+    assert_chart_lints, chart, chart_template, chart_template_ok, helm, run, run_ok,
+    server_dry_run, service_account_kubeconfig, tool, yaml_documents,
+};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -50,30 +53,9 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn chart() -> PathBuf {
-    root().join("charts/lifeline")
-}
-
+/// `helm template` of the chart in `lifeline-system` with `extra` arguments.
 fn helm_template(extra: &[&str]) -> String {
-    let chart = chart();
-    let mut args = vec![
-        "template",
-        "lifeline",
-        chart.to_str().expect("utf-8 path"),
-        "--namespace",
-        "lifeline-system",
-    ];
-    args.extend_from_slice(extra);
-    run_ok(&helm(), &args)
-}
-
-/// The documents of a YAML stream, without empty ones.
-fn documents(yaml: &str) -> Vec<Value> {
-    use serde::Deserialize;
-    serde_norway::Deserializer::from_str(yaml)
-        .map(|d| Value::deserialize(d).expect("valid YAML"))
-        .filter(|v| !v.is_null())
-        .collect()
+    chart_template_ok("lifeline-system", extra)
 }
 
 fn kind(doc: &Value) -> &str {
@@ -82,8 +64,6 @@ fn kind(doc: &Value) -> &str {
 
 #[test]
 fn helm_lint_passes() {
-    let chart = chart();
-    let chart = chart.to_str().expect("utf-8 path");
     for values in [
         vec![],
         vec![
@@ -95,16 +75,12 @@ fn helm_lint_passes() {
             "replicas=1,crds.install=false,image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
         ],
     ] {
-        let mut args = vec!["lint", "--strict", chart];
-        args.extend(values.iter().copied());
-        let out = run_ok(&helm(), &args);
-        assert!(out.contains("0 chart(s) failed"), "{out}");
+        assert_chart_lints(&values);
     }
 }
 
 #[test]
 fn values_schema_rejects_bad_values() {
-    let chart = chart();
     for (set, complaint) in [
         ("replicas=0", "replicas"),
         ("image.pullPolicy=Sometimes", "pullPolicy"),
@@ -114,16 +90,7 @@ fn values_schema_rejects_bad_values() {
         ("watchNamespace=Not_A_Namespace", "watchNamespace"),
         ("networkPolicy.sipProbe.ports={70000}", "ports"),
     ] {
-        let out = run(
-            &helm(),
-            &[
-                "template",
-                "x",
-                chart.to_str().expect("utf-8 path"),
-                "--set",
-                set,
-            ],
-        );
+        let out = chart_template("lifeline-system", &["--set", set]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "--set {set} was accepted");
         assert!(
@@ -146,8 +113,8 @@ fn chart_crds_are_the_generated_crds_and_kept() {
     );
 
     let generated = lifeline::crd::crds_yaml().expect("CRDs serialize");
-    let mut want = documents(&generated);
-    let mut got: Vec<Value> = documents(&helm_template(&[]))
+    let mut want = yaml_documents(&generated);
+    let mut got: Vec<Value> = yaml_documents(&helm_template(&[]))
         .into_iter()
         .filter(|d| kind(d) == "CustomResourceDefinition")
         .collect();
@@ -179,7 +146,7 @@ fn chart_crds_are_the_generated_crds_and_kept() {
         "--set-string",
         "crds.annotations.argocd\\.argoproj\\.io/sync-wave=-1",
     ]);
-    let waves = documents(&extra)
+    let waves = yaml_documents(&extra)
         .into_iter()
         .filter(|d| kind(d) == "CustomResourceDefinition")
         .filter(|d| {
@@ -194,7 +161,7 @@ fn chart_crds_are_the_generated_crds_and_kept() {
 
     let none = helm_template(&["--set", "crds.install=false"]);
     assert!(
-        documents(&none)
+        yaml_documents(&none)
             .iter()
             .all(|d| kind(d) != "CustomResourceDefinition"),
         "crds.install=false renders no CRD"
@@ -259,7 +226,7 @@ fn rbac_is_least_privilege() {
         (vec![], true),
         (vec!["--set", "watchNamespace=calls"], false),
     ] {
-        let docs = documents(&helm_template(&values));
+        let docs = yaml_documents(&helm_template(&values));
         let mut writable = Vec::new();
         for doc in docs
             .iter()
@@ -436,44 +403,6 @@ impl Drop for Operator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A kubeconfig that authenticates as the chart's ServiceAccount (token from
-/// `kubectl create token`), with the testenv's server and CA.
-fn service_account_kubeconfig(namespace: &str, sa: &str, dir: &Path) -> PathBuf {
-    let kubectl = Path::new("kubectl");
-    let token = run_ok(
-        kubectl,
-        &[
-            "create",
-            "token",
-            sa,
-            "--namespace",
-            namespace,
-            "--duration",
-            "1h",
-        ],
-    );
-    let admin: Value = serde_norway::from_str(
-        &std::fs::read_to_string(common::kubeconfig_path()).expect("admin kubeconfig"),
-    )
-    .expect("kubeconfig YAML");
-    let cluster = &admin["clusters"][0]["cluster"];
-    let config = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "testenv", "cluster": {
-            "server": cluster["server"].as_str().expect("server"),
-            "certificate-authority-data": cluster["certificate-authority-data"].as_str().expect("CA"),
-        }}],
-        "users": [{"name": sa, "user": {"token": token.trim()}}],
-        "contexts": [{"name": sa, "context": {"cluster": "testenv", "user": sa, "namespace": namespace}}],
-        "current-context": sa,
-    });
-    let path = dir.join(format!("{namespace}-{sa}.kubeconfig"));
-    std::fs::write(&path, serde_norway::to_string(&config).expect("YAML"))
-        .expect("write kubeconfig");
-    path
 }
 
 /// `kubectl auth can-i` as the identity in `kubeconfig`; `resource` may name a
@@ -1052,7 +981,7 @@ async fn rendered_crds_pass_the_api_server() {
         return;
     };
     common::install_crds(&client).await;
-    let crds: Vec<Value> = documents(&helm_template(&["--show-only", "templates/crds.yaml"]));
+    let crds: Vec<Value> = yaml_documents(&helm_template(&["--show-only", "templates/crds.yaml"]));
     assert_eq!(crds.len(), lifeline::crd::all_crds().len());
     let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("chart-crds-{}.yaml", rand::random::<u32>()));
@@ -1153,16 +1082,10 @@ async fn optional_objects_pass_the_api_server() {
         return;
     };
     let ns = TestNamespace::create(client.clone(), "helm-dryrun", &[]).await;
-    let chart = chart();
     let watch = format!("watchNamespace={}", ns.name);
-    let rendered = run_ok(
-        &helm(),
+    let rendered = chart_template_ok(
+        &ns.name,
         &[
-            "template",
-            "lifeline",
-            chart.to_str().expect("utf-8 path"),
-            "--namespace",
-            &ns.name,
             "--set",
             "crds.install=false,networkPolicy.enabled=true",
             "--set",
@@ -1171,18 +1094,7 @@ async fn optional_objects_pass_the_api_server() {
             "networkPolicy.apiServer.cidrs={10.0.0.1/32},networkPolicy.sipProbe.cidrs={192.0.2.0/24}",
         ],
     );
-    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.yaml", ns.name));
-    std::fs::write(&file, &rendered).expect("write manifests");
-    let out = run_ok(
-        Path::new("kubectl"),
-        &[
-            "apply",
-            "--dry-run=server",
-            "-f",
-            file.to_str().expect("utf-8 path"),
-        ],
-    );
-    let _ = std::fs::remove_file(&file);
+    let out = server_dry_run(&ns.name, &rendered);
     for object in [
         "networkpolicy.networking.k8s.io/lifeline",
         "role.rbac.authorization.k8s.io/lifeline",

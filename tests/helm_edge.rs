@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::tools::{helm, run, run_ok};
+use common::tools::{helm, run, run_ok, service_account_kubeconfig};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -266,44 +266,6 @@ impl Drop for Release {
     }
 }
 
-/// A kubeconfig that authenticates as `sa` with a token from `kubectl create token`.
-fn service_account_kubeconfig(namespace: &str, sa: &str, dir: &Path) -> PathBuf {
-    let out = Command::new("kubectl")
-        .args([
-            "create",
-            "token",
-            sa,
-            "--namespace",
-            namespace,
-            "--duration",
-            "1h",
-        ])
-        .env("KUBECONFIG", common::kubeconfig_path())
-        .output()
-        .expect("kubectl create token");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap();
-    let admin: Value =
-        serde_norway::from_str(&std::fs::read_to_string(common::kubeconfig_path()).unwrap())
-            .unwrap();
-    let cluster = &admin["clusters"][0]["cluster"];
-    let config = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "testenv", "cluster": {
-            "server": cluster["server"], "certificate-authority-data": cluster["certificate-authority-data"]}}],
-        "users": [{"name": sa, "user": {"token": token.trim()}}],
-        "contexts": [{"name": sa, "context": {"cluster": "testenv", "user": sa, "namespace": namespace}}],
-        "current-context": sa,
-    });
-    let path = dir.join(format!("{sa}.kubeconfig"));
-    std::fs::write(&path, serde_norway::to_string(&config).unwrap()).unwrap();
-    path
-}
-
 /// `kubectl auth can-i VERB TARGET` as the identity in `kubeconfig` (TARGET may be
 /// `resource/name`, followed by flags such as `--subresource=status`).
 fn can_i(kubeconfig: &Path, namespace: &str, verb: &str, target: &str) -> bool {
@@ -471,13 +433,7 @@ async fn sip_sync_account_reads_only_its_configmap() {
         log()
     );
     let cm = cms.get("sip-routing").await.unwrap();
-    let managers: Vec<String> = cm
-        .metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter_map(|m| m.manager.clone())
-        .collect();
+    let managers = common::field_managers(&cm.metadata);
     assert!(
         !managers.iter().any(|m| m == "lifeline.dev/sip-sync"),
         "sip-sync wrote the ConfigMap: {managers:?}"

@@ -172,6 +172,17 @@ fn count(received: &Received, path: &str, action: &str) -> usize {
         .count()
 }
 
+/// Wait until every receiver (json, slack, pagerduty) got exactly one `action`.
+async fn wait_every_receiver(received: &Received, action: &str, within: Duration) {
+    eventually(within, &format!("a {action} at every receiver"), || async {
+        (["json", "slack", "pagerduty"]
+            .iter()
+            .all(|p| count(received, p, action) == 1))
+        .then_some(())
+    })
+    .await;
+}
+
 /// Checks the documented payload shapes of a RegionDown trigger for region `a`.
 fn assert_trigger_payloads(received: &Received, ns: &str) {
     let all = received.lock().unwrap().clone();
@@ -244,17 +255,7 @@ async fn a_failover_gives_each_receiver_one_trigger_and_one_resolve() {
     carrier_a.kill();
     let died = Instant::now();
     wait_region(&ns, "a", RegionState::Failed, Duration::from_secs(15)).await;
-    eventually(
-        Duration::from_secs(15),
-        "a trigger at every receiver",
-        || async {
-            (["json", "slack", "pagerduty"]
-                .iter()
-                .all(|p| count(&received, p, "firing") == 1))
-            .then_some(())
-        },
-    )
-    .await;
+    wait_every_receiver(&received, "firing", Duration::from_secs(15)).await;
     eprintln!(
         "carrier died → every receiver triggered after {:?}",
         died.elapsed()
@@ -263,17 +264,7 @@ async fn a_failover_gives_each_receiver_one_trigger_and_one_resolve() {
 
     let _carrier_a = sipp_options(200, ip_a, 5060, "u1");
     wait_region(&ns, "a", RegionState::Active, Duration::from_secs(30)).await;
-    eventually(
-        Duration::from_secs(15),
-        "a resolve at every receiver",
-        || async {
-            (["json", "slack", "pagerduty"]
-                .iter()
-                .all(|p| count(&received, p, "resolved") == 1))
-            .then_some(())
-        },
-    )
-    .await;
+    wait_every_receiver(&received, "resolved", Duration::from_secs(15)).await;
     // Quiet again: no repeats.
     tokio::time::sleep(Duration::from_secs(3)).await;
     for path in ["json", "slack", "pagerduty"] {

@@ -43,16 +43,7 @@ impl Harness {
                 "failureThreshold": 1, "successThreshold": 1
             });
         }
-        let trunk: Trunk = serde_json::from_value(json!({
-            "apiVersion": "lifeline.dev/v1alpha1", "kind": "Trunk",
-            "metadata": { "name": name }, "spec": spec,
-        }))
-        .unwrap();
-        self.ns
-            .api::<Trunk>()
-            .create(&PostParams::default(), &trunk)
-            .await
-            .expect("create trunk");
+        self.create_trunk_spec(name, spec).await;
     }
 
     /// Stand-in for the prober: every endpoint of `name` in `state`.
@@ -70,17 +61,14 @@ impl Harness {
     }
 
     async fn create_bot_pool(&self, name: &str, region: &str) {
-        let pool: BotPool = serde_json::from_value(json!({
-            "apiVersion": "lifeline.dev/v1alpha1", "kind": "BotPool",
-            "metadata": { "name": name },
-            "spec": { "region": region, "image": "example.org/bot:1", "callsPerReplica": 10 },
-        }))
-        .unwrap();
-        self.ns
-            .api::<BotPool>()
-            .create(&PostParams::default(), &pool)
-            .await
-            .expect("create botpool");
+        let _: BotPool = self
+            .ns
+            .create_from(json!({
+                "apiVersion": "lifeline.dev/v1alpha1", "kind": "BotPool",
+                "metadata": { "name": name },
+                "spec": { "region": region, "image": "example.org/bot:1", "callsPerReplica": 10 },
+            }))
+            .await;
     }
 
     async fn set_bots(&self, name: &str, ready: u32, desired: u32, ips: &[&str]) {
@@ -97,16 +85,13 @@ impl Harness {
     }
 
     async fn create_policy(&self, spec: serde_json::Value) {
-        let p: FallbackPolicy = serde_json::from_value(json!({
-            "apiVersion": "lifeline.dev/v1alpha1", "kind": "FallbackPolicy",
-            "metadata": { "name": "main" }, "spec": spec,
-        }))
-        .unwrap();
-        self.ns
-            .api::<FallbackPolicy>()
-            .create(&PostParams::default(), &p)
-            .await
-            .expect("create policy");
+        let _: FallbackPolicy = self
+            .ns
+            .create_from(json!({
+                "apiVersion": "lifeline.dev/v1alpha1", "kind": "FallbackPolicy",
+                "metadata": { "name": "main" }, "spec": spec,
+            }))
+            .await;
     }
 
     /// Wait until the routing ConfigMap satisfies `ok`; return its text.

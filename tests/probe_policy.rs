@@ -27,6 +27,24 @@ use lifeline::telemetry::Metrics;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+/// The Trunk controller in `ns` with the probe policy of `args`, until the returned
+/// guard drops.
+fn start_trunk_controller(
+    client: &kube::Client,
+    ns: &common::TestNamespace,
+    args: ProbeArgs,
+) -> tokio_util::sync::DropGuard {
+    let ctx = lifeline::controller::Context::with_probe_config(
+        client.clone(),
+        Arc::new(Metrics::new()),
+        Some(ns.name.clone()),
+        args.config().unwrap(),
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn(lifeline::controller::trunk::run(ctx, stop.clone()));
+    stop.drop_guard()
+}
+
 fn trunk(name: &str, uris: &[&str]) -> Trunk {
     let endpoints: Vec<_> = uris.iter().map(|u| json!({ "uri": u })).collect();
     serde_json::from_value(json!({
@@ -59,15 +77,7 @@ async fn denied_destination_is_refused_with_a_condition_and_gets_no_packet() {
         allow: vec!["127.0.75.128/25".into()],
         ..ProbeArgs::default()
     };
-    let ctx = lifeline::controller::Context::with_probe_config(
-        client.clone(),
-        Arc::new(Metrics::new()),
-        Some(ns.name.clone()),
-        args.config().unwrap(),
-    );
-    let stop = CancellationToken::new();
-    let _stop_guard = stop.clone().drop_guard();
-    tokio::spawn(lifeline::controller::trunk::run(ctx, stop.clone()));
+    let controller = start_trunk_controller(&client, &ns, args);
 
     let api = ns.api::<Trunk>();
     api.create(
@@ -146,7 +156,7 @@ async fn denied_destination_is_refused_with_a_condition_and_gets_no_packet() {
         tcp.accept().is_err(),
         "a connection reached the denied listener"
     );
-    stop.cancel();
+    drop(controller);
 }
 
 #[tokio::test]
@@ -162,15 +172,7 @@ async fn namespace_endpoint_quota_refuses_then_readmits() {
         max_endpoints_per_namespace: Some(2),
         ..ProbeArgs::default()
     };
-    let ctx = lifeline::controller::Context::with_probe_config(
-        client.clone(),
-        Arc::new(Metrics::new()),
-        Some(ns.name.clone()),
-        args.config().unwrap(),
-    );
-    let stop = CancellationToken::new();
-    let _stop_guard = stop.clone().drop_guard();
-    tokio::spawn(lifeline::controller::trunk::run(ctx, stop.clone()));
+    let controller = start_trunk_controller(&client, &ns, args);
     let api = ns.api::<Trunk>();
     api.create(
         &PostParams::default(),
@@ -224,7 +226,7 @@ async fn namespace_endpoint_quota_refuses_then_readmits() {
         (c.status.as_str(), c.reason.as_str()),
         ("False", "WithinQuota")
     );
-    stop.cancel();
+    drop(controller);
 }
 
 /// 10,000 silent endpoints in one namespace (at the default 5 s period: 2,000 probes/s,

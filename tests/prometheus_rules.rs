@@ -17,11 +17,13 @@
 
 mod common;
 
-use common::tools::{helm, run_in as run, run_ok_in as run_ok};
+use common::tools::{
+    assert_chart_lints, chart_template, chart_template_ok, run_in as run, run_ok_in as run_ok,
+    server_dry_run, yaml_documents,
+};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_norway::Value;
 
@@ -33,23 +35,11 @@ fn root() -> PathBuf {
 
 /// `helm template` of the chart with `--set` values; the documents, without empty ones.
 fn render(set: &[&str]) -> Vec<Value> {
-    use serde::Deserialize;
-    let chart = root().join("charts/lifeline");
-    let mut args = vec![
-        "template",
-        "lifeline",
-        chart.to_str().expect("utf-8 path"),
-        "--namespace",
-        "lifeline-system",
-    ];
+    let mut args = vec![];
     for s in set {
         args.extend(["--set", s]);
     }
-    let yaml = run_ok(&helm(), &args, None);
-    serde_norway::Deserializer::from_str(&yaml)
-        .map(|d| Value::deserialize(d).expect("valid YAML"))
-        .filter(|v| !v.is_null())
-        .collect()
+    yaml_documents(&chart_template_ok("lifeline-system", &args))
 }
 
 fn one_of_kind(docs: &[Value], kind: &str) -> Option<Value> {
@@ -280,17 +270,9 @@ fn values_shape_the_alerts() {
         }
     }
     // A misspelt alert name is refused by the schema, with the field named.
-    let chart = root().join("charts/lifeline");
-    let out = run(
-        &helm(),
-        &[
-            "template",
-            "lifeline",
-            chart.to_str().expect("utf-8"),
-            "--set",
-            "prometheusRule.disabled={LifelineFlaping}",
-        ],
-        None,
+    let out = chart_template(
+        "lifeline-system",
+        &["--set", "prometheusRule.disabled={LifelineFlaping}"],
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -387,23 +369,11 @@ fn dashboard_configmap_for_the_grafana_sidecar() {
 
 #[test]
 fn helm_lint_with_monitoring_enabled() {
-    let chart = root().join("charts/lifeline");
     for set in [
         "prometheusRule.enabled=true,grafanaDashboard.enabled=true,serviceMonitor.enabled=true",
         "prometheusRule.enabled=true,objectMetrics.enabled=false",
     ] {
-        let out = run_ok(
-            &helm(),
-            &[
-                "lint",
-                "--strict",
-                chart.to_str().expect("utf-8"),
-                "--set",
-                set,
-            ],
-            None,
-        );
-        assert!(out.contains("0 chart(s) failed"), "{out}");
+        assert_chart_lints(&["--set", set]);
     }
     // The ServiceMonitor keeps the gauges' own `namespace` label.
     let docs = render(&["serviceMonitor.enabled=true"]);
@@ -422,15 +392,9 @@ async fn dashboard_configmap_passes_the_api_server() {
         return;
     };
     let ns = common::TestNamespace::create(client, "dashboard-dryrun", &[]).await;
-    let chart = root().join("charts/lifeline");
-    let rendered = run_ok(
-        &helm(),
+    let rendered = chart_template_ok(
+        &ns.name,
         &[
-            "template",
-            "lifeline",
-            chart.to_str().expect("utf-8"),
-            "--namespace",
-            &ns.name,
             "--set",
             "grafanaDashboard.enabled=true",
             "--set-string",
@@ -438,23 +402,11 @@ async fn dashboard_configmap_passes_the_api_server() {
             "--show-only",
             "templates/grafana-dashboard.yaml",
         ],
-        None,
     );
-    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.yaml", ns.name));
-    std::fs::write(&file, &rendered).expect("write manifest");
-    let out = Command::new("kubectl")
-        .args(["apply", "--dry-run=server", "-f"])
-        .arg(&file)
-        .env("KUBECONFIG", common::kubeconfig_path())
-        .output()
-        .expect("run kubectl");
-    let _ = std::fs::remove_file(&file);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = server_dry_run(&ns.name, &rendered);
     assert!(
-        out.status.success()
-            && stdout.contains("configmap/lifeline-dashboard created (server dry run)"),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        stdout.contains("configmap/lifeline-dashboard created (server dry run)"),
+        "{stdout}"
     );
 }
 

@@ -34,6 +34,7 @@ use serde_json::json;
 
 use common::eventually;
 use common::real_plane::RealPlane;
+use common::tools::run_command;
 
 const RELEASE_NS: &str = "lifeline-system";
 const RELEASE: &str = "lifeline";
@@ -64,27 +65,12 @@ fn helm_bin() -> PathBuf {
     root().join("target/tools/bin/helm")
 }
 
-/// Run a command to completion; panic with its output when it fails.
-fn run(cmd: &mut Command) -> String {
-    let shown = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
-    if !out.status.success() {
-        panic!(
-            "{shown} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn helm(args: &[&str]) -> String {
-    run(Command::new(helm_bin())
-        .args(args)
-        .env("KUBECONFIG", real_kubeconfig()))
+    run_command(
+        Command::new(helm_bin())
+            .args(args)
+            .env("KUBECONFIG", real_kubeconfig()),
+    )
 }
 
 async fn client() -> Client {
@@ -101,7 +87,7 @@ fn prerequisites() -> Option<()> {
         eprintln!("LIFELINE_SKIP_CLUSTER_TESTS=1: skipping the real-node test");
         return None;
     }
-    let is_root = run(Command::new("id").arg("-u")).trim() == "0";
+    let is_root = run_command(Command::new("id").arg("-u")).trim() == "0";
     assert!(
         is_root,
         "the real-node test needs root (network namespaces, mounts, cgroups)"
@@ -323,10 +309,12 @@ fn edge_manifest(ns: &str) -> String {
 }
 
 fn kubectl_apply(ns: &str, path: &Path) {
-    run(Command::new("kubectl")
-        .env("KUBECONFIG", real_kubeconfig())
-        .args(["apply", "-n", ns, "-f"])
-        .arg(path));
+    run_command(
+        Command::new("kubectl")
+            .env("KUBECONFIG", real_kubeconfig())
+            .args(["apply", "-n", ns, "-f"])
+            .arg(path),
+    );
 }
 
 /// Samples of "is there a live leader" while something happens; returns the longest
@@ -400,9 +388,11 @@ async fn helm_installed_operator_runs_on_a_real_node() {
     let v = version();
 
     // The release is what users download: check its checksums first.
-    run(Command::new("sha256sum")
-        .current_dir(artifacts())
-        .args(["-c", "SHA256SUMS"]));
+    run_command(
+        Command::new("sha256sum")
+            .current_dir(artifacts())
+            .args(["-c", "SHA256SUMS"]),
+    );
 
     let plane = RealPlane::up();
     let client = client().await;
@@ -536,13 +526,7 @@ async fn helm_installed_operator_runs_on_a_real_node() {
         "examples/minimal -> ConfigMap sip-routing in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let managers: Vec<String> = routing
-        .metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter_map(|m| m.manager.clone())
-        .collect();
+    let managers = common::field_managers(&routing.metadata);
     assert!(
         managers.iter().any(|m| m == "lifeline.dev/operator"),
         "written by the operator's field manager: {managers:?}"

@@ -35,27 +35,17 @@ async fn start(prefix: &str) -> Option<Harness> {
 /// What the tests here read and write through the harness.
 impl Harness {
     async fn create_trunk(&self, name: &str, uris: &[&str]) -> Instant {
-        let trunk: Trunk = serde_json::from_value(json!({
-            "apiVersion": "lifeline.dev/v1alpha1",
-            "kind": "Trunk",
-            "metadata": { "name": name },
-            "spec": {
-                "region": "cologne",
-                "endpoints": uris.iter().map(|u| json!({ "uri": u })).collect::<Vec<_>>(),
-                "probe": {
-                    "periodSeconds": PERIOD_S,
-                    "timeoutMillis": TIMEOUT_MS,
-                    "failureThreshold": THRESHOLD,
-                    "successThreshold": THRESHOLD,
-                },
+        let spec = json!({
+            "region": "cologne",
+            "endpoints": uris.iter().map(|u| json!({ "uri": u })).collect::<Vec<_>>(),
+            "probe": {
+                "periodSeconds": PERIOD_S,
+                "timeoutMillis": TIMEOUT_MS,
+                "failureThreshold": THRESHOLD,
+                "successThreshold": THRESHOLD,
             },
-        }))
-        .unwrap();
-        self.ns
-            .api::<Trunk>()
-            .create(&PostParams::default(), &trunk)
-            .await
-            .expect("create trunk");
+        });
+        self.create_trunk_spec(name, spec).await;
         Instant::now()
     }
 

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use common::eventually;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use lifeline::crd::{
     EDGE_ISOLATED, EndpointState, FallbackPolicy, SipEdge, Trunk, VantageVote, find_condition,
@@ -242,62 +242,47 @@ impl Operator {
             &[Controller::Trunk, Controller::Policy, Controller::Edge],
         )
         .await?;
-        let edge: SipEdge = serde_json::from_value(json!({
-            "apiVersion": "lifeline.dev/v1alpha1", "kind": "SipEdge",
-            "metadata": { "name": EDGE },
-            "spec": { "routingConfigMap": ROUTING },
-        }))
-        .unwrap();
-        h.ns.api::<SipEdge>()
-            .create(&PostParams::default(), &edge)
-            .await
-            .expect("create SipEdge");
+        let _: SipEdge =
+            h.ns.create_from(json!({
+                "apiVersion": "lifeline.dev/v1alpha1", "kind": "SipEdge",
+                "metadata": { "name": EDGE },
+                "spec": { "routingConfigMap": ROUTING },
+            }))
+            .await;
         Some(Self(h))
     }
 
     async fn create_trunk(&self, name: &str, uri: &str, vantage: &str) {
-        let trunk: Trunk = serde_json::from_value(json!({
-            "apiVersion": "lifeline.dev/v1alpha1", "kind": "Trunk",
-            "metadata": { "name": name },
-            "spec": {
-                "region": "cologne",
-                "endpoints": [{ "uri": uri }],
-                "probe": {
-                    "periodSeconds": PERIOD_S, "timeoutMillis": TIMEOUT_MS,
-                    "failureThreshold": THRESHOLD, "successThreshold": 1,
-                    "vantage": vantage,
-                },
+        let spec = json!({
+            "region": "cologne",
+            "endpoints": [{ "uri": uri }],
+            "probe": {
+                "periodSeconds": PERIOD_S, "timeoutMillis": TIMEOUT_MS,
+                "failureThreshold": THRESHOLD, "successThreshold": 1,
+                "vantage": vantage,
             },
-        }))
-        .unwrap();
-        self.ns
-            .api::<Trunk>()
-            .create(&PostParams::default(), &trunk)
-            .await
-            .expect("create trunk");
+        });
+        self.create_trunk_spec(name, spec).await;
     }
 
     /// One route: `primary` first, `backup` when the primary is down.
     async fn create_policy(&self, primary: &str, backup: &str) {
-        let p: FallbackPolicy = serde_json::from_value(json!({
-            "apiVersion": "lifeline.dev/v1alpha1", "kind": "FallbackPolicy",
-            "metadata": { "name": "main" },
-            "spec": {
-                "routingConfigMap": { "name": ROUTING },
-                "regions": [{ "name": "cologne", "weight": 1 }],
-                "routes": [{ "name": "inbound", "setId": 1, "tiers": [
-                    { "name": "primary", "targets": [{ "trunk": primary }] },
-                    { "name": "backup", "targets": [{ "trunk": backup }] },
-                ]}],
-                "failover": { "failAfterSeconds": 0, "recoverAfterSeconds": 0 },
-            },
-        }))
-        .unwrap();
-        self.ns
-            .api::<FallbackPolicy>()
-            .create(&PostParams::default(), &p)
-            .await
-            .expect("create policy");
+        let _: FallbackPolicy = self
+            .ns
+            .create_from(json!({
+                "apiVersion": "lifeline.dev/v1alpha1", "kind": "FallbackPolicy",
+                "metadata": { "name": "main" },
+                "spec": {
+                    "routingConfigMap": { "name": ROUTING },
+                    "regions": [{ "name": "cologne", "weight": 1 }],
+                    "routes": [{ "name": "inbound", "setId": 1, "tiers": [
+                        { "name": "primary", "targets": [{ "trunk": primary }] },
+                        { "name": "backup", "targets": [{ "trunk": backup }] },
+                    ]}],
+                    "failover": { "failAfterSeconds": 0, "recoverAfterSeconds": 0 },
+                },
+            }))
+            .await;
     }
 
     async fn trunk(&self, name: &str) -> Trunk {

@@ -9,6 +9,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use lifeline::controller::Context;
+use lifeline::crd::Trunk;
 use lifeline::telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
 
@@ -71,6 +72,16 @@ impl Harness {
     /// The controllers' metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.ctx.metrics
+    }
+
+    /// Create the Trunk `name` with `spec` (JSON, as in a manifest) in the namespace.
+    pub async fn create_trunk_spec(&self, name: &str, spec: serde_json::Value) -> Trunk {
+        self.ns
+            .create_from(serde_json::json!({
+                "apiVersion": "lifeline.dev/v1alpha1", "kind": "Trunk",
+                "metadata": { "name": name }, "spec": spec,
+            }))
+            .await
     }
 
     /// `(reason, note)` of every Event about the object `name` in the namespace.

@@ -108,6 +108,24 @@ impl TestNamespace {
     {
         Api::namespaced(self.client.clone(), &self.name)
     }
+
+    /// Create the object `manifest` (JSON with apiVersion, kind and metadata, as in a
+    /// YAML file) in this namespace; the object as created.
+    pub async fn create_from<K>(&self, manifest: serde_json::Value) -> K
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::Serialize
+            + serde::de::DeserializeOwned,
+    {
+        let object: K = serde_json::from_value(manifest)
+            .unwrap_or_else(|e| panic!("not a valid {}: {e}", K::kind(&())));
+        self.api::<K>()
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap_or_else(|e| panic!("create {}: {e}", K::kind(&())))
+    }
 }
 
 impl Drop for TestNamespace {
@@ -171,4 +189,13 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The field managers that wrote an object (its `managedFields`).
+pub fn field_managers(meta: &kube::api::ObjectMeta) -> Vec<String> {
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect()
 }

@@ -12,25 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::tools::run_command;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Run a command to completion; panic with its output when it fails.
-fn run(cmd: &mut Command) -> String {
-    let shown = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
-    if !out.status.success() {
-        panic!(
-            "{shown} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// One real node per machine (its bridge and 10.96.0.1:443 are machine-wide): a
@@ -99,7 +84,7 @@ impl RealPlane {
             _lock: lock,
         };
         let t = Instant::now();
-        run(Command::new(root().join("tests/testenv/up.sh")).env("NODE", "real"));
+        run_command(Command::new(root().join("tests/testenv/up.sh")).env("NODE", "real"));
         eprintln!(
             "real-node plane {} in {:.1} s",
             if started_here { "started" } else { "reused" },
@@ -115,10 +100,12 @@ impl RealPlane {
             "{} is missing: run `make release images-test`",
             archive.display()
         );
-        run(Command::new(root().join("tests/testenv/node.sh"))
-            .env("NODE", "real")
-            .arg("import")
-            .arg(archive));
+        run_command(
+            Command::new(root().join("tests/testenv/node.sh"))
+                .env("NODE", "real")
+                .arg("import")
+                .arg(archive),
+        );
     }
 }
 
