@@ -47,7 +47,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         ctx.api::<Guarded<FailoverDrill>>(),
         watcher::Config::default(),
     )
-    .trigger_backoff(crate::backoff::WATCH);
+    .trigger_backoff(crate::backoff::WATCH)
+    .with_config(super::runtime::controller_config());
     let drills = controller.store();
     let dctx = Arc::new(DrillCtx {
         ctx,

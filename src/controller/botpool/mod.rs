@@ -202,6 +202,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         // Errors of any trigger stream pause them all for this backoff (kube's default
         // grows to 30 s and would hold every reconcile after an API outage).
         .trigger_backoff(crate::backoff::WATCH)
+        .with_config(super::runtime::controller_config())
         .owns_stream(deployment_events)
         .owns_stream(service_events)
         .owns_stream(pdb_events)

@@ -55,7 +55,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         ctx.api::<SipEdge>(),
         watcher::Config::default().any_semantic(),
     )
-    .trigger_backoff(crate::backoff::WATCH);
+    .trigger_backoff(crate::backoff::WATCH)
+    .with_config(super::runtime::controller_config());
     let store = controller.store();
     *board.inner.edges.write().unwrap_or_else(|p| p.into_inner()) = Some(store.clone());
 

@@ -70,7 +70,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         watcher::Config::default(),
     ));
     let controller = Controller::new(ctx.api::<Guarded<Notifier>>(), watcher::Config::default())
-        .trigger_backoff(crate::backoff::WATCH);
+        .trigger_backoff(crate::backoff::WATCH)
+        .with_config(super::runtime::controller_config());
     let notifiers = controller.store();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))

@@ -136,6 +136,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         // Errors of any trigger stream pause them all for this backoff (kube's default
         // grows to 30 s and would hold every reconcile after an API outage).
         .trigger_backoff(crate::backoff::WATCH)
+        .with_config(super::runtime::controller_config())
         .owns_stream(cm_events)
         .watches_stream(owner_events, move |cm| {
             // lifeline's own ConfigMaps come through their owner reference.
@@ -295,45 +296,59 @@ async fn reconcile_policy(
         _ => None,
     };
 
-    // Status first, then the routing: a process killed in between leaves a status
-    // that already holds the new region states and transitions, and the next reconcile
-    // (of any replica) renders the same routing from it. The other order would lose
-    // the transition: the routing would change while the status forgot why.
+    // The status and the routing are written at once: calls wait for the routing, and
+    // one API round trip in a row is the failover latency floor. Both come from one
+    // plan, and the plan comes from the status before this pass and the health: a
+    // process killed with only one of them written leaves the next reconcile (of any
+    // replica) planning the same transition from the same status and health again and
+    // writing whichever is missing; a routing that lands before its status changes
+    // nothing the next pass would not write anyway. Events follow the status, which
+    // holds their transitions (a retry after a failed status write publishes them,
+    // after a written one does not).
     let mut status = desired_status(policy, &plan, conflict.as_deref(), &hash, now);
     status.measured = measured;
-    if policy.status.as_ref() != Some(&status) {
-        let Some(result) = apply_status::<FallbackPolicy, _>(ctx, ns, name, &status).await else {
-            return Ok(Action::await_change());
-        };
-        result?;
+    let status_stale = policy.status.as_ref() != Some(&status);
+    let write_status = async {
+        if status_stale {
+            apply_status::<FallbackPolicy, _>(ctx, ns, name, &status).await
+        } else {
+            Some(Ok(()))
+        }
+    };
+    let write_routing = async {
+        if routing == Routing::Stale {
+            let write = apply::config_map(policy, ns, format, &text, &hash, &probes, ctx);
+            ctx.while_leading(write).await
+        } else {
+            Some(Ok(None))
+        }
+    };
+    let (status_result, routing_result) = futures::join!(write_status, write_routing);
+    if let Some(Ok(Some(version))) = &routing_result {
+        lock(&pctx.written).insert(key.clone(), (uid.clone(), (hash.clone(), version.clone())));
+    }
+    let Some(status_result) = status_result else {
+        // leadership lost during the write: the next leader plans from the status
+        return Ok(Action::await_change());
+    };
+    status_result?;
+    if status_stale {
         tracing::debug!("status written");
         if let Some(cm) = &conflict {
             apply::conflict_found(policy, cm, ctx).await;
         }
     }
-    // From here on the status holds this plan: a failed routing write below retries
-    // from it, and must not replay its transitions and Events.
-    lock(&pctx.plans).insert(key.clone(), (uid.clone(), plan.clone()));
-    // The routing before the Events: each Event is a request of its own, and calls
-    // wait for the routing, not for the Events. They are published whatever the
-    // routing write did (the status already holds their transitions, so a retry
-    // would not publish them again).
+    // From here on the status holds this plan: a failed routing write retries from it,
+    // and must not replay its transitions and Events.
+    lock(&pctx.plans).insert(key.clone(), (uid, plan.clone()));
     let notices = decide::notices(policy, &events);
-    let mut written_now = Ok(());
-    if routing == Routing::Stale {
-        let write = apply::config_map(policy, ns, format, &text, &hash, &probes, ctx);
-        match ctx.while_leading(write).await {
-            None => {
-                apply::events(policy, notices, ctx).await;
-                return Ok(Action::await_change());
-            }
-            Some(Ok(Some(version))) => {
-                lock(&pctx.written).insert(key.clone(), (uid, (hash, version)));
-            }
-            Some(Ok(None)) => {}
-            Some(Err(e)) => written_now = Err(e),
+    let written_now = match routing_result {
+        None => {
+            apply::events(policy, notices, ctx).await;
+            return Ok(Action::await_change());
         }
-    }
+        Some(result) => result.map(|_| ()),
+    };
     apply::events(policy, notices, ctx).await;
     written_now?;
     lock(&pctx.region_counts).insert(key, decide::region_counts(&plan));

@@ -135,6 +135,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         // Errors of any trigger stream pause them all for this backoff (kube's default
         // grows to 30 s and would hold every reconcile after an API outage).
         .trigger_backoff(crate::backoff::WATCH)
+        .with_config(super::runtime::controller_config())
         .reconcile_on(changes)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, tctx.clone())
