@@ -49,12 +49,7 @@ ctr_() { ctr --address "$SOCK" --namespace k8s.io "$@"; }
 # was killed before it could stop (a session or CI job ended mid-test), and what it
 # left behind (bridge, cgroups, plane processes) is ours to clean up.
 owner_gone() {
-  local f="$1/run/node.pid" pid
-  [[ -f "$f" ]] || return 0
-  pid="$(cat "$f")"
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 0
-  kill -0 "$pid" 2>/dev/null || return 0
-  ! tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "node.sh init"
+  ! (RUN="$1/run"; live_pid node >/dev/null)
 }
 
 net_up() {

@@ -342,15 +342,11 @@ async fn reconcile_policy(
     // and must not replay its transitions and Events.
     lock(&pctx.plans).insert(key.clone(), (uid, plan.clone()));
     let notices = decide::notices(policy, &events);
-    let written_now = match routing_result {
-        None => {
-            apply::events(policy, notices, ctx).await;
-            return Ok(Action::await_change());
-        }
-        Some(result) => result.map(|_| ()),
-    };
     apply::events(policy, notices, ctx).await;
-    written_now?;
+    let Some(routing_result) = routing_result else {
+        return Ok(Action::await_change());
+    };
+    routing_result?;
     lock(&pctx.region_counts).insert(key, decide::region_counts(&plan));
     pctx.publish_region_gauge();
 
