@@ -35,6 +35,9 @@ pub struct Context {
     pub edges: edge::EdgeBoard,
     /// Whether this replica leads and may write (see [`Context::while_leading`]).
     pub leading: watch::Receiver<bool>,
+    /// The one Trunk watch and cache of this context, read by the Trunk and policy
+    /// controllers (at 10,000 Trunks a cache each was tens of MiB twice).
+    pub trunks: runtime::SharedWatch<runtime::Guarded<crate::crd::Trunk>>,
     /// Wakes the API watchdog after a failed API call (see [`api_watchdog`]).
     api_failed: Arc<tokio::sync::Notify>,
     /// Bumped each time the API answers again after failures; controllers then retry
@@ -91,8 +94,17 @@ impl Context {
             controller: "lifeline".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        let trunk_api = match &namespace {
+            Some(ns) => kube::Api::namespaced(client.clone(), ns),
+            None => kube::Api::all(client.clone()),
+        };
+        let trunks = runtime::SharedWatch::new(runtime::guarded_watch(
+            trunk_api,
+            kube::runtime::watcher::Config::default().any_semantic(),
+        ));
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
+            trunks,
             probes,
             client,
             metrics,

@@ -18,7 +18,9 @@ use serde::de::DeserializeOwned;
 use super::{Context, Retries};
 use crate::crd::FIELD_MANAGER;
 
+mod shared;
 mod triggers;
+pub use shared::SharedWatch;
 pub use triggers::{all_of, edge_changes, everyone_on_recovery, parse_owner_key, probe_changes};
 
 /// An object as the watches deliver it: either the parsed object or, for one that does

@@ -382,7 +382,8 @@ pub struct EndpointStatus {
     pub uri: String,
     /// Up, Down or Unknown (not probed enough yet).
     pub state: EndpointState,
-    /// Round-trip time of the last successful probe, refreshed at most every 30 s.
+    /// Round-trip time of the successful probes: the median of the last five (one slow
+    /// answer does not move it), refreshed at most every 30 s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtt_millis: Option<u32>,
     /// SIP status code of the last final response, if any.

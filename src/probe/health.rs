@@ -113,8 +113,12 @@ pub struct HealthState {
     pub consecutive_successes: u32,
     /// Failed probes in a row.
     pub consecutive_failures: u32,
-    /// Last round trip of an alive answer.
+    /// Round trip of the recent alive answers: the median of the last
+    /// [`RTT_SAMPLES`], so that one slow answer (a busy host, a scheduling hiccup) is
+    /// not reported as the line's round trip and does not cost a status write.
     pub rtt_millis: Option<u32>,
+    /// The last alive answers' round trips, oldest first.
+    pub rtt_samples: Vec<u32>,
     /// Last final status code.
     pub last_status_code: Option<u16>,
     /// Last failure cause, cleared by an alive answer.
@@ -125,7 +129,22 @@ pub struct HealthState {
     pub last_failure: Option<FailureKind>,
 }
 
+/// How many alive answers the reported round trip is the median of.
+pub const RTT_SAMPLES: usize = 5;
+
 impl HealthState {
+    /// Keep `rtt` among the last [`RTT_SAMPLES`] and return their median (the lower
+    /// one of an even count: a slow second answer is not yet the line's RTT).
+    fn record_rtt(&mut self, rtt: u32) -> u32 {
+        if self.rtt_samples.len() == RTT_SAMPLES {
+            self.rtt_samples.remove(0);
+        }
+        self.rtt_samples.push(rtt);
+        let mut sorted = self.rtt_samples.clone();
+        sorted.sort_unstable();
+        sorted[(sorted.len() - 1) / 2]
+    }
+
     /// Fold one probe result in.
     ///
     /// `failureThreshold` failures in a row make an endpoint Down; `successThreshold`
@@ -164,7 +183,7 @@ impl HealthState {
             Outcome::Answered { code, rtt_millis } => {
                 self.last_status_code = Some(*code);
                 if is_alive(*code, spec) {
-                    self.rtt_millis = Some(*rtt_millis);
+                    self.rtt_millis = Some(self.record_rtt(*rtt_millis));
                     (true, format!("answered {code} in {rtt_millis} ms"))
                 } else {
                     (false, format!("answered {code}"))
@@ -249,6 +268,35 @@ mod tests {
         assert_eq!(h.apply(&ok(), &s, now()), None, "one success is not enough");
         assert_eq!(h.apply(&ok(), &s, now()).unwrap().to, EndpointState::Up);
         assert_eq!((h.consecutive_failures, h.last_error.as_deref()), (0, None));
+    }
+
+    #[test]
+    fn one_slow_answer_does_not_move_the_reported_rtt() {
+        let mut h = HealthState::default();
+        let answer = |h: &mut HealthState, rtt| {
+            h.apply(
+                &Outcome::Answered {
+                    code: 200,
+                    rtt_millis: rtt,
+                },
+                &spec(3, 1),
+                now(),
+            );
+            h.rtt_millis
+        };
+        assert_eq!(answer(&mut h, 2), Some(2), "the first answer is the RTT");
+        assert_eq!(
+            answer(&mut h, 40),
+            Some(2),
+            "one slow answer is not the line's RTT"
+        );
+        assert_eq!(answer(&mut h, 3), Some(3));
+        assert_eq!(answer(&mut h, 2), Some(2));
+        // The line really got slower: the median follows within three answers.
+        assert_eq!(answer(&mut h, 50), Some(3));
+        assert_eq!(answer(&mut h, 50), Some(40));
+        assert_eq!(answer(&mut h, 50), Some(50));
+        assert_eq!(h.rtt_samples.len(), RTT_SAMPLES);
     }
 
     #[test]

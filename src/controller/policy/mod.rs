@@ -46,7 +46,7 @@ use super::runtime::{
     parsed, probe_changes, reconcile_parsed,
 };
 use super::{Context, Retries};
-use crate::crd::{BotPool, FailoverDrill, FallbackPolicy, Trunk};
+use crate::crd::{BotPool, FailoverDrill, FallbackPolicy};
 use crate::plan::Plan;
 use decide::Routing;
 use state::{Key, PolicyCtx, lock};
@@ -70,7 +70,7 @@ pub fn owner_key(namespace: &str, name: &str) -> String {
 /// Run the policy controller until `shutdown` is cancelled.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let any = || watcher::Config::default().any_semantic();
-    let (trunks, trunk_events) = cached(guarded_watch(ctx.api::<Guarded<Trunk>>(), any()));
+    let (trunks, trunk_events) = (ctx.trunks.store(), ctx.trunks.subscribe().touched_objects());
     let (bot_pools, pool_events) = cached(guarded_watch(ctx.api::<Guarded<BotPool>>(), any()));
     let (drills, drill_events) = cached(guarded_watch(ctx.api::<Guarded<FailoverDrill>>(), any()));
     let (config_maps, cm_events) = cached(
@@ -107,6 +107,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         region_counts: Mutex::default(),
         known: Mutex::default(),
         retries: Retries::default(),
+        waiting_since: Mutex::default(),
     });
 
     let (store, writer) = reflector::store::<Guarded<FallbackPolicy>>();
@@ -247,6 +248,17 @@ async fn reconcile_policy(
         // count as Unknown and leave the routing): write nothing until one full probe
         // round, whose completion the prober announces.
         return Ok(Action::await_change());
+    }
+
+    if policy.status.is_none() {
+        // A new policy: its first routing waits (bounded) for the first verdicts of the
+        // Trunks it names, which each trigger this reconcile when they are published.
+        // Writing from Unknown Trunks would rewrite the routing once per Trunk.
+        let pending = observe::first_verdicts_pending(policy, ns, &pctx.caches);
+        if let Some(left) = pctx.first_routing_wait(&key, pending) {
+            tracing::debug!(?left, "first routing waits for the Trunks' first verdicts");
+            return Ok(Action::requeue(left));
+        }
     }
 
     // Decide.

@@ -95,6 +95,43 @@ pub fn observe(policy: &FallbackPolicy, ns: &str, caches: &Caches) -> Observed {
     observed
 }
 
+/// How long a new policy waits for the Trunks it names to publish their first probe
+/// verdicts before it writes its first routing, or `None` when none is missing.
+///
+/// A Trunk publishes its first status after one probe round (see the Trunk
+/// controller), which takes at most its period (the first probe waits a random part of
+/// it) plus its timeout. A policy that wrote before that would route from Unknown
+/// Trunks and rewrite its routing as each one turns Up. Only existing, enabled, valid
+/// Trunks without a published endpoint are waited for: a missing Trunk is a verdict
+/// too. The result is the longest first round among them plus [`FIRST_VERDICT_SLACK`]
+/// for the status write; the caller waits at most that long from when it first saw the
+/// policy.
+pub fn first_verdicts_pending(
+    policy: &FallbackPolicy,
+    ns: &str,
+    caches: &Caches,
+) -> Option<std::time::Duration> {
+    targets(&policy.spec)
+        .filter_map(|t| t.trunk.as_ref())
+        .filter_map(|name| caches.trunks.get(&ObjectRef::new(name).within(ns)))
+        .filter_map(|trunk| {
+            let trunk = parsed(&trunk)?;
+            let published = trunk
+                .status
+                .as_ref()
+                .is_some_and(|s| !s.endpoints.is_empty());
+            (!trunk.spec.disabled && !trunk.spec.endpoints.is_empty() && !published).then(|| {
+                std::time::Duration::from_secs(u64::from(trunk.spec.probe.period_seconds))
+                    + std::time::Duration::from_millis(u64::from(trunk.spec.probe.timeout_millis))
+            })
+        })
+        .max()
+        .map(|round| round + FIRST_VERDICT_SLACK)
+}
+
+/// Time allowed for a Trunk's first status write after its first probe round.
+pub const FIRST_VERDICT_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Point the prober at the policy's static targets and read their health.
 pub fn probe_static_targets(
     policy: &FallbackPolicy,
@@ -189,4 +226,83 @@ pub fn referencing(
         .filter(|p| p.namespace() == namespace && parsed(p).is_some_and(|p| references(&p.spec)))
         .map(|p| ObjectRef::from_obj(p.as_ref()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::watcher::Event;
+    use std::time::Duration;
+
+    fn trunk(name: &str, disabled: bool, published: bool) -> Guarded<Trunk> {
+        let mut t: Trunk = serde_json::from_value(serde_json::json!({
+            "apiVersion": "lifeline.dev/v1alpha1", "kind": "Trunk",
+            "metadata": { "name": name, "namespace": "ns" },
+            "spec": {
+                "region": "cologne",
+                "endpoints": [{ "uri": format!("sip:{name}@127.0.0.1") }],
+                "probe": { "periodSeconds": 10, "timeoutMillis": 500 },
+                "disabled": disabled,
+            },
+        }))
+        .unwrap();
+        if published {
+            t.status = serde_json::from_value(serde_json::json!({
+                "endpoints": [{ "uri": format!("sip:{name}@127.0.0.1"), "state": "Up" }],
+            }))
+            .unwrap();
+        }
+        kube::core::DeserializeGuard(Ok(t))
+    }
+
+    fn caches(trunks: Vec<Guarded<Trunk>>) -> Caches {
+        let (store, mut writer) = kube::runtime::reflector::store();
+        writer.apply_watcher_event(&Event::Init);
+        for t in trunks {
+            writer.apply_watcher_event(&Event::InitApply(t));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        Caches {
+            trunks: store,
+            bot_pools: kube::runtime::reflector::store().0,
+            drills: kube::runtime::reflector::store().0,
+            config_maps: kube::runtime::reflector::store().0,
+            config_map_owners: kube::runtime::reflector::store().0,
+        }
+    }
+
+    fn policy(trunks: &[&str]) -> FallbackPolicy {
+        let spec = crate::plan::fixtures::policy()
+            .region("cologne", 1)
+            .route("inbound", 1, |r| {
+                r.tier(
+                    "fixed",
+                    trunks.iter().map(|t| crate::plan::fixtures::trunk(t)),
+                )
+            })
+            .build();
+        FallbackPolicy::new("cc", spec)
+    }
+
+    #[test]
+    fn a_new_policy_waits_only_for_trunks_that_will_publish_a_first_verdict() {
+        let c = caches(vec![
+            trunk("new", false, false),
+            trunk("judged", false, true),
+            trunk("maintenance", true, false),
+        ]);
+        // One round of the unjudged Trunk (its period plus its timeout) and the slack
+        // for its status write.
+        assert_eq!(
+            first_verdicts_pending(&policy(&["new", "judged"]), "ns", &c),
+            Some(Duration::from_millis(10_500) + FIRST_VERDICT_SLACK)
+        );
+        // Published, disabled (never probed) or missing (a verdict too): nothing to wait for.
+        assert_eq!(
+            first_verdicts_pending(&policy(&["judged", "maintenance", "absent"]), "ns", &c),
+            None
+        );
+        // Another namespace's Trunk of the same name does not count.
+        assert_eq!(first_verdicts_pending(&policy(&["new"]), "other", &c), None);
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::{observe, owner_key};
 use crate::controller::{Context, Retries};
@@ -28,6 +29,9 @@ pub(super) struct PolicyCtx {
     pub(super) known: Mutex<HashSet<Key>>,
     /// Failed reconciles in a row, for the backoff.
     pub(super) retries: Retries,
+    /// When a policy without a status was first seen waiting for its Trunks' first
+    /// verdicts (see [`observe::first_verdicts_pending`]).
+    pub(super) waiting_since: Mutex<HashMap<Key, Instant>>,
 }
 
 impl PolicyCtx {
@@ -41,8 +45,27 @@ impl PolicyCtx {
         lock(&self.plans).remove(&key);
         lock(&self.written).remove(&key);
         lock(&self.region_counts).remove(&key);
+        lock(&self.waiting_since).remove(&key);
         self.retries.reset(&key);
         self.publish_region_gauge();
+    }
+
+    /// How much longer the first routing of `key` waits for first verdicts: `pending`
+    /// is the wait [`observe::first_verdicts_pending`] allows (`None`: nothing to wait
+    /// for), counted from the first pass that had to wait.
+    pub(super) fn first_routing_wait(
+        &self,
+        key: &Key,
+        pending: Option<Duration>,
+    ) -> Option<Duration> {
+        let mut waiting = lock(&self.waiting_since);
+        let Some(allowed) = pending else {
+            waiting.remove(key);
+            return None;
+        };
+        let since = *waiting.entry(key.clone()).or_insert_with(Instant::now);
+        let left = allowed.saturating_sub(since.elapsed());
+        (!left.is_zero()).then_some(left)
     }
 
     pub(super) fn publish_region_gauge(&self) {

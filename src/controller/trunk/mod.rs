@@ -20,16 +20,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector;
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::runtime::{
-    Guarded, apply_status, edge_changes, everyone_on_recovery, guarded_watch, on_deleted,
-    probe_changes, publish, reconcile_parsed, truncate,
+    Guarded, apply_status, edge_changes, everyone_on_recovery, on_deleted, probe_changes, publish,
+    reconcile_parsed, truncate,
 };
 use super::{Context, Retries};
 use crate::crd::{
@@ -100,13 +99,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         ca_bundles,
         passive: Mutex::default(),
     });
-    let (store, writer) = reflector::store::<Guarded<Trunk>>();
+    // The context's one Trunk watch: the policy controller reads the same cache.
+    let store = ctx.trunks.store();
     let trunks = on_deleted(
-        guarded_watch(
-            ctx.api::<Guarded<Trunk>>(),
-            watcher::Config::default().any_semantic(),
-        )
-        .reflect(writer),
+        ctx.trunks.subscribe(),
         store.clone(),
         {
             let tctx = tctx.clone();
@@ -284,13 +280,12 @@ async fn reconcile_trunk(
         // Warm standby: probe, do not write.
         return Ok(Action::await_change());
     }
-    let published = trunk
-        .status
-        .as_ref()
-        .is_some_and(|s| !s.endpoints.is_empty());
-    if published && !trunk.spec.disabled && !ctx.probes.fully_probed(&key) {
-        // Seeded from the published status: write nothing until every endpoint has
-        // been measured by this process (the hub wakes us when the round completes).
+    if !trunk.spec.disabled && !ctx.probes.fully_probed(&key) {
+        // Write nothing until every endpoint has been measured by this process (the hub
+        // wakes us when the round completes, at most a period plus a timeout away). A
+        // restarted replica seeded from the published status keeps it; a new Trunk
+        // publishes its first status with verdicts, not an Unknown one that a policy
+        // would route from and rewrite a moment later.
         return Ok(Action::await_change());
     }
 
