@@ -11,6 +11,7 @@ use super::health::{FailureKind, HealthState, Outcome};
 use super::transport::{ProbeReport, Prober};
 use super::{Admission, EndpointHealth, ProbeConfig, ProbeTarget, Quotas, TargetHealth};
 use crate::crd::{EndpointState, ProbeSpec};
+use crate::lock;
 use crate::telemetry::{Metrics, ReasonLabels, StateLabels};
 
 /// How often an owner is told that the RTT of an Up endpoint changed, at most.
@@ -56,10 +57,6 @@ struct Tracked {
     targets: Vec<TargetHealth>,
     /// Set while the last good DNS answer is used because DNS fails.
     stale_dns: Option<String>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn state_label(s: EndpointState) -> StateLabels {

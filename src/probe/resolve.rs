@@ -35,6 +35,7 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use super::codec::{SipUri, Transport};
+use crate::lock;
 
 /// Most targets probed for one endpoint.
 pub const MAX_TARGETS: usize = 8;
@@ -169,10 +170,6 @@ pub struct Resolver {
     config: DnsConfig,
     dns: OnceCell<Result<TokioResolver, String>>,
     cache: Mutex<Cache>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Resolver {

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::lock;
 use rustls::ClientConfig;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls_pki_types::pem::PemObject;
@@ -38,10 +39,6 @@ pub struct TlsSettings {
 pub struct TlsConfigs {
     system: OnceLock<Result<Arc<ClientConfig>, String>>,
     by_bundle: Mutex<HashMap<[u8; 32], Arc<ClientConfig>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl TlsConfigs {

@@ -32,6 +32,7 @@ use super::health::{FailureKind, Outcome};
 use super::policy::DestinationPolicy;
 use super::resolve::{DnsConfig, Resolution, Resolver, Target};
 use super::tls::{self, TlsConfigs, TlsSettings};
+use crate::lock;
 
 /// Most destinations whose source address is remembered for the Via header.
 const MAX_LOCAL_IPS: usize = 4096;
@@ -461,12 +462,6 @@ impl Drop for PendingGuard<'_> {
             }
         }
     }
-}
-
-/// A poisoned lock only means another probe panicked mid-update of a map of plain
-/// entries; the map itself is still usable.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn receive_loop(shared: Arc<UdpShared>, shutdown: CancellationToken) {

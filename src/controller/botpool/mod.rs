@@ -46,6 +46,7 @@ use super::runtime::{
 };
 use super::{Context, Retries};
 use crate::crd::{BotPool, FallbackPolicy, ScalingMode};
+use crate::lock;
 use apply::Fingerprint;
 pub use status::{
     Limit, Observed, PodCounts, demand_for, desired_status, observe_pods, reason, sizing,
@@ -133,10 +134,6 @@ impl State {
         lock(&self.applied).remove(&key);
         self.retries.reset(&key);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Run the botpool controller until `shutdown` is cancelled.

@@ -28,6 +28,7 @@ use crate::backoff::Backoff;
 use crate::crd::{
     FallbackPolicy, Notifier, NotifierStatus, ReceiverStatus, condition, merge_condition,
 };
+use crate::lock;
 use crate::notify::{self, Alert, RateLimit};
 use deliver::deliver;
 
@@ -46,10 +47,6 @@ struct NotifierCtx {
     limits: Mutex<HashMap<ReceiverKey, RateLimit>>,
     failures: Mutex<HashMap<ReceiverKey, u32>>,
     retries: Retries,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether `notifier` reports on `policy`.

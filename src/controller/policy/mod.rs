@@ -250,15 +250,17 @@ async fn reconcile_policy(
         return Ok(Action::await_change());
     }
 
-    if policy.status.is_none() {
-        // A new policy: its first routing waits (bounded) for the first verdicts of the
-        // Trunks it names, which each trigger this reconcile when they are published.
-        // Writing from Unknown Trunks would rewrite the routing once per Trunk.
-        let pending = observe::first_verdicts_pending(policy, ns, &pctx.caches);
-        if let Some(left) = pctx.first_routing_wait(&key, pending) {
-            tracing::debug!(?left, "first routing waits for the Trunks' first verdicts");
-            return Ok(Action::requeue(left));
-        }
+    // A new policy: its first routing waits (bounded) for the first verdicts of the
+    // Trunks it names, which each trigger this reconcile when they are published.
+    // Writing from Unknown Trunks would rewrite the routing once per Trunk.
+    let pending = policy
+        .status
+        .is_none()
+        .then(|| observe::first_verdicts_pending(policy, ns, &pctx.caches))
+        .flatten();
+    if let Some(left) = pctx.first_routing_wait(&key, pending) {
+        tracing::debug!(?left, "first routing waits for the Trunks' first verdicts");
+        return Ok(Action::requeue(left));
     }
 
     // Decide.

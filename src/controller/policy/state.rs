@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{observe, owner_key};
 use crate::controller::{Context, Retries};
+pub(super) use crate::lock;
 use crate::plan::Plan;
 use crate::telemetry::StateLabels;
 
@@ -86,8 +87,4 @@ impl PolicyCtx {
                 .set(n);
         }
     }
-}
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -11,6 +11,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::lock;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use kube::Resource;
@@ -125,10 +126,6 @@ where
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

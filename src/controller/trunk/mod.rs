@@ -34,6 +34,7 @@ use super::{Context, Retries};
 use crate::crd::{
     EndpointState, TRUNK_FORBIDDEN, TRUNK_QUOTA_EXCEEDED, Trunk, TrunkStatus, find_condition,
 };
+use crate::lock;
 use crate::probe::passive::{self, PassiveState};
 use crate::probe::{EndpointHealth, ProbeTarget, RTT_REFRESH};
 pub use status::{next_status, reasons};
@@ -78,10 +79,6 @@ impl TrunkCtx {
         lock(&self.last_write).remove(&key);
         self.retries.reset(&key);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Run the trunk controller until `shutdown` is cancelled.

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::controller::runtime::Guarded;
 use crate::crd::{CaBundleKind, Trunk};
+use crate::lock;
 use crate::probe::TlsSettings;
 
 /// How often a CA bundle in use is read again.
@@ -47,10 +48,6 @@ pub struct CaBundles {
     entries: Mutex<HashMap<BundleKey, Entry>>,
     wake: Notify,
     changed: mpsc::UnboundedSender<ObjectRef<Guarded<Trunk>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl CaBundles {
