@@ -38,6 +38,10 @@ pub struct Context {
     /// The one Trunk watch and cache of this context, read by the Trunk and policy
     /// controllers (at 10,000 Trunks a cache each was tens of MiB twice).
     pub trunks: runtime::SharedWatch<runtime::Guarded<crate::crd::Trunk>>,
+    /// Trunk statuses this replica decided and has not seen in `trunks` yet: the policy
+    /// controller plans from them without waiting for the write (see
+    /// [`trunk::verdicts`]).
+    pub verdicts: Arc<trunk::verdicts::Verdicts>,
     /// Wakes the API watchdog after a failed API call (see [`api_watchdog`]).
     api_failed: Arc<tokio::sync::Notify>,
     /// Bumped each time the API answers again after failures; controllers then retry
@@ -105,6 +109,7 @@ impl Context {
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             trunks,
+            verdicts: Arc::default(),
             probes,
             client,
             metrics,

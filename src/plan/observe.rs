@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::crd::{BotPool, EndpointState, Transport, Trunk};
+use crate::crd::{BotPool, EndpointState, Transport, Trunk, TrunkStatus};
 
 /// Everything the planner reads besides the spec and the previous plan.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -78,9 +78,9 @@ pub enum TrunkHealth {
 }
 
 impl TrunkObservation {
-    /// Build from a Trunk object: endpoints from the spec, states from the status.
-    pub fn from_trunk(trunk: &Trunk) -> Self {
-        let status = trunk.status.as_ref();
+    /// Build from a Trunk object: endpoints from the spec, states from `status` (the
+    /// published one, or one decided and not yet published).
+    pub fn from_trunk(trunk: &Trunk, status: Option<&TrunkStatus>) -> Self {
         let endpoints = trunk
             .spec
             .endpoints

@@ -101,6 +101,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             drills,
             config_maps,
             config_map_owners,
+            verdicts: ctx.verdicts.clone(),
         },
         plans: Mutex::default(),
         written: Mutex::default(),
@@ -133,6 +134,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         move || lock(&pctx.plans).clear()
     });
     let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store.clone());
+    // A Trunk status decided by this replica: the policies naming it plan again at
+    // once, without waiting for the status write to come back through the watch.
+    let decided = verdict_changes(ctx.verdicts.subscribe(), store.clone());
     Controller::for_stream(policies, store)
         // Errors of any trigger stream pause them all for this backoff (kube's default
         // grows to 30 s and would hold every reconcile after an API outage).
@@ -166,7 +170,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             Some(ObjectRef::new(&policy).within(&drill.namespace()?))
         })
         .reconcile_on(futures::stream::select(
-            futures::stream::select(probe_changes, everyone),
+            futures::stream::select(futures::stream::select(probe_changes, decided), everyone),
             // An edge report changed: static targets combine vantages again, and live
             // calls size the bot pools.
             edge_changes(ctx.edges.subscribe(), s4, |_| true),
@@ -183,6 +187,28 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     for (ns, name) in lock(&pctx.known).iter() {
         ctx.probes.remove(&owner_key(ns, name));
     }
+}
+
+/// The policies to reconcile for each decided Trunk status (every policy after a lag).
+fn verdict_changes(
+    rx: tokio::sync::broadcast::Receiver<(String, String)>,
+    store: kube::runtime::reflector::Store<Guarded<FallbackPolicy>>,
+) -> impl futures::Stream<Item = ObjectRef<Guarded<FallbackPolicy>>> + Send + 'static {
+    use tokio::sync::broadcast::error::RecvError;
+    futures::stream::unfold(rx, move |mut rx| {
+        let store = store.clone();
+        async move {
+            let refs = match rx.recv().await {
+                Ok((ns, name)) => referencing(&store, Some(ns), |spec| {
+                    targets(spec).any(|t| t.trunk.as_deref() == Some(name.as_str()))
+                }),
+                Err(RecvError::Lagged(_)) => super::runtime::all_of(&store),
+                Err(RecvError::Closed) => return None,
+            };
+            Some((refs, rx))
+        }
+    })
+    .flat_map(futures::stream::iter)
 }
 
 fn error_policy(

@@ -1,4 +1,6 @@
-//! What a policy reconcile reads: only caches (no API request) and the prober.
+//! What a policy reconcile reads: only caches (no API request), the prober, and the
+//! Trunk statuses this replica decided but has not seen in the cache yet
+//! ([`Verdicts`]).
 
 use std::sync::Arc;
 
@@ -10,9 +12,13 @@ use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::owner_key;
 use crate::controller::runtime::{Guarded, is_ready, parsed};
-use crate::crd::{BotPool, FailoverDrill, FallbackPolicy, FallbackPolicySpec, Trunk};
+use crate::controller::trunk::verdicts::Verdicts;
+use crate::crd::{BotPool, FailoverDrill, FallbackPolicy, FallbackPolicySpec, Trunk, TrunkStatus};
 use crate::plan::{BotPoolObservation, FAILBACK_ANNOTATION, Observed, TrunkObservation};
 use crate::probe::ProbeTarget;
+
+/// A cached Trunk with the status to plan from.
+pub type PlannedTrunk = (Arc<Guarded<Trunk>>, Option<Arc<TrunkStatus>>);
 
 /// The caches a policy reconcile reads, each filled by one watch.
 #[derive(Clone)]
@@ -28,6 +34,8 @@ pub struct Caches {
     /// Every ConfigMap's name and owners (metadata only, stripped), to see a ConfigMap
     /// that is in the way without reading it.
     pub config_map_owners: Store<PartialObjectMeta<ConfigMap>>,
+    /// Trunk statuses decided by this replica's Trunk controller, ahead of `trunks`.
+    pub verdicts: Arc<Verdicts>,
 }
 
 impl Caches {
@@ -39,6 +47,17 @@ impl Caches {
             && is_ready(&self.drills)
             && is_ready(&self.config_maps)
             && is_ready(&self.config_map_owners)
+    }
+
+    /// The Trunk `name` in `ns` that parses, with the status to plan from: the one this
+    /// replica decided if the cache does not hold it yet, else the cached one.
+    pub fn trunk(&self, ns: &str, name: &str) -> Option<PlannedTrunk> {
+        let cached = self.trunks.get(&ObjectRef::new(name).within(ns))?;
+        let trunk = parsed(&cached)?;
+        let status = self
+            .verdicts
+            .status_of(&(ns.to_string(), name.to_string()), trunk);
+        Some((cached.clone(), status))
     }
 
     /// The FailoverDrills in `ns`.
@@ -72,12 +91,13 @@ pub fn observe(policy: &FallbackPolicy, ns: &str, caches: &Caches) -> Observed {
     let mut observed = Observed::default();
     for t in targets(&policy.spec) {
         if let Some(name) = &t.trunk
-            && let Some(trunk) = caches.trunks.get(&ObjectRef::new(name).within(ns))
+            && let Some((trunk, status)) = caches.trunk(ns, name)
             && let Some(trunk) = parsed(&trunk)
         {
-            observed
-                .trunks
-                .insert(name.clone(), TrunkObservation::from_trunk(trunk));
+            observed.trunks.insert(
+                name.clone(),
+                TrunkObservation::from_trunk(trunk, status.as_deref()),
+            );
         }
         if let Some(name) = &t.bot_pool
             && let Some(pool) = caches.bot_pools.get(&ObjectRef::new(name).within(ns))
@@ -113,13 +133,10 @@ pub fn first_verdicts_pending(
 ) -> Option<std::time::Duration> {
     targets(&policy.spec)
         .filter_map(|t| t.trunk.as_ref())
-        .filter_map(|name| caches.trunks.get(&ObjectRef::new(name).within(ns)))
-        .filter_map(|trunk| {
+        .filter_map(|name| caches.trunk(ns, name))
+        .filter_map(|(trunk, status)| {
             let trunk = parsed(&trunk)?;
-            let published = trunk
-                .status
-                .as_ref()
-                .is_some_and(|s| !s.endpoints.is_empty());
+            let published = status.is_some_and(|s| !s.endpoints.is_empty());
             (!trunk.spec.disabled && !trunk.spec.endpoints.is_empty() && !published).then(|| {
                 std::time::Duration::from_secs(u64::from(trunk.spec.probe.period_seconds))
                     + std::time::Duration::from_millis(u64::from(trunk.spec.probe.timeout_millis))
@@ -268,6 +285,7 @@ mod tests {
             drills: kube::runtime::reflector::store().0,
             config_maps: kube::runtime::reflector::store().0,
             config_map_owners: kube::runtime::reflector::store().0,
+            verdicts: Arc::default(),
         }
     }
 
@@ -304,5 +322,27 @@ mod tests {
         );
         // Another namespace's Trunk of the same name does not count.
         assert_eq!(first_verdicts_pending(&policy(&["new"]), "other", &c), None);
+        // A verdict this replica decided counts before its status is written.
+        let key = ("ns".to_string(), "new".to_string());
+        let decided = parsed(&trunk("new", false, true)).unwrap().status.clone();
+        c.verdicts.decide(&key, decided.unwrap());
+        assert_eq!(first_verdicts_pending(&policy(&["new"]), "ns", &c), None);
+    }
+
+    #[test]
+    fn the_planner_sees_a_decided_verdict_before_the_cache_does() {
+        let c = caches(vec![trunk("fixed", false, true)]);
+        let state =
+            |c: &Caches| observe(&policy(&["fixed"]), "ns", c).trunks["fixed"].endpoints[0].state;
+        assert_eq!(state(&c), crate::crd::EndpointState::Up);
+        let mut down = parsed(&trunk("fixed", false, true))
+            .unwrap()
+            .status
+            .clone()
+            .unwrap();
+        down.endpoints[0].state = crate::crd::EndpointState::Down;
+        c.verdicts
+            .decide(&("ns".to_string(), "fixed".to_string()), down);
+        assert_eq!(state(&c), crate::crd::EndpointState::Down);
     }
 }

@@ -5,7 +5,9 @@
 //!   CA bundle of TLS endpoints (an in-memory cache, [`observe::CaBundles`]);
 //! - decide/status: [`status::next_status`] (pure) — the status to write, or none;
 //!   [`status::transitions`] — the endpoint changes that become Events;
-//! - apply: server-side apply of the status with lifeline's field manager, then Events.
+//! - apply: the decision goes on the [`verdicts`] board at once (the policy controller
+//!   plans from it) and to the [`writer`] queue, which applies the status with
+//!   lifeline's field manager, then publishes its Events.
 //!
 //! Probing is in-process state, so deletion needs no finalizer: the watch's delete
 //! events (and a re-list that no longer shows a Trunk) stop its probes.
@@ -14,6 +16,8 @@
 
 pub mod observe;
 pub mod status;
+pub mod verdicts;
+pub mod writer;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -27,8 +31,8 @@ use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::runtime::{
-    Guarded, apply_status, edge_changes, everyone_on_recovery, on_deleted, probe_changes, publish,
-    reconcile_parsed, truncate,
+    Guarded, edge_changes, everyone_on_recovery, on_deleted, probe_changes, reconcile_parsed,
+    truncate,
 };
 use super::{Context, Retries};
 use crate::crd::{
@@ -65,6 +69,8 @@ struct TrunkCtx {
     ca_bundles: Arc<observe::CaBundles>,
     /// Health learned from real calls per endpoint (`ns/name` → URI → state).
     passive: Mutex<HashMap<Key, HashMap<String, PassiveState>>>,
+    /// Writes the decided statuses.
+    writer: Arc<writer::StatusWriter>,
 }
 
 impl TrunkCtx {
@@ -78,6 +84,8 @@ impl TrunkCtx {
         self.ca_bundles.release(&key);
         lock(&self.last_write).remove(&key);
         self.retries.reset(&key);
+        self.ctx.verdicts.forget(&key);
+        self.writer.forget(&key);
     }
 }
 
@@ -95,6 +103,27 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         )),
         ca_bundles,
         passive: Mutex::default(),
+        writer: writer::StatusWriter::new(),
+    });
+    let writing = tokio::spawn(tctx.writer.clone().run(
+        ctx.clone(),
+        ctx.verdicts.clone(),
+        shutdown.clone(),
+    ));
+    // Leadership lost: what this replica decided and did not write is not the truth
+    // any more (the next leader decides and writes for itself).
+    let resign = tokio::spawn({
+        let (tctx, lost) = (
+            tctx.clone(),
+            super::on_change(ctx.leading.clone(), |leading| !*leading),
+        );
+        async move {
+            futures::pin_mut!(lost);
+            while lost.next().await.is_some() {
+                tctx.ctx.verdicts.clear();
+                tctx.writer.clear();
+            }
+        }
     });
     // The context's one Trunk watch: the policy controller reads the same cache.
     let store = ctx.trunks.store();
@@ -141,6 +170,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         })
         .await;
     reader.abort();
+    resign.abort();
+    writing.abort();
     for (ns, name) in lock(&tctx.known).drain() {
         ctx.probes.remove(&owner_key(&ns, &name));
     }
@@ -192,6 +223,17 @@ fn apply_passive(
         all.remove(id);
     }
     (health, pending)
+}
+
+/// Whether an endpoint that had a verdict (Up or Down) has another one in `new`: a
+/// change the pager and `kubectl` should see before first publications and refreshes.
+fn known_state_changed(old: &TrunkStatus, new: &TrunkStatus) -> bool {
+    new.endpoints.iter().any(|e| {
+        old.endpoints
+            .iter()
+            .find(|o| o.uri == e.uri)
+            .is_some_and(|o| o.state != EndpointState::Unknown && o.state != e.state)
+    })
 }
 
 fn error_policy(trunk: Arc<Guarded<Trunk>>, error: &Error, tctx: Arc<TrunkCtx>) -> Action {
@@ -302,7 +344,12 @@ async fn reconcile_trunk(
     } else {
         requeue
     };
-    let old = trunk.status.clone().unwrap_or_default();
+    // What this replica decided last (not in the cache yet), or the published status.
+    let old = ctx
+        .verdicts
+        .status_of(&id, trunk)
+        .map(|s| (*s).clone())
+        .unwrap_or_default();
     let rtt_due = lock(&tctx.last_write)
         .get(&id)
         .is_none_or(|at| now.duration_since(*at).unsigned_abs() >= RTT_REFRESH);
@@ -310,29 +357,25 @@ async fn reconcile_trunk(
         return Ok(requeue);
     };
 
-    // Apply the status, then its Events.
-    let Some(written) = apply_status::<Trunk, _>(ctx, ns, name, &new).await else {
-        return Ok(Action::await_change());
-    };
-    written?;
-    lock(&tctx.last_write).insert(id, now);
-    tracing::info!(healthy = ?new.healthy_summary, "trunk status written");
-    let reference = trunk.object_ref(&());
+    // Apply: the policy controller reads the decision at once; the queue writes it,
+    // then its Events.
+    lock(&tctx.last_write).insert(id.clone(), now);
+    let urgent = known_state_changed(&old, &new);
+    let mut events = Vec::new();
     for (uri, to, cause) in status::transitions(&old, &new, &health) {
         let (type_, reason) = match to {
             EndpointState::Up => (EventType::Normal, reasons::ENDPOINT_UP),
             _ => (EventType::Warning, reasons::ENDPOINT_DOWN),
         };
-        let event = Event {
+        events.push(Event {
             type_,
             reason: reason.into(),
             note: Some(truncate(&format!("{uri} is {to}: {cause}"), 1000)),
             action: "Probe".into(),
             secondary: None,
-        };
-        // The status is written; a lost Event must not make us write it again.
-        publish(ctx, event, &reference).await;
+        });
     }
+    let mut raised_any = false;
     for (type_, reason) in [
         (TRUNK_FORBIDDEN, reasons::DESTINATION_DENIED),
         (TRUNK_QUOTA_EXCEEDED, reasons::NAMESPACE_QUOTA),
@@ -341,17 +384,28 @@ async fn reconcile_trunk(
             find_condition(&s.conditions, type_).is_some_and(|c| c.status == "True")
         };
         if raised(&new) && !raised(&old) {
+            raised_any = true;
             let note = find_condition(&new.conditions, type_).map(|c| truncate(&c.message, 1000));
-            let event = Event {
+            events.push(Event {
                 type_: EventType::Warning,
                 reason: reason.into(),
                 note,
                 action: "Probe".into(),
                 secondary: None,
-            };
-            publish(ctx, event, &reference).await;
+            });
         }
     }
+    tracing::debug!(healthy = ?new.healthy_summary, urgent, "trunk status decided");
+    let status = ctx.verdicts.decide(&id, new);
+    tctx.writer.submit(
+        id,
+        writer::Pending {
+            status,
+            events,
+            reference: trunk.object_ref(&()),
+            urgent: urgent || raised_any,
+        },
+    );
     Ok(requeue)
 }
 

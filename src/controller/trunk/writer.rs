@@ -1,0 +1,377 @@
+//! Writes the Trunk statuses the controller decided, off the reconcile path.
+//!
+//! A reconcile decides in microseconds; the write takes an API round trip, and at
+//! 10,000 Trunks the API server's write rate (about a hundred a second on a small
+//! control plane) made the decisions wait for the writes. The policy controller reads
+//! the decision at once (see [`super::verdicts`]); this queue writes it:
+//!
+//! - one write per Trunk at a time, the latest decision (server-side apply of the whole
+//!   status, so a newer decision replaces one not yet written), then its Events in
+//!   order, after the status;
+//! - a change of an endpoint's known state (Up ↔ Down, a new condition) goes before
+//!   first publications and RTT refreshes, so that a failure during a start-up backlog
+//!   reaches `kubectl` and the pager in seconds;
+//! - a failed write is retried with the shared backoff (at once when the API answers
+//!   again after an outage), keeping its Events; a Trunk that is gone is dropped;
+//! - nothing is written unless this replica leads; leadership lost drops the queue.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::Event;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::verdicts::{Key, Verdicts};
+use crate::controller::runtime::{publish, status_body};
+use crate::controller::{Context, Retries, is_unreachable};
+use crate::crd::{FIELD_MANAGER, Trunk, TrunkStatus};
+use crate::lock;
+
+/// Writes in flight at once. Fewer than a controller's reconciles: the statuses share
+/// the API server with the policies' routing, which should not queue behind them.
+pub const WRITERS: usize = 4;
+
+/// One Trunk's decided status waiting to be written, with the Events that follow it.
+pub struct Pending {
+    /// The status to apply.
+    pub status: Arc<TrunkStatus>,
+    /// Events about the transitions, published after the status.
+    pub events: Vec<Event>,
+    /// The Trunk the Events are about.
+    pub reference: ObjectReference,
+    /// A known state changed: written before first publications and refreshes.
+    pub urgent: bool,
+}
+
+/// The queue's bookkeeping, apart from the I/O (unit-tested).
+#[derive(Default)]
+struct Queue {
+    pending: HashMap<Key, Pending>,
+    urgent: VecDeque<Key>,
+    bulk: VecDeque<Key>,
+    /// Keys in `urgent` or `bulk` (a key may sit in both after it turned urgent; the
+    /// first pop takes it).
+    queued: HashSet<Key>,
+    in_flight: HashSet<Key>,
+    /// Failed writes waiting out their backoff.
+    waiting: HashSet<Key>,
+}
+
+impl Queue {
+    /// Add a decision: it replaces a waiting one's status and adds its Events.
+    fn submit(&mut self, key: Key, mut next: Pending) {
+        if let Some(prev) = self.pending.remove(&key) {
+            let mut events = prev.events;
+            events.append(&mut next.events);
+            next.events = events;
+            next.urgent |= prev.urgent;
+        }
+        let urgent = next.urgent;
+        self.pending.insert(key.clone(), next);
+        self.enqueue(key, urgent);
+    }
+
+    fn enqueue(&mut self, key: Key, urgent: bool) {
+        if self.in_flight.contains(&key) || self.waiting.contains(&key) {
+            // Handed out again when the write in flight ends or the backoff is over.
+            return;
+        }
+        let fresh = self.queued.insert(key.clone());
+        if urgent {
+            self.urgent.push_back(key);
+        } else if fresh {
+            self.bulk.push_back(key);
+        }
+    }
+
+    /// The next write: urgent ones first.
+    fn next(&mut self) -> Option<(Key, Pending)> {
+        while let Some(key) = self.urgent.pop_front().or_else(|| self.bulk.pop_front()) {
+            if !self.queued.remove(&key) {
+                continue;
+            }
+            if let Some(p) = self.pending.remove(&key) {
+                self.in_flight.insert(key.clone());
+                return Some((key, p));
+            }
+        }
+        None
+    }
+
+    /// The write of `key` ended; a failed one puts `retry` back (a newer decision keeps
+    /// its status, the Events stay in order) to be handed out after [`Queue::resume`].
+    /// True when a decision is waiting to be handed out now.
+    fn done(&mut self, key: &Key, retry: Option<Pending>) -> bool {
+        self.in_flight.remove(key);
+        if let Some(mut failed) = retry {
+            if let Some(newer) = self.pending.remove(key) {
+                failed.events.extend(newer.events);
+                failed.status = newer.status;
+                failed.urgent |= newer.urgent;
+            }
+            self.pending.insert(key.clone(), failed);
+            self.waiting.insert(key.clone());
+            return false;
+        }
+        match self.pending.get(key).map(|p| p.urgent) {
+            Some(urgent) => {
+                self.enqueue(key.clone(), urgent);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A failed write's backoff is over.
+    fn resume(&mut self, key: &Key) -> bool {
+        if !self.waiting.remove(key) {
+            return false;
+        }
+        match self.pending.get(key).map(|p| p.urgent) {
+            Some(urgent) => {
+                self.enqueue(key.clone(), urgent);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn forget(&mut self, key: &Key) {
+        self.pending.remove(key);
+        self.waiting.remove(key);
+        self.queued.remove(key);
+    }
+
+    fn clear(&mut self) {
+        self.pending.clear();
+        self.waiting.clear();
+        self.queued.clear();
+        self.urgent.clear();
+        self.bulk.clear();
+    }
+}
+
+/// The Trunk status write queue of one context.
+pub struct StatusWriter {
+    queue: Mutex<Queue>,
+    wake: Notify,
+    retries: Retries,
+}
+
+impl StatusWriter {
+    /// An empty queue; [`StatusWriter::run`] writes it.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            queue: Mutex::default(),
+            wake: Notify::new(),
+            retries: Retries::new(crate::backoff::Backoff::new(
+                Duration::from_secs(1),
+                Duration::from_secs(300),
+            )),
+        })
+    }
+
+    /// Write `pending` for `key` (replacing a decision not yet written).
+    pub fn submit(&self, key: Key, pending: Pending) {
+        lock(&self.queue).submit(key, pending);
+        self.wake.notify_one();
+    }
+
+    /// The Trunk is gone: drop what waits for it.
+    pub fn forget(&self, key: &Key) {
+        lock(&self.queue).forget(key);
+        self.retries.reset(key);
+    }
+
+    /// Leadership ended: drop everything not yet written.
+    pub fn clear(&self) {
+        lock(&self.queue).clear();
+    }
+
+    /// Decisions not yet written (waiting, in their backoff or in flight).
+    pub fn backlog(&self) -> usize {
+        let q = lock(&self.queue);
+        q.pending.len() + q.in_flight.len()
+    }
+
+    /// Write until `shutdown`, [`WRITERS`] at a time.
+    pub async fn run(
+        self: Arc<Self>,
+        ctx: Arc<Context>,
+        verdicts: Arc<Verdicts>,
+        shutdown: CancellationToken,
+    ) {
+        let workers: Vec<_> = (0..WRITERS)
+            .map(|_| {
+                let (me, ctx, verdicts) = (self.clone(), ctx.clone(), verdicts.clone());
+                async move {
+                    loop {
+                        let next = lock(&me.queue).next();
+                        match next {
+                            Some((key, p)) => me.write(&ctx, &verdicts, key, p).await,
+                            None => me.wake.notified().await,
+                        }
+                    }
+                }
+            })
+            .collect();
+        tokio::select! {
+            _ = futures::future::join_all(workers) => {}
+            () = shutdown.cancelled() => {}
+        }
+    }
+
+    async fn write(
+        self: &Arc<Self>,
+        ctx: &Arc<Context>,
+        verdicts: &Verdicts,
+        key: Key,
+        p: Pending,
+    ) {
+        let (ns, name) = (&key.0, &key.1);
+        let api: Api<Trunk> = Api::namespaced(ctx.client.clone(), ns);
+        let body = status_body::<Trunk, _>(&*p.status);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let written = ctx
+            .while_leading(api.patch_status(name, &params, &Patch::Apply(&body)))
+            .await;
+        let retry = match written {
+            // Not leading: the next leader decides and writes for itself.
+            None => None,
+            Some(Ok(trunk)) => {
+                self.retries.reset(&key);
+                verdicts.written(&key, &p.status, trunk.metadata.resource_version.as_deref());
+                tracing::info!(namespace = %ns, name = %name, healthy = ?p.status.healthy_summary, "trunk status written");
+                for event in p.events {
+                    // The status is written; a lost Event must not make us write it again.
+                    publish(ctx, event, &p.reference).await;
+                }
+                None
+            }
+            Some(Err(kube::Error::Api(e))) if e.code == 404 => {
+                tracing::debug!(namespace = %ns, name = %name, "trunk gone before its status was written");
+                None
+            }
+            Some(Err(e)) => {
+                if is_unreachable(&e) {
+                    ctx.api_call_failed();
+                }
+                ctx.metrics
+                    .reconcile_errors
+                    .get_or_create(&crate::telemetry::ErrorLabels {
+                        controller: super::CONTROLLER,
+                        error: "kube",
+                    })
+                    .inc();
+                let n = self.retries.failed(key.clone());
+                let delay = self.retries.backoff.delay(n);
+                tracing::warn!(namespace = %ns, name = %name, error = %e, retry = n, ?delay, "trunk status write failed");
+                let (me, key, mut returned) = (self.clone(), key.clone(), ctx.api_returned());
+                returned.borrow_and_update();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        // The API answers again: retry now, not after the backoff.
+                        _ = returned.changed() => {}
+                    }
+                    if lock(&me.queue).resume(&key) {
+                        me.wake.notify_one();
+                    }
+                });
+                Some(p)
+            }
+        };
+        if lock(&self.queue).done(&key, retry) {
+            self.wake.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> Key {
+        ("ns".to_string(), name.to_string())
+    }
+
+    fn pending(healthy: u32, notes: &[&str], urgent: bool) -> Pending {
+        Pending {
+            status: Arc::new(TrunkStatus {
+                healthy_endpoints: healthy,
+                ..TrunkStatus::default()
+            }),
+            events: notes
+                .iter()
+                .map(|n| Event {
+                    type_: kube::runtime::events::EventType::Normal,
+                    reason: "EndpointUp".into(),
+                    note: Some((*n).to_string()),
+                    action: "Probe".into(),
+                    secondary: None,
+                })
+                .collect(),
+            reference: ObjectReference::default(),
+            urgent,
+        }
+    }
+
+    fn notes(p: &Pending) -> Vec<String> {
+        p.events.iter().filter_map(|e| e.note.clone()).collect()
+    }
+
+    #[test]
+    fn a_failure_jumps_the_start_up_backlog() {
+        let mut q = Queue::default();
+        for name in ["a", "b", "c"] {
+            q.submit(key(name), pending(1, &["first verdict"], false));
+        }
+        q.submit(key("flip"), pending(0, &["down"], true));
+        // A first publication that turns urgent moves ahead too.
+        q.submit(key("c"), pending(0, &["down"], true));
+        let order: Vec<String> = std::iter::from_fn(|| q.next()).map(|(k, _)| k.1).collect();
+        assert_eq!(order, ["flip", "c", "a", "b"]);
+    }
+
+    #[test]
+    fn the_latest_decision_is_written_once_with_every_event() {
+        let mut q = Queue::default();
+        q.submit(key("a"), pending(1, &["up"], false));
+        q.submit(key("a"), pending(0, &["down"], true));
+        let (k, p) = q.next().unwrap();
+        assert_eq!((k.1.as_str(), p.status.healthy_endpoints), ("a", 0));
+        assert_eq!(notes(&p), ["up", "down"]);
+        assert!(q.next().is_none(), "one pending write per Trunk");
+
+        // A decision while the write is in flight waits for it, then goes out alone.
+        q.submit(key("a"), pending(1, &["up again"], true));
+        assert!(q.next().is_none(), "never two writes of one Trunk at once");
+        assert!(q.done(&k, None));
+        let (_, p) = q.next().unwrap();
+        assert_eq!(notes(&p), ["up again"]);
+    }
+
+    #[test]
+    fn a_failed_write_keeps_its_events_and_takes_the_newest_status() {
+        let mut q = Queue::default();
+        q.submit(key("a"), pending(0, &["down"], true));
+        let (k, failed) = q.next().unwrap();
+        q.submit(key("a"), pending(1, &["up"], true));
+        assert!(!q.done(&k, Some(failed)), "waits out its backoff");
+        assert!(q.next().is_none());
+        assert!(q.resume(&k));
+        let (_, p) = q.next().unwrap();
+        assert_eq!(p.status.healthy_endpoints, 1);
+        assert_eq!(notes(&p), ["down", "up"]);
+
+        // A Trunk deleted during its backoff is not written.
+        assert!(!q.done(&k, Some(p)));
+        q.forget(&k);
+        assert!(!q.resume(&k));
+        assert!(q.next().is_none());
+    }
+}
