@@ -154,6 +154,8 @@ pub struct Metrics {
     pub configmap_writes: Counter,
     /// 1 while this process holds the leader Lease.
     pub leader: Gauge,
+    /// Trunk statuses decided and not yet written (queued, in flight or retrying).
+    pub trunk_status_backlog: Gauge,
     /// Round trip of answered SIP OPTIONS probes (millisecond resolution).
     pub probe_rtt: Histogram,
     /// Notifier webhook attempts by result.
@@ -186,6 +188,7 @@ impl Metrics {
         let failbacks = Counter::default();
         let configmap_writes = Counter::default();
         let leader = Gauge::default();
+        let trunk_status_backlog = Gauge::default();
         // 1 ms doubling to ~8 s: loopback and LAN peers land in the first buckets,
         // carriers in the tens of milliseconds, the longest probe timeouts at the top.
         let probe_rtt = Histogram::new(exponential_buckets(0.001, 2.0, 14));
@@ -233,6 +236,11 @@ impl Metrics {
             leader.clone(),
         );
         registry.register(
+            "trunk_status_backlog",
+            "Trunk statuses decided from the probes and not yet written (routing does not wait for them)",
+            trunk_status_backlog.clone(),
+        );
+        registry.register(
             "notifications",
             "Notifier webhook attempts by result (delivered, failed)",
             notifications.clone(),
@@ -260,6 +268,7 @@ impl Metrics {
             failbacks,
             configmap_writes,
             leader,
+            trunk_status_backlog,
             probe_rtt,
             notifications,
             edge_isolated,

@@ -108,10 +108,55 @@ pub fn spawn_options_responder(
     sock: std::net::UdpSocket,
     silenced: Silenced,
 ) -> std::thread::JoinHandle<()> {
+    spawn_logged_options_responder(sock, silenced, None)
+}
+
+/// One OPTIONS request the responder received: when, and whether it was answered.
+#[derive(Clone, Debug)]
+pub struct Arrival {
+    pub at: std::time::Instant,
+    pub answered: bool,
+}
+
+/// The OPTIONS requests for one user, in order. Benchmarks read the moment of a probe
+/// verdict off it.
+pub struct ArrivalLog {
+    user: String,
+    entries: std::sync::Mutex<Vec<Arrival>>,
+}
+
+impl ArrivalLog {
+    /// An empty log of the requests for `user`.
+    pub fn of(user: &str) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            user: user.to_string(),
+            entries: Default::default(),
+        })
+    }
+
+    /// The first request that arrived at or after `since`.
+    pub fn first_since(&self, since: std::time::Instant) -> Option<Arrival> {
+        let entries = self.entries.lock().unwrap();
+        entries.iter().find(|a| a.at >= since).cloned()
+    }
+
+    /// Forget what was logged.
+    pub fn clear(&self) {
+        self.entries.lock().unwrap().clear();
+    }
+}
+
+/// [`spawn_options_responder`] that also records the requests for the user of `log`.
+pub fn spawn_logged_options_responder(
+    sock: std::net::UdpSocket,
+    silenced: Silenced,
+    log: Option<std::sync::Arc<ArrivalLog>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 65_536];
         let mut reply = String::with_capacity(1024);
         while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let at = std::time::Instant::now();
             let req = String::from_utf8_lossy(&buf[..n]);
             let user = req
                 .split_whitespace()
@@ -119,9 +164,17 @@ pub fn spawn_options_responder(
                 .and_then(|uri| uri.split_once(':'))
                 .and_then(|(_, rest)| rest.split_once('@'))
                 .map(|(u, _)| u);
-            if let Some(u) = user
-                && silenced.read().is_ok_and(|s| s.contains(u))
+            let silent = user.is_some_and(|u| silenced.read().is_ok_and(|s| s.contains(u)));
+            if let Some(log) = &log
+                && user == Some(log.user.as_str())
+                && let Ok(mut entries) = log.entries.lock()
             {
+                entries.push(Arrival {
+                    at,
+                    answered: !silent,
+                });
+            }
+            if silent {
                 continue;
             }
             reply.clear();

@@ -131,7 +131,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     // leader forgets plans it may hold from an earlier term: the status is the truth.
     let everyone = everyone_on_recovery(&ctx, store.clone(), {
         let pctx = pctx.clone();
-        move || lock(&pctx.plans).clear()
+        move || {
+            lock(&pctx.plans).clear();
+            lock(&pctx.waiting_since).clear();
+        }
     });
     let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store.clone());
     // A Trunk status decided by this replica: the policies naming it plan again at
@@ -276,16 +279,21 @@ async fn reconcile_policy(
         return Ok(Action::await_change());
     }
 
-    // A new policy: its first routing waits (bounded) for the first verdicts of the
-    // Trunks it names, which each trigger this reconcile when they are published.
-    // Writing from Unknown Trunks would rewrite the routing once per Trunk.
-    let pending = policy
-        .status
-        .is_none()
-        .then(|| observe::first_verdicts_pending(policy, ns, &pctx.caches))
-        .flatten();
+    // A new policy's first routing waits (bounded) for the first verdicts of the
+    // Trunks it names: writing from Unknown Trunks would rewrite the routing once per
+    // Trunk. The first pass of a leadership term waits (bounded) for this replica to
+    // judge them: the routing may be ahead of their published status. Each verdict
+    // triggers this reconcile.
+    let wait = if policy.status.is_none() {
+        Some(observe::VerdictWait::First)
+    } else if !lock(&pctx.plans).contains_key(&key) {
+        Some(observe::VerdictWait::Takeover)
+    } else {
+        None
+    };
+    let pending = wait.and_then(|w| observe::verdicts_pending(policy, ns, &pctx.caches, w));
     if let Some(left) = pctx.first_routing_wait(&key, pending) {
-        tracing::debug!(?left, "first routing waits for the Trunks' first verdicts");
+        tracing::debug!(?left, ?wait, "routing waits for the Trunks' verdicts");
         return Ok(Action::requeue(left));
     }
 

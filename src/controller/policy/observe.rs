@@ -115,29 +115,44 @@ pub fn observe(policy: &FallbackPolicy, ns: &str, caches: &Caches) -> Observed {
     observed
 }
 
-/// How long a new policy waits for the Trunks it names to publish their first probe
-/// verdicts before it writes its first routing, or `None` when none is missing.
+/// What a policy's first write waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerdictWait {
+    /// A new policy (no status): its Trunks' first verdicts. A policy that wrote before
+    /// them would route from Unknown Trunks and rewrite its routing as each turns Up.
+    First,
+    /// This replica's first pass of a leadership term (takeover or restart): its
+    /// Trunks judged by this replica. The routing a killed leader wrote may be ahead of
+    /// the Trunk status it did not get to write; planning from that status would route
+    /// back to a carrier found dead a moment before.
+    Takeover,
+}
+
+/// How long a policy's write waits for the verdicts `wait` names, or `None` when none
+/// is missing.
 ///
-/// A Trunk publishes its first status after one probe round (see the Trunk
-/// controller), which takes at most its period (the first probe waits a random part of
-/// it) plus its timeout. A policy that wrote before that would route from Unknown
-/// Trunks and rewrite its routing as each one turns Up. Only existing, enabled, valid
-/// Trunks without a published endpoint are waited for: a missing Trunk is a verdict
-/// too. The result is the longest first round among them plus [`FIRST_VERDICT_SLACK`]
-/// for the status write; the caller waits at most that long from when it first saw the
-/// policy.
-pub fn first_verdicts_pending(
+/// A Trunk is judged after one probe round (see the Trunk controller), which takes at
+/// most its period (the first probe waits a random part of it) plus its timeout. Only
+/// existing, enabled, valid Trunks with endpoints are waited for: a missing Trunk is a
+/// verdict too. The result is the longest round among them plus
+/// [`FIRST_VERDICT_SLACK`]; the caller waits at most that long from the first pass that
+/// had to wait.
+pub fn verdicts_pending(
     policy: &FallbackPolicy,
     ns: &str,
     caches: &Caches,
+    wait: VerdictWait,
 ) -> Option<std::time::Duration> {
     targets(&policy.spec)
         .filter_map(|t| t.trunk.as_ref())
-        .filter_map(|name| caches.trunk(ns, name))
-        .filter_map(|(trunk, status)| {
+        .filter_map(|name| Some((name, caches.trunk(ns, name)?)))
+        .filter_map(|(name, (trunk, status))| {
             let trunk = parsed(&trunk)?;
-            let published = status.is_some_and(|s| !s.endpoints.is_empty());
-            (!trunk.spec.disabled && !trunk.spec.endpoints.is_empty() && !published).then(|| {
+            let known = match wait {
+                VerdictWait::First => status.is_some_and(|s| !s.endpoints.is_empty()),
+                VerdictWait::Takeover => caches.verdicts.is_judged(&(ns.to_string(), name.clone())),
+            };
+            (!trunk.spec.disabled && !trunk.spec.endpoints.is_empty() && !known).then(|| {
                 std::time::Duration::from_secs(u64::from(trunk.spec.probe.period_seconds))
                     + std::time::Duration::from_millis(u64::from(trunk.spec.probe.timeout_millis))
             })
@@ -146,7 +161,7 @@ pub fn first_verdicts_pending(
         .map(|round| round + FIRST_VERDICT_SLACK)
 }
 
-/// Time allowed for a Trunk's first status write after its first probe round.
+/// Time allowed after a Trunk's probe round for its verdict to reach the policy.
 pub const FIRST_VERDICT_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Point the prober at the policy's static targets and read their health.
@@ -312,21 +327,54 @@ mod tests {
         // One round of the unjudged Trunk (its period plus its timeout) and the slack
         // for its status write.
         assert_eq!(
-            first_verdicts_pending(&policy(&["new", "judged"]), "ns", &c),
+            verdicts_pending(&policy(&["new", "judged"]), "ns", &c, VerdictWait::First),
             Some(Duration::from_millis(10_500) + FIRST_VERDICT_SLACK)
         );
         // Published, disabled (never probed) or missing (a verdict too): nothing to wait for.
         assert_eq!(
-            first_verdicts_pending(&policy(&["judged", "maintenance", "absent"]), "ns", &c),
+            verdicts_pending(
+                &policy(&["judged", "maintenance", "absent"]),
+                "ns",
+                &c,
+                VerdictWait::First
+            ),
             None
         );
         // Another namespace's Trunk of the same name does not count.
-        assert_eq!(first_verdicts_pending(&policy(&["new"]), "other", &c), None);
+        assert_eq!(
+            verdicts_pending(&policy(&["new"]), "other", &c, VerdictWait::First),
+            None
+        );
         // A verdict this replica decided counts before its status is written.
         let key = ("ns".to_string(), "new".to_string());
         let decided = parsed(&trunk("new", false, true)).unwrap().status.clone();
         c.verdicts.decide(&key, decided.unwrap());
-        assert_eq!(first_verdicts_pending(&policy(&["new"]), "ns", &c), None);
+        assert_eq!(
+            verdicts_pending(&policy(&["new"]), "ns", &c, VerdictWait::First),
+            None
+        );
+    }
+
+    #[test]
+    fn a_new_term_waits_for_trunks_this_replica_has_not_judged() {
+        let c = caches(vec![
+            trunk("judged", false, true),
+            trunk("unjudged", false, true),
+            trunk("maintenance", true, true),
+        ]);
+        let takeover =
+            |names: &[&str]| verdicts_pending(&policy(names), "ns", &c, VerdictWait::Takeover);
+        // No Trunk controller in this process: nothing to wait for.
+        assert_eq!(takeover(&["judged", "unjudged"]), None);
+        c.verdicts.start_judging();
+        c.verdicts
+            .mark_judged(&("ns".to_string(), "judged".to_string()));
+        // A published status is not enough: the routing may be ahead of it.
+        assert_eq!(
+            takeover(&["judged", "unjudged"]),
+            Some(Duration::from_millis(10_500) + FIRST_VERDICT_SLACK)
+        );
+        assert_eq!(takeover(&["judged", "maintenance", "absent"]), None);
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub(super) struct PolicyCtx {
     /// Failed reconciles in a row, for the backoff.
     pub(super) retries: Retries,
     /// When a policy without a status was first seen waiting for its Trunks' first
-    /// verdicts (see [`observe::first_verdicts_pending`]).
+    /// verdicts (see [`observe::verdicts_pending`]).
     pub(super) waiting_since: Mutex<HashMap<Key, Instant>>,
 }
 
@@ -52,7 +52,7 @@ impl PolicyCtx {
     }
 
     /// How much longer the first routing of `key` waits for first verdicts: `pending`
-    /// is the wait [`observe::first_verdicts_pending`] allows (`None`: nothing to wait
+    /// is the wait [`observe::verdicts_pending`] allows (`None`: nothing to wait
     /// for), counted from the first pass that had to wait.
     pub(super) fn first_routing_wait(
         &self,

@@ -103,8 +103,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         )),
         ca_bundles,
         passive: Mutex::default(),
-        writer: writer::StatusWriter::new(),
+        writer: writer::StatusWriter::new(ctx.metrics.trunk_status_backlog.clone()),
     });
+    ctx.verdicts.start_judging();
     let writing = tokio::spawn(tctx.writer.clone().run(
         ctx.clone(),
         ctx.verdicts.clone(),
@@ -353,7 +354,10 @@ async fn reconcile_trunk(
     let rtt_due = lock(&tctx.last_write)
         .get(&id)
         .is_none_or(|at| now.duration_since(*at).unsigned_abs() >= RTT_REFRESH);
-    let Some(new) = next_status(trunk, &health, views, &old, rtt_due, now) else {
+    let next = next_status(trunk, &health, views, &old, rtt_due, now);
+    // Judged in this term (a policy's first pass of a term waits for it).
+    ctx.verdicts.mark_judged(&id);
+    let Some(new) = next else {
         return Ok(requeue);
     };
 

@@ -16,8 +16,16 @@
 //!
 //! Only a leader decides, and a replica that stops leading clears the board: the next
 //! leader's statuses come through the cache.
+//!
+//! The board also knows which Trunks the Trunk controller has judged in this term (one
+//! full probe round measured, status decided or found unchanged). A leader that takes
+//! over, or restarts, plans from published statuses; the routing a killed leader wrote
+//! may already be ahead of a status it did not get to write. So the policy controller's
+//! first pass of a term waits (bounded) until its Trunks are judged, instead of
+//! routing back to a carrier that was found dead a moment before.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
@@ -41,6 +49,11 @@ struct Entry {
 /// Decided Trunk statuses not yet in the watch cache, with change notifications.
 pub struct Verdicts {
     entries: Mutex<HashMap<Key, Entry>>,
+    /// Trunks judged by this replica's Trunk controller in this leadership term.
+    judged: Mutex<HashSet<Key>>,
+    /// Whether a Trunk controller judges for this board (tests may run the policy
+    /// controller alone; then nothing is waited for).
+    judging: AtomicBool,
     changes: broadcast::Sender<Key>,
 }
 
@@ -48,6 +61,8 @@ impl Default for Verdicts {
     fn default() -> Self {
         Self {
             entries: Mutex::default(),
+            judged: Mutex::default(),
+            judging: AtomicBool::new(false),
             changes: broadcast::channel(BUFFER).0,
         }
     }
@@ -105,14 +120,36 @@ impl Verdicts {
             .or_else(|| trunk.status.clone().map(Arc::new))
     }
 
+    /// A Trunk controller judges the Trunks of this board from now on.
+    pub fn start_judging(&self) {
+        self.judging.store(true, Ordering::Relaxed);
+    }
+
+    /// The Trunk controller measured `key` fully in this term and decided its status
+    /// (changed or not). Readers waiting for it are told the first time.
+    pub fn mark_judged(&self, key: &Key) {
+        if lock(&self.judged).insert(key.clone()) {
+            let _ = self.changes.send(key.clone());
+        }
+    }
+
+    /// Whether `key` has been judged in this term; always true when no Trunk controller
+    /// judges for this board.
+    pub fn is_judged(&self, key: &Key) -> bool {
+        !self.judging.load(Ordering::Relaxed) || lock(&self.judged).contains(key)
+    }
+
     /// The Trunk is gone (or no longer probed by this replica).
     pub fn forget(&self, key: &Key) {
         lock(&self.entries).remove(key);
+        lock(&self.judged).remove(key);
     }
 
-    /// Leadership ended: the next leader's statuses come through the cache.
+    /// Leadership ended: the next leader's statuses come through the cache, and the
+    /// next term judges every Trunk again.
     pub fn clear(&self) {
         lock(&self.entries).clear();
+        lock(&self.judged).clear();
     }
 
     /// Entries held (for tests and the memory figures).
@@ -209,5 +246,25 @@ mod tests {
                 .current(&key, &trunk("12", EndpointState::Down))
                 .is_none()
         );
+    }
+
+    #[test]
+    fn judged_trunks_are_per_term_and_only_when_someone_judges() {
+        let board = Verdicts::default();
+        let key = ("ns".to_string(), "fixed".to_string());
+        assert!(
+            board.is_judged(&key),
+            "no Trunk controller: nothing to wait for"
+        );
+        board.start_judging();
+        assert!(!board.is_judged(&key));
+        let mut changes = board.subscribe();
+        board.mark_judged(&key);
+        board.mark_judged(&key);
+        assert!(board.is_judged(&key));
+        assert_eq!(changes.try_recv().unwrap(), key, "told once");
+        assert!(changes.try_recv().is_err());
+        board.clear();
+        assert!(!board.is_judged(&key), "a new term judges again");
     }
 }

@@ -140,6 +140,16 @@ impl Queue {
         }
     }
 
+    /// Trunks with a decision not yet written (waiting, in backoff or in flight).
+    fn backlog(&self) -> usize {
+        self.pending.len()
+            + self
+                .in_flight
+                .iter()
+                .filter(|k| !self.pending.contains_key(*k))
+                .count()
+    }
+
     fn forget(&mut self, key: &Key) {
         self.pending.remove(key);
         self.waiting.remove(key);
@@ -160,14 +170,21 @@ pub struct StatusWriter {
     queue: Mutex<Queue>,
     wake: Notify,
     retries: Retries,
+    /// This queue's share of `lifeline_trunk_status_backlog` (each watched namespace
+    /// has a queue; they add up in the one gauge).
+    reported: std::sync::atomic::AtomicI64,
+    gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl StatusWriter {
-    /// An empty queue; [`StatusWriter::run`] writes it.
-    pub fn new() -> Arc<Self> {
+    /// An empty queue whose backlog is added to `gauge`; [`StatusWriter::run`] writes
+    /// it.
+    pub fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Arc<Self> {
         Arc::new(Self {
             queue: Mutex::default(),
             wake: Notify::new(),
+            reported: Default::default(),
+            gauge,
             retries: Retries::new(crate::backoff::Backoff::new(
                 Duration::from_secs(1),
                 Duration::from_secs(300),
@@ -175,27 +192,33 @@ impl StatusWriter {
         })
     }
 
+    /// Change the queue under its lock, then report its backlog.
+    fn with_queue<T>(&self, change: impl FnOnce(&mut Queue) -> T) -> T {
+        let mut q = lock(&self.queue);
+        let out = change(&mut q);
+        let now = i64::try_from(q.backlog()).unwrap_or(i64::MAX);
+        let before = self
+            .reported
+            .swap(now, std::sync::atomic::Ordering::Relaxed);
+        self.gauge.inc_by(now - before);
+        out
+    }
+
     /// Write `pending` for `key` (replacing a decision not yet written).
     pub fn submit(&self, key: Key, pending: Pending) {
-        lock(&self.queue).submit(key, pending);
+        self.with_queue(|q| q.submit(key, pending));
         self.wake.notify_one();
     }
 
     /// The Trunk is gone: drop what waits for it.
     pub fn forget(&self, key: &Key) {
-        lock(&self.queue).forget(key);
+        self.with_queue(|q| q.forget(key));
         self.retries.reset(key);
     }
 
     /// Leadership ended: drop everything not yet written.
     pub fn clear(&self) {
-        lock(&self.queue).clear();
-    }
-
-    /// Decisions not yet written (waiting, in their backoff or in flight).
-    pub fn backlog(&self) -> usize {
-        let q = lock(&self.queue);
-        q.pending.len() + q.in_flight.len()
+        self.with_queue(Queue::clear);
     }
 
     /// Write until `shutdown`, [`WRITERS`] at a time.
@@ -210,7 +233,7 @@ impl StatusWriter {
                 let (me, ctx, verdicts) = (self.clone(), ctx.clone(), verdicts.clone());
                 async move {
                     loop {
-                        let next = lock(&me.queue).next();
+                        let next = me.with_queue(Queue::next);
                         match next {
                             Some((key, p)) => me.write(&ctx, &verdicts, key, p).await,
                             None => me.wake.notified().await,
@@ -278,14 +301,14 @@ impl StatusWriter {
                         // The API answers again: retry now, not after the backoff.
                         _ = returned.changed() => {}
                     }
-                    if lock(&me.queue).resume(&key) {
+                    if me.with_queue(|q| q.resume(&key)) {
                         me.wake.notify_one();
                     }
                 });
                 Some(p)
             }
         };
-        if lock(&self.queue).done(&key, retry) {
+        if self.with_queue(|q| q.done(&key, retry)) {
             self.wake.notify_one();
         }
     }
@@ -342,7 +365,9 @@ mod tests {
         let mut q = Queue::default();
         q.submit(key("a"), pending(1, &["up"], false));
         q.submit(key("a"), pending(0, &["down"], true));
+        assert_eq!(q.backlog(), 1, "one Trunk waiting");
         let (k, p) = q.next().unwrap();
+        assert_eq!(q.backlog(), 1, "one Trunk in flight");
         assert_eq!((k.1.as_str(), p.status.healthy_endpoints), ("a", 0));
         assert_eq!(notes(&p), ["up", "down"]);
         assert!(q.next().is_none(), "one pending write per Trunk");
@@ -353,6 +378,8 @@ mod tests {
         assert!(q.done(&k, None));
         let (_, p) = q.next().unwrap();
         assert_eq!(notes(&p), ["up again"]);
+        assert!(!q.done(&k, None));
+        assert_eq!(q.backlog(), 0, "everything written");
     }
 
     #[test]
