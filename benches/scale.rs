@@ -15,7 +15,7 @@
 //!    routing, p50/p99 (target p99 < 50 ms). The policy plans from the verdict, not
 //!    from the written status; when the status reached a watch is printed beside it;
 //! 3. once the operator has written every Trunk status it decided
-//!    (`lifeline_trunk_status_backlog` 0), a quiet steady-state window: API requests by
+//!    (`lifeline_status_writes_pending` 0), a quiet steady-state window: API requests by
 //!    verb and resource, from the API
 //!    server's `apiserver_request_total` (this bench is the only other client and
 //!    sends nothing then; its watches are long-running) and, when the operator exports
@@ -457,6 +457,17 @@ async fn run(sizes: Sizes) {
         return;
     }
     let all_written = first_seen.values().max().copied().unwrap_or(started) - started;
+    let mut firsts: Vec<f64> = first_seen
+        .values()
+        .map(|at| (*at - started).as_secs_f64())
+        .collect();
+    firsts.sort_by(f64::total_cmp);
+    println!(
+        "scale: routing written, seconds after the operator started: first {:.2}, half {:.2}, 90 % {:.2}",
+        firsts[0],
+        firsts[firsts.len() / 2],
+        firsts[firsts.len() * 9 / 10],
+    );
     println!(
         "scale: every policy's routing written {:.2} s after the operator started (target < 30 s: ratio {:.2})",
         all_written.as_secs_f64(),
@@ -588,7 +599,7 @@ async fn run(sizes: Sizes) {
     // 3. Quiet steady state (once every decided Trunk status is written); 4. memory.
     let drain_deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let backlog = operator.metric("lifeline_trunk_status_backlog").await;
+        let backlog = operator.metric("lifeline_status_writes_pending").await;
         if backlog == Some(0.0) {
             break;
         }

@@ -155,7 +155,7 @@ pub struct Metrics {
     /// 1 while this process holds the leader Lease.
     pub leader: Gauge,
     /// Trunk statuses decided and not yet written (queued, in flight or retrying).
-    pub trunk_status_backlog: Gauge,
+    pub status_writes_pending: Gauge,
     /// Round trip of answered SIP OPTIONS probes (millisecond resolution).
     pub probe_rtt: Histogram,
     /// Notifier webhook attempts by result.
@@ -188,7 +188,7 @@ impl Metrics {
         let failbacks = Counter::default();
         let configmap_writes = Counter::default();
         let leader = Gauge::default();
-        let trunk_status_backlog = Gauge::default();
+        let status_writes_pending = Gauge::default();
         // 1 ms doubling to ~8 s: loopback and LAN peers land in the first buckets,
         // carriers in the tens of milliseconds, the longest probe timeouts at the top.
         let probe_rtt = Histogram::new(exponential_buckets(0.001, 2.0, 14));
@@ -236,9 +236,9 @@ impl Metrics {
             leader.clone(),
         );
         registry.register(
-            "trunk_status_backlog",
+            "status_writes_pending",
             "Trunk statuses decided from the probes and not yet written (routing does not wait for them)",
-            trunk_status_backlog.clone(),
+            status_writes_pending.clone(),
         );
         registry.register(
             "notifications",
@@ -268,7 +268,7 @@ impl Metrics {
             failbacks,
             configmap_writes,
             leader,
-            trunk_status_backlog,
+            status_writes_pending,
             probe_rtt,
             notifications,
             edge_isolated,

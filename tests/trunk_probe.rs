@@ -105,6 +105,26 @@ async fn sipp_answering_200_is_up_then_down_when_it_dies() {
     assert_eq!(status.healthy_summary.as_deref(), Some("0/1"));
     let err = status.endpoints[0].last_error.clone().unwrap_or_default();
     assert!(err.contains("no answer within 500 ms"), "{err}");
+    // The Down is an Event; the first Up was not (it is in the status only), and the
+    // writer publishes each status's Events in order, so it would be there by now.
+    let events = eventually(Duration::from_secs(5), "an EndpointDown event", || {
+        let h = &h;
+        async move {
+            let ev = h.events("carrier-a").await;
+            ev.iter()
+                .any(|(reason, note)| reason == "EndpointDown" && note.contains(uri))
+                .then_some(ev)
+        }
+    })
+    .await;
+    assert!(
+        !events.iter().any(|(reason, _)| reason == "EndpointUp"),
+        "a first Up publishes no Event: {events:?}"
+    );
+
+    // The carrier is back: Up again, with an Event.
+    let _peer = sipp_options(200, "127.0.10.1", 5060, "u1");
+    h.wait_for("carrier-a", EndpointState::Up, deadline()).await;
     let events = eventually(
         Duration::from_secs(5),
         "EndpointUp and EndpointDown events",

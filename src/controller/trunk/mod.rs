@@ -103,7 +103,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         )),
         ca_bundles,
         passive: Mutex::default(),
-        writer: writer::StatusWriter::new(ctx.metrics.trunk_status_backlog.clone()),
+        writer: writer::StatusWriter::new(ctx.metrics.status_writes_pending.clone()),
     });
     ctx.verdicts.start_judging();
     let writing = tokio::spawn(tctx.writer.clone().run(

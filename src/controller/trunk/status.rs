@@ -208,7 +208,14 @@ pub fn next_status(
     (new != *old).then_some(new)
 }
 
-/// Endpoints that became Up or Down between `old` and `new`, with the cause.
+/// Endpoints that became Up or Down between `old` and `new`, with the cause: the
+/// changes worth an Event.
+///
+/// An endpoint's first verdict is one only when it is Down (a new Trunk whose carrier
+/// does not answer is news); a first Up is in the status and nothing else. Creating
+/// 10,000 Trunks at once (a cluster's first sync) would otherwise publish 10,000
+/// `EndpointUp` Events, each an API write while the routing waits for the API server,
+/// and each kept in the Event recorder's cache for six minutes.
 pub fn transitions(
     old: &TrunkStatus,
     new: &TrunkStatus,
@@ -218,10 +225,13 @@ pub fn transitions(
         .iter()
         .filter(|e| e.state != EndpointState::Unknown)
         .filter(|e| {
-            old.endpoints
+            let before = old
+                .endpoints
                 .iter()
                 .find(|o| o.uri == e.uri)
-                .is_none_or(|o| o.state != e.state)
+                .map_or(EndpointState::Unknown, |o| o.state);
+            before != e.state
+                && (before != EndpointState::Unknown || e.state == EndpointState::Down)
         })
         .map(|e| {
             let h = health.iter().find(|h| h.uri == e.uri);

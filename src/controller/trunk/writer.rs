@@ -170,7 +170,7 @@ pub struct StatusWriter {
     queue: Mutex<Queue>,
     wake: Notify,
     retries: Retries,
-    /// This queue's share of `lifeline_trunk_status_backlog` (each watched namespace
+    /// This queue's share of `lifeline_status_writes_pending` (each watched namespace
     /// has a queue; they add up in the one gauge).
     reported: std::sync::atomic::AtomicI64,
     gauge: prometheus_client::metrics::gauge::Gauge,

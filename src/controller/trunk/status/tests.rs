@@ -112,6 +112,16 @@ fn all_down_probing_and_disabled() {
         reasons::PROBING
     );
     assert!(transitions(&TrunkStatus::default(), &s, &unknown).is_empty());
+    // A first Up is in the status only; Up after Unknown (probing) too.
+    let up = [health("sip:a", EndpointState::Up, Some(3), 0)];
+    let first_up = next_status(&tr, &up, None, &TrunkStatus::default(), true, t(1)).unwrap();
+    assert!(transitions(&TrunkStatus::default(), &first_up, &up).is_empty());
+    assert!(transitions(&s, &first_up, &up).is_empty());
+    // A first Down, and every change of a known state, are Events.
+    let first_down = next_status(&tr, &down, None, &s, true, t(2)).unwrap();
+    assert_eq!(transitions(&s, &first_down, &down).len(), 1);
+    let back = next_status(&tr, &up, None, &first_down, true, t(3)).unwrap();
+    assert_eq!(transitions(&first_down, &back, &up)[0].1, EndpointState::Up);
 
     let off = trunk(&["sip:a"], true);
     let s = next_status(&off, &[], None, &s, true, t(2)).unwrap();
