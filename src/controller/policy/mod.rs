@@ -144,7 +144,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         // Errors of any trigger stream pause them all for this backoff (kube's default
         // grows to 30 s and would hold every reconcile after an API outage).
         .trigger_backoff(crate::backoff::WATCH)
-        .with_config(super::runtime::controller_config())
+        .with_config(
+            super::runtime::controller_config().concurrency(super::runtime::ROUTING_CONCURRENCY),
+        )
         .owns_stream(cm_events)
         .watches_stream(owner_events, move |cm| {
             // lifeline's own ConfigMaps come through their owner reference.

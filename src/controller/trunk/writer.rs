@@ -33,6 +33,9 @@ use crate::lock;
 
 /// Writes in flight at once. Fewer than a controller's reconciles: the statuses share
 /// the API server with the policies' routing, which should not queue behind them.
+/// Only one of them writes first publications and refreshes (a start-up backlog of
+/// 10,000 first statuses then takes one write at a time of the API server); the
+/// others write changes of state only.
 pub const WRITERS: usize = 4;
 
 /// One Trunk's decided status waiting to be written, with the Events that follow it.
@@ -88,9 +91,13 @@ impl Queue {
         }
     }
 
-    /// The next write: urgent ones first.
-    fn next(&mut self) -> Option<(Key, Pending)> {
-        while let Some(key) = self.urgent.pop_front().or_else(|| self.bulk.pop_front()) {
+    /// The next write: urgent ones first, then (if `bulk`) the others.
+    fn next(&mut self, bulk: bool) -> Option<(Key, Pending)> {
+        while let Some(key) = self
+            .urgent
+            .pop_front()
+            .or_else(|| bulk.then(|| self.bulk.pop_front()).flatten())
+        {
             if !self.queued.remove(&key) {
                 continue;
             }
@@ -168,7 +175,10 @@ impl Queue {
 /// The Trunk status write queue of one context.
 pub struct StatusWriter {
     queue: Mutex<Queue>,
+    /// Wakes a writer of changes of state.
     wake: Notify,
+    /// Wakes the one writer that also writes first publications and refreshes.
+    wake_bulk: Notify,
     retries: Retries,
     /// This queue's share of `lifeline_status_writes_pending` (each watched namespace
     /// has a queue; they add up in the one gauge).
@@ -183,6 +193,7 @@ impl StatusWriter {
         Arc::new(Self {
             queue: Mutex::default(),
             wake: Notify::new(),
+            wake_bulk: Notify::new(),
             reported: Default::default(),
             gauge,
             retries: Retries::new(crate::backoff::Backoff::new(
@@ -206,8 +217,18 @@ impl StatusWriter {
 
     /// Write `pending` for `key` (replacing a decision not yet written).
     pub fn submit(&self, key: Key, pending: Pending) {
+        let urgent = pending.urgent;
         self.with_queue(|q| q.submit(key, pending));
-        self.wake.notify_one();
+        self.wake_all(urgent);
+    }
+
+    /// Something may be handed out: the bulk writer looks in any case, a writer of
+    /// changes when one may be waiting.
+    fn wake_all(&self, urgent: bool) {
+        self.wake_bulk.notify_one();
+        if urgent {
+            self.wake.notify_one();
+        }
     }
 
     /// The Trunk is gone: drop what waits for it.
@@ -229,13 +250,15 @@ impl StatusWriter {
         shutdown: CancellationToken,
     ) {
         let workers: Vec<_> = (0..WRITERS)
-            .map(|_| {
+            .map(|n| {
                 let (me, ctx, verdicts) = (self.clone(), ctx.clone(), verdicts.clone());
+                let bulk = n == 0;
                 async move {
                     loop {
-                        let next = me.with_queue(Queue::next);
+                        let next = me.with_queue(|q| q.next(bulk));
                         match next {
                             Some((key, p)) => me.write(&ctx, &verdicts, key, p).await,
+                            None if bulk => me.wake_bulk.notified().await,
                             None => me.wake.notified().await,
                         }
                     }
@@ -302,14 +325,14 @@ impl StatusWriter {
                         _ = returned.changed() => {}
                     }
                     if me.with_queue(|q| q.resume(&key)) {
-                        me.wake.notify_one();
+                        me.wake_all(true);
                     }
                 });
                 Some(p)
             }
         };
         if self.with_queue(|q| q.done(&key, retry)) {
-            self.wake.notify_one();
+            self.wake_all(true);
         }
     }
 }
@@ -356,8 +379,15 @@ mod tests {
         q.submit(key("flip"), pending(0, &["down"], true));
         // A first publication that turns urgent moves ahead too.
         q.submit(key("c"), pending(0, &["down"], true));
-        let order: Vec<String> = std::iter::from_fn(|| q.next()).map(|(k, _)| k.1).collect();
+        let order: Vec<String> = std::iter::from_fn(|| q.next(true))
+            .map(|(k, _)| k.1)
+            .collect();
         assert_eq!(order, ["flip", "c", "a", "b"]);
+
+        // A writer of changes of state leaves first publications to the bulk writer.
+        q.submit(key("d"), pending(1, &["first verdict"], false));
+        assert!(q.next(false).is_none());
+        assert_eq!(q.next(true).map(|(k, _)| k.1), Some("d".to_string()));
     }
 
     #[test]
@@ -366,17 +396,20 @@ mod tests {
         q.submit(key("a"), pending(1, &["up"], false));
         q.submit(key("a"), pending(0, &["down"], true));
         assert_eq!(q.backlog(), 1, "one Trunk waiting");
-        let (k, p) = q.next().unwrap();
+        let (k, p) = q.next(true).unwrap();
         assert_eq!(q.backlog(), 1, "one Trunk in flight");
         assert_eq!((k.1.as_str(), p.status.healthy_endpoints), ("a", 0));
         assert_eq!(notes(&p), ["up", "down"]);
-        assert!(q.next().is_none(), "one pending write per Trunk");
+        assert!(q.next(true).is_none(), "one pending write per Trunk");
 
         // A decision while the write is in flight waits for it, then goes out alone.
         q.submit(key("a"), pending(1, &["up again"], true));
-        assert!(q.next().is_none(), "never two writes of one Trunk at once");
+        assert!(
+            q.next(true).is_none(),
+            "never two writes of one Trunk at once"
+        );
         assert!(q.done(&k, None));
-        let (_, p) = q.next().unwrap();
+        let (_, p) = q.next(true).unwrap();
         assert_eq!(notes(&p), ["up again"]);
         assert!(!q.done(&k, None));
         assert_eq!(q.backlog(), 0, "everything written");
@@ -386,12 +419,12 @@ mod tests {
     fn a_failed_write_keeps_its_events_and_takes_the_newest_status() {
         let mut q = Queue::default();
         q.submit(key("a"), pending(0, &["down"], true));
-        let (k, failed) = q.next().unwrap();
+        let (k, failed) = q.next(true).unwrap();
         q.submit(key("a"), pending(1, &["up"], true));
         assert!(!q.done(&k, Some(failed)), "waits out its backoff");
-        assert!(q.next().is_none());
+        assert!(q.next(true).is_none());
         assert!(q.resume(&k));
-        let (_, p) = q.next().unwrap();
+        let (_, p) = q.next(true).unwrap();
         assert_eq!(p.status.healthy_endpoints, 1);
         assert_eq!(notes(&p), ["down", "up"]);
 
@@ -399,6 +432,6 @@ mod tests {
         assert!(!q.done(&k, Some(p)));
         q.forget(&k);
         assert!(!q.resume(&k));
-        assert!(q.next().is_none());
+        assert!(q.next(true).is_none());
     }
 }
