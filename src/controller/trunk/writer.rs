@@ -124,6 +124,11 @@ impl Queue {
             self.waiting.insert(key.clone());
             return false;
         }
+        self.requeue(key)
+    }
+
+    /// Queue `key` again if a decision for it waits; true if one does.
+    fn requeue(&mut self, key: &Key) -> bool {
         match self.pending.get(key).map(|p| p.urgent) {
             Some(urgent) => {
                 self.enqueue(key.clone(), urgent);
@@ -138,13 +143,7 @@ impl Queue {
         if !self.waiting.remove(key) {
             return false;
         }
-        match self.pending.get(key).map(|p| p.urgent) {
-            Some(urgent) => {
-                self.enqueue(key.clone(), urgent);
-                true
-            }
-            None => false,
-        }
+        self.requeue(key)
     }
 
     /// Trunks with a decision not yet written (waiting, in backoff or in flight).
