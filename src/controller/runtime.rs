@@ -153,16 +153,19 @@ where
 {
     ctx.while_leading(write_status::<K, S>(ctx, ns, name, status))
         .await
+        .map(|written| written.map(|_| ()))
 }
 
 /// [`apply_status`] without the leadership guard, for the controllers that run only
-/// while this replica leads (FailoverDrill, Notifier): the write always completes.
+/// while this replica leads (FailoverDrill, Notifier), and for the Trunk status writer
+/// (which guards it itself): the write always completes. Returns the
+/// `resourceVersion` the API server gave the object.
 pub async fn write_status<K, S>(
     ctx: &Context,
     ns: &str,
     name: &str,
     status: &S,
-) -> Result<(), kube::Error>
+) -> Result<Option<String>, kube::Error>
 where
     K: StatusKind,
     S: Serialize,
@@ -172,7 +175,7 @@ where
     let params = PatchParams::apply(FIELD_MANAGER).force();
     api.patch_status(name, &params, &Patch::Apply(&body))
         .await
-        .map(|_| ())
+        .map(|written| written.meta().resource_version.clone())
 }
 
 /// The server-side apply body of a status write.

@@ -20,15 +20,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::Event;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::verdicts::{Key, Verdicts};
-use crate::controller::runtime::{publish, status_body};
+use crate::controller::runtime::{publish, write_status};
 use crate::controller::{Context, Retries, is_unreachable};
-use crate::crd::{FIELD_MANAGER, Trunk, TrunkStatus};
+use crate::crd::{Trunk, TrunkStatus};
 use crate::lock;
 
 /// Writes in flight at once. Fewer than a controller's reconciles: the statuses share
@@ -278,18 +277,15 @@ impl StatusWriter {
         p: Pending,
     ) {
         let (ns, name) = (&key.0, &key.1);
-        let api: Api<Trunk> = Api::namespaced(ctx.client.clone(), ns);
-        let body = status_body::<Trunk, _>(&*p.status);
-        let params = PatchParams::apply(FIELD_MANAGER).force();
         let written = ctx
-            .while_leading(api.patch_status(name, &params, &Patch::Apply(&body)))
+            .while_leading(write_status::<Trunk, _>(ctx, ns, name, &*p.status))
             .await;
         let retry = match written {
             // Not leading: the next leader decides and writes for itself.
             None => None,
-            Some(Ok(trunk)) => {
+            Some(Ok(version)) => {
                 self.retries.reset(&key);
-                verdicts.written(&key, &p.status, trunk.metadata.resource_version.as_deref());
+                verdicts.written(&key, &p.status, version.as_deref());
                 tracing::info!(namespace = %ns, name = %name, healthy = ?p.status.healthy_summary, "trunk status written");
                 for event in p.events {
                     // The status is written; a lost Event must not make us write it again.
