@@ -273,19 +273,13 @@ async fn reconcile_policy(
         lock(&pctx.plans).remove(&key);
         return Ok(Action::await_change());
     }
-    let static_targets = targets(&policy.spec).any(|t| t.uri.is_some());
-    if static_targets && policy.status.is_some() && !ctx.probes.fully_probed(&owner_key(ns, name)) {
-        // A restarted replica has not measured the static targets yet (they would
-        // count as Unknown and leave the routing): write nothing until one full probe
-        // round, whose completion the prober announces.
-        return Ok(Action::await_change());
-    }
-
     // A new policy's first routing waits (bounded) for the first verdicts of the
     // Trunks it names: writing from Unknown Trunks would rewrite the routing once per
     // Trunk. The first pass of a leadership term waits (bounded) for this replica to
-    // judge them: the routing may be ahead of their published status. Each verdict
-    // triggers this reconcile.
+    // judge them: the routing may be ahead of their published status. Any pass waits
+    // (bounded) for one probe round of static targets this process has not measured
+    // yet (new, restarted or just added): Unknown, they would fail their region over.
+    // Each verdict and each completed probe round triggers this reconcile.
     let wait = if policy.status.is_none() {
         Some(observe::VerdictWait::First)
     } else if !lock(&pctx.plans).contains_key(&key) {
@@ -293,9 +287,11 @@ async fn reconcile_policy(
     } else {
         None
     };
-    let pending = wait.and_then(|w| observe::verdicts_pending(policy, ns, &pctx.caches, w));
-    if let Some(left) = pctx.first_routing_wait(&key, pending) {
-        tracing::debug!(?left, ?wait, "routing waits for the Trunks' verdicts");
+    let trunks = wait.and_then(|w| observe::verdicts_pending(policy, ns, &pctx.caches, w));
+    let statics =
+        observe::static_targets_pending(policy, || ctx.probes.fully_probed(&owner_key(ns, name)));
+    if let Some(left) = pctx.first_routing_wait(&key, trunks.max(statics)) {
+        tracing::debug!(?left, ?wait, "routing waits for first verdicts");
         return Ok(Action::requeue(left));
     }
 

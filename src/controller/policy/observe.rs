@@ -152,13 +152,33 @@ pub fn verdicts_pending(
                 VerdictWait::First => status.is_some_and(|s| !s.endpoints.is_empty()),
                 VerdictWait::Takeover => caches.verdicts.is_judged(&(ns.to_string(), name.clone())),
             };
-            (!trunk.spec.disabled && !trunk.spec.endpoints.is_empty() && !known).then(|| {
-                std::time::Duration::from_secs(u64::from(trunk.spec.probe.period_seconds))
-                    + std::time::Duration::from_millis(u64::from(trunk.spec.probe.timeout_millis))
-            })
+            (!trunk.spec.disabled && !trunk.spec.endpoints.is_empty() && !known)
+                .then(|| probe_round(&trunk.spec.probe))
         })
         .max()
         .map(|round| round + FIRST_VERDICT_SLACK)
+}
+
+/// How long a policy's write waits for one probe round of its static `uri` targets,
+/// or `None` when it has them all measured (`fully_probed`) or has none.
+///
+/// Until then they count as Unknown: a region whose only target is a `uri` would be
+/// routed as Failed (fail-open) and turn Recovering a moment later. The wait is
+/// bounded like [`verdicts_pending`]'s, because a target the prober refused (its
+/// endpoint quota) is never measured.
+pub fn static_targets_pending(
+    policy: &FallbackPolicy,
+    fully_probed: impl FnOnce() -> bool,
+) -> Option<std::time::Duration> {
+    let has_static = targets(&policy.spec).any(|t| t.uri.is_some());
+    (has_static && !fully_probed()).then(|| probe_round(&policy.spec.probe) + FIRST_VERDICT_SLACK)
+}
+
+/// The longest one probe round takes: the first probe waits a random part of the
+/// period, then up to its timeout.
+fn probe_round(probe: &crate::crd::ProbeSpec) -> std::time::Duration {
+    std::time::Duration::from_secs(u64::from(probe.period_seconds))
+        + std::time::Duration::from_millis(u64::from(probe.timeout_millis))
 }
 
 /// Time allowed after a Trunk's probe round for its verdict to reach the policy.
@@ -375,6 +395,35 @@ mod tests {
             Some(Duration::from_millis(10_500) + FIRST_VERDICT_SLACK)
         );
         assert_eq!(takeover(&["judged", "maintenance", "absent"]), None);
+    }
+
+    #[test]
+    fn a_static_target_is_waited_for_until_this_process_measured_it() {
+        let with_uri = FallbackPolicy::new(
+            "cc",
+            crate::plan::fixtures::policy()
+                .region("cologne", 1)
+                .route("inbound", 1, |r| {
+                    r.tier(
+                        "agents",
+                        [crate::plan::fixtures::uri("sip:pbx@127.0.0.1", "cologne")],
+                    )
+                })
+                .build(),
+        );
+        let round = Duration::from_secs(u64::from(with_uri.spec.probe.period_seconds))
+            + Duration::from_millis(u64::from(with_uri.spec.probe.timeout_millis));
+        // Unmeasured (new policy, restart, or refused by the quota): one round, bounded.
+        assert_eq!(
+            static_targets_pending(&with_uri, || false),
+            Some(round + FIRST_VERDICT_SLACK)
+        );
+        assert_eq!(static_targets_pending(&with_uri, || true), None);
+        // Only Trunks: the prober is not even asked.
+        assert_eq!(
+            static_targets_pending(&policy(&["fixed"]), || panic!("asked")),
+            None
+        );
     }
 
     #[test]

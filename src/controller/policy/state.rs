@@ -30,8 +30,9 @@ pub(super) struct PolicyCtx {
     pub(super) known: Mutex<HashSet<Key>>,
     /// Failed reconciles in a row, for the backoff.
     pub(super) retries: Retries,
-    /// When a policy without a status was first seen waiting for its Trunks' first
-    /// verdicts (see [`observe::verdicts_pending`]).
+    /// When a policy was first seen waiting for first verdicts: its Trunks' (see
+    /// [`observe::verdicts_pending`]) or its static targets' (see
+    /// [`observe::static_targets_pending`]).
     pub(super) waiting_since: Mutex<HashMap<Key, Instant>>,
 }
 
@@ -51,8 +52,9 @@ impl PolicyCtx {
         self.publish_region_gauge();
     }
 
-    /// How much longer the first routing of `key` waits for first verdicts: `pending`
-    /// is the wait [`observe::verdicts_pending`] allows (`None`: nothing to wait
+    /// How much longer the routing of `key` waits for first verdicts: `pending` is the
+    /// longest wait [`observe::verdicts_pending`] and
+    /// [`observe::static_targets_pending`] allow (`None`: nothing to wait
     /// for), counted from the first pass that had to wait.
     pub(super) fn first_routing_wait(
         &self,
