@@ -330,22 +330,15 @@ pub async fn run_with_client(
     let mut probes = args.probe.config()?;
     let mut metrics = Metrics::new();
     api_requests::register(&mut metrics.registry);
-    // Per-object gauges, read from their own watch caches at scrape time (every replica).
-    // One namespace: that one; several: one cluster-wide watch would need cluster-wide
-    // read access, so the gauges are off (see docs/metrics.md).
+    // Per-object gauges, read from the controllers' caches at scrape time (every
+    // replica). Only with one watched namespace (or all): see docs/metrics.md.
     let namespaces = args.namespaces();
-    let object_trunks = (!args.no_object_metrics && namespaces.len() == 1).then(|| {
-        crate::telemetry::objects::register(
-            &mut metrics.registry,
-            client.clone(),
-            namespaces[0].as_deref(),
-            shutdown.clone(),
-        )
-    });
-    // The per-object Trunk gauges read the one context's Trunk cache.
-    let share_trunks = |contexts: &[Arc<Context>]| {
-        if let (Some(source), [ctx]) = (&object_trunks, contexts) {
-            let _ = source.set(ctx.trunks.store());
+    let object_sources = (!args.no_object_metrics && namespaces.len() == 1)
+        .then(|| crate::telemetry::objects::register(&mut metrics.registry));
+    // The per-object gauges read the one context's caches.
+    let share_caches = |contexts: &[Arc<Context>]| {
+        if let (Some(sources), [ctx]) = (&object_sources, contexts) {
+            sources.share(ctx);
         }
     };
     let metrics = Arc::new(metrics);
@@ -381,7 +374,7 @@ pub async fn run_with_client(
     if args.no_leader_election {
         metrics.leader.set(1);
         let contexts = args.contexts(&client, &metrics, &probes, None);
-        share_trunks(&contexts);
+        share_caches(&contexts);
         run_contexts(&contexts, &shutdown).await;
         contexts[0].probes.shutdown();
         return finish_http(http).await;
@@ -410,7 +403,7 @@ pub async fn run_with_client(
     let elector = lease::Elector::new(Api::namespaced(client.clone(), &lease_ns), config);
     let election = tokio::spawn(elector.run(leading_tx, shutdown.clone()));
     let contexts = args.contexts(&client, &metrics, &probes, Some(&leading));
-    share_trunks(&contexts);
+    share_caches(&contexts);
     let warm = contexts.iter().map(|ctx| {
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
         async move {

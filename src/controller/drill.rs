@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use super::runtime::{Guarded, cached, guarded_watch, parsed, reconcile_parsed, write_status};
+use super::runtime::{Guarded, parsed, reconcile_parsed, write_status};
 use super::{Context, Retries};
 use crate::crd::{BotPool, FailoverDrill, FallbackPolicy};
 use crate::drill::{Observation, decide};
@@ -35,21 +35,13 @@ struct DrillCtx {
 
 /// Run the FailoverDrill controller until `shutdown` is cancelled.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
-    let (policies, policy_events) = cached(guarded_watch(
-        ctx.api::<Guarded<FallbackPolicy>>(),
-        watcher::Config::default(),
-    ));
-    let (pools, pool_events) = cached(guarded_watch(
-        ctx.api::<Guarded<BotPool>>(),
-        watcher::Config::default(),
-    ));
-    let controller = Controller::new(
-        ctx.api::<Guarded<FailoverDrill>>(),
-        watcher::Config::default(),
-    )
-    .trigger_backoff(crate::backoff::WATCH)
-    .with_config(super::runtime::controller_config());
-    let drills = controller.store();
+    let (policies, policy_events) = ctx.policies.cached();
+    let (pools, pool_events) = ctx.bot_pools.cached();
+    let drills = ctx.drills.store();
+    let controller =
+        Controller::for_stream(ctx.drills.subscribe().applied_objects(), drills.clone())
+            .trigger_backoff(crate::backoff::WATCH)
+            .with_config(super::runtime::controller_config());
     let dctx = Arc::new(DrillCtx {
         ctx,
         drills: drills.clone(),

@@ -38,6 +38,15 @@ pub struct Context {
     /// The one Trunk watch and cache of this context, read by the Trunk and policy
     /// controllers (at 10,000 Trunks a cache each was tens of MiB twice).
     pub trunks: runtime::SharedWatch<runtime::Guarded<crate::crd::Trunk>>,
+    /// The one FallbackPolicy watch and cache, read by the policy, BotPool, Notifier
+    /// and FailoverDrill controllers and the per-object gauges (five copies before).
+    pub policies: runtime::SharedWatch<runtime::Guarded<crate::crd::FallbackPolicy>>,
+    /// The one BotPool watch and cache, read by the BotPool, policy and FailoverDrill
+    /// controllers.
+    pub bot_pools: runtime::SharedWatch<runtime::Guarded<crate::crd::BotPool>>,
+    /// The one FailoverDrill watch and cache, read by the FailoverDrill and policy
+    /// controllers.
+    pub drills: runtime::SharedWatch<runtime::Guarded<crate::crd::FailoverDrill>>,
     /// Trunk statuses this replica decided and has not seen in `trunks` yet: the policy
     /// controller plans from them without waiting for the write (see
     /// [`trunk::verdicts`]).
@@ -98,17 +107,12 @@ impl Context {
             controller: "lifeline".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
-        let trunk_api = match &namespace {
-            Some(ns) => kube::Api::namespaced(client.clone(), ns),
-            None => kube::Api::all(client.clone()),
-        };
-        let trunks = runtime::SharedWatch::new(runtime::guarded_watch(
-            trunk_api,
-            kube::runtime::watcher::Config::default().any_semantic(),
-        ));
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
-            trunks,
+            trunks: runtime::SharedWatch::of(&client, namespace.as_deref()),
+            policies: runtime::SharedWatch::of(&client, namespace.as_deref()),
+            bot_pools: runtime::SharedWatch::of(&client, namespace.as_deref()),
+            drills: runtime::SharedWatch::of(&client, namespace.as_deref()),
             verdicts: Arc::default(),
             probes,
             client,

@@ -9,24 +9,20 @@
 //!
 //! They are read at scrape time from watch caches (kube-runtime reflector stores) of
 //! Trunks and FallbackPolicies, i.e. from the objects' `status`, which the leader
-//! writes. The Trunks come from the controllers' own Trunk cache (at 10,000 Trunks a
-//! second copy cost tens of MiB); the FallbackPolicies from a watch of their own. So every replica, leader or standby, reports the same values, and the
-//! controllers need no change to feed them. Alert and dashboard queries aggregate with
+//! writes. Both come from the controllers' own caches (at 10,000 Trunks a second copy
+//! cost tens of MiB). So every replica, leader or standby, reports the same values. Alert and dashboard queries aggregate with
 //! `max by (namespace, name, ...)` to fold the replicas into one series.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::Resource;
+use kube::runtime::reflector::Store;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use tokio_util::sync::CancellationToken;
 
 use crate::controller::runtime::{Guarded, parsed};
 use crate::crd::condition::{TRUNK_HEALTHY, find_condition};
@@ -59,97 +55,46 @@ pub const GAUGES: [&str; 7] = [
     "policy_route_tier",
 ];
 
-/// Where the per-object gauges read Trunks: the controllers' Trunk cache, handed over
-/// once the operator has built it (until then the Trunk gauges are absent).
-pub type TrunkSource = Arc<std::sync::OnceLock<Store<Guarded<Trunk>>>>;
+/// Where the per-object gauges read Trunks and FallbackPolicies: the controllers'
+/// caches, handed over once the operator has built them (until then the gauges are
+/// absent). A watch of their own would be a second copy of every object.
+#[derive(Default)]
+pub struct Sources {
+    trunks: OnceLock<Store<Guarded<Trunk>>>,
+    policies: OnceLock<Store<Guarded<FallbackPolicy>>>,
+}
 
-/// The collector behind the per-object gauges: two read-only watch caches.
+impl Sources {
+    /// Read the caches of `ctx` (the first call wins).
+    pub fn share(&self, ctx: &crate::controller::Context) {
+        let _ = self.trunks.set(ctx.trunks.store());
+        let _ = self.policies.set(ctx.policies.store());
+    }
+}
+
+/// The collector behind the per-object gauges: the controllers' caches.
 #[derive(Clone)]
 pub struct ObjectMetrics {
-    trunks: TrunkSource,
-    policies: Store<FallbackPolicy>,
+    sources: Arc<Sources>,
 }
 
 impl std::fmt::Debug for ObjectMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ObjectMetrics")
-            .field("trunks", &self.trunks.get().map(Store::len))
-            .field("policies", &self.policies.len())
+            .field("trunks", &self.sources.trunks.get().map(Store::len))
+            .field("policies", &self.sources.policies.get().map(Store::len))
             .finish()
     }
 }
 
-/// Watch FallbackPolicies (in `namespace`, or everywhere) until `shutdown`, and
-/// register the per-object gauges on `registry`. The caller hands the Trunk cache to
-/// the returned source once it has one.
-///
-/// The watch retries with backoff on its own (before the CRDs exist, on API errors);
-/// until the first list completes the gauges are simply absent.
-pub fn register(
-    registry: &mut Registry,
-    client: Client,
-    namespace: Option<&str>,
-    shutdown: CancellationToken,
-) -> TrunkSource {
-    let trunks = TrunkSource::default();
-    let policies = watch::<FallbackPolicy>(client, namespace, shutdown);
+/// Register the per-object gauges on `registry`. The caller hands the controllers'
+/// caches to the returned sources once it has them.
+pub fn register(registry: &mut Registry) -> Arc<Sources> {
+    let sources = Arc::<Sources>::default();
     registry.register_collector(Box::new(ObjectMetrics {
-        trunks: trunks.clone(),
-        policies,
+        sources: sources.clone(),
     }));
-    trunks
-}
-
-/// Spawn a reflector for `K` and return its store.
-fn watch<K>(client: Client, namespace: Option<&str>, shutdown: CancellationToken) -> Store<K>
-where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let api: Api<K> = match namespace {
-        Some(ns) => Api::namespaced(client, ns),
-        None => Api::all(client),
-    };
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        // Any resource version will do for metrics: lists may come from the API
-        // server's watch cache instead of etcd. Small pages keep the transient
-        // buffers of the initial list small (measured once, debug build: 2,000 Trunks cost a standby
-        // ~16 MB RSS with 500-object pages, ~9 MB with 100).
-        watcher(
-            api,
-            watcher::Config::default().any_semantic().page_size(100),
-        )
-        .default_backoff()
-        // Only spec and status are read: drop what is big and unused.
-        .modify(|obj| {
-            obj.managed_fields_mut().clear();
-            obj.annotations_mut().clear();
-        }),
-    );
-    tokio::spawn(async move {
-        let kind = K::kind(&());
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                next = stream.next() => match next {
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        tracing::warn!(%kind, error = %e, "per-object metrics: watch failed; retrying with backoff");
-                    }
-                    None => return,
-                },
-            }
-        }
-    });
-    reader
+    sources
 }
 
 /// One gauge series: label pairs and a value.
@@ -230,16 +175,14 @@ fn trunk_series(trunks: &[&Trunk]) -> [(&'static str, &'static str, Vec<Series>)
 }
 
 /// The gauges of the FallbackPolicies, in metric order.
-fn policy_series(
-    policies: &[Arc<FallbackPolicy>],
-) -> [(&'static str, &'static str, Vec<Series>); 4] {
+fn policy_series(policies: &[&FallbackPolicy]) -> [(&'static str, &'static str, Vec<Series>); 4] {
     let mut region_state = Vec::new();
     let mut region_weight = Vec::new();
     let mut conditions = Vec::new();
     let mut route_tier = Vec::new();
     for p in policies {
         let Some(status) = &p.status else { continue };
-        let id = ns_name(p.as_ref());
+        let id = ns_name(*p);
         for region in &status.regions {
             let labels = plus(id.clone(), "region", &region.name);
             for state in REGION_STATES {
@@ -316,7 +259,9 @@ fn has_reason(conditions: &[Condition], type_: &str, reason: &str) -> bool {
     find_condition(conditions, type_).is_some_and(|c| c.reason == reason)
 }
 
-fn sorted<K: Resource>(mut objects: Vec<Arc<K>>) -> Vec<Arc<K>> {
+/// The valid objects of a cache, by namespace and name (stable output order).
+fn sorted<K: Resource>(cached: &[Arc<Guarded<K>>]) -> Vec<&K> {
+    let mut objects: Vec<&K> = cached.iter().filter_map(|o| parsed(o)).collect();
     objects.sort_by(|a, b| {
         (&a.meta().namespace, &a.meta().name).cmp(&(&b.meta().namespace, &b.meta().name))
     });
@@ -325,25 +270,34 @@ fn sorted<K: Resource>(mut objects: Vec<Arc<K>>) -> Vec<Arc<K>> {
 
 impl ObjectMetrics {
     /// Collector over given stores (tests build the stores by hand).
-    pub fn from_stores(trunks: Store<Guarded<Trunk>>, policies: Store<FallbackPolicy>) -> Self {
-        let source = TrunkSource::default();
-        let _ = source.set(trunks);
+    pub fn from_stores(
+        trunks: Store<Guarded<Trunk>>,
+        policies: Store<Guarded<FallbackPolicy>>,
+    ) -> Self {
+        let sources = Sources::default();
+        let _ = sources.trunks.set(trunks);
+        let _ = sources.policies.set(policies);
         Self {
-            trunks: source,
-            policies,
+            sources: Arc::new(sources),
         }
     }
 }
 
 impl Collector for ObjectMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let cached = self.trunks.get().map(Store::state).unwrap_or_default();
-        let mut trunks: Vec<&Trunk> = cached.iter().filter_map(|t| parsed(t)).collect();
-        trunks.sort_by(|a, b| {
-            (&a.metadata.namespace, &a.metadata.name)
-                .cmp(&(&b.metadata.namespace, &b.metadata.name))
-        });
-        let policies = sorted(self.policies.state());
+        let trunks = self
+            .sources
+            .trunks
+            .get()
+            .map(Store::state)
+            .unwrap_or_default();
+        let policies = self
+            .sources
+            .policies
+            .get()
+            .map(Store::state)
+            .unwrap_or_default();
+        let (trunks, policies) = (sorted(&trunks), sorted(&policies));
         let families = trunk_series(&trunks)
             .into_iter()
             .chain(policy_series(&policies));
@@ -396,7 +350,7 @@ mod tests {
     where
         K: Resource<DynamicType = ()> + Clone + 'static,
     {
-        let (reader, mut writer) = reflector::store();
+        let (reader, mut writer) = kube::runtime::reflector::store();
         writer.apply_watcher_event(&Event::Init);
         for o in objects {
             writer.apply_watcher_event(&Event::InitApply(o));
@@ -414,7 +368,12 @@ mod tests {
                     .map(|t| kube::core::DeserializeGuard(Ok(t)))
                     .collect(),
             ),
-            store(policies),
+            store(
+                policies
+                    .into_iter()
+                    .map(|p| kube::core::DeserializeGuard(Ok(p)))
+                    .collect(),
+            ),
         )));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry).expect("encode");

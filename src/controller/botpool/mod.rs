@@ -36,16 +36,15 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector;
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::runtime::{
-    Guarded, apply_status, cached, guarded_watch, on_deleted, publish, reconcile_parsed, truncate,
+    Guarded, apply_status, cached, on_deleted, publish, reconcile_parsed, truncate,
 };
 use super::{Context, Retries};
-use crate::crd::{BotPool, FallbackPolicy, ScalingMode};
+use crate::crd::{BotPool, ScalingMode};
 use crate::lock;
 use apply::Fingerprint;
 pub use status::{
@@ -142,12 +141,21 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let bots =
         watcher::Config::default().labels(&format!("app.kubernetes.io/name={}", build::APP_NAME));
     let quick = crate::backoff::WATCH;
-    let (deployments, deployment_events) =
-        cached(watcher(ctx.api::<Deployment>(), owned()).backoff(quick.clone()));
-    let (services, service_events) =
-        cached(watcher(ctx.api::<Service>(), owned()).backoff(quick.clone()));
-    let (pdbs, pdb_events) =
-        cached(watcher(ctx.api::<PodDisruptionBudget>(), owned()).backoff(quick.clone()));
+    let (deployments, deployment_events) = cached(
+        watcher(ctx.api::<Deployment>(), owned())
+            .backoff(quick.clone())
+            .modify(observe::strip_deployment),
+    );
+    let (services, service_events) = cached(
+        watcher(ctx.api::<Service>(), owned())
+            .backoff(quick.clone())
+            .modify(observe::strip_service),
+    );
+    let (pdbs, pdb_events) = cached(
+        watcher(ctx.api::<PodDisruptionBudget>(), owned())
+            .backoff(quick.clone())
+            .modify(observe::strip_pdb),
+    );
     let (pods, pod_events) = cached(
         watcher(ctx.api::<Pod>(), bots)
             .backoff(quick.clone())
@@ -158,12 +166,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             ctx.api::<HorizontalPodAutoscaler>(),
             watcher::Config::default(),
         )
-        .backoff(quick.clone()),
+        .backoff(quick.clone())
+        .modify(observe::strip_hpa),
     );
-    let (policies, policy_events) = cached(guarded_watch(
-        ctx.api::<Guarded<FallbackPolicy>>(),
-        watcher::Config::default(),
-    ));
+    let (policies, policy_events) = ctx.policies.cached();
     let state = Arc::new(State {
         ctx: ctx.clone(),
         caches: observe::Caches {
@@ -178,9 +184,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         targets: Mutex::default(),
         applied: Mutex::default(),
     });
-    let (store, writer) = reflector::store::<Guarded<BotPool>>();
+    let store = ctx.bot_pools.store();
     let pools = on_deleted(
-        guarded_watch(ctx.api::<Guarded<BotPool>>(), watcher::Config::default()).reflect(writer),
+        ctx.bot_pools.subscribe(),
         store.clone(),
         {
             let state = state.clone();

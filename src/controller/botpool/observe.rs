@@ -4,16 +4,17 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Pod, PodStatus, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, ObjectMeta};
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::{Key, build, lock};
 use crate::controller::runtime::{Guarded, is_ready, parsed};
-use crate::crd::{BotPool, FallbackPolicy};
+use crate::crd::{BotPool, FIELD_MANAGER, FallbackPolicy};
 
 /// A pool's Deployment, Service and PDB as cached (each may not exist yet).
 pub type Owned = (
@@ -112,6 +113,81 @@ pub fn strip_pod(pod: &mut Pod) {
     });
 }
 
+/// Keep of a Deployment what a reconcile reads: its metadata (owner, generation, the
+/// scale-down annotation), `spec.replicas` and whether lifeline applies that field.
+/// The pod template, selector and status are most of its size and never read.
+pub fn strip_deployment(deployment: &mut Deployment) {
+    keep_own_claims(&mut deployment.metadata, &["f:replicas"]);
+    deployment.spec = deployment.spec.take().map(|s| DeploymentSpec {
+        replicas: s.replicas,
+        ..DeploymentSpec::default()
+    });
+    deployment.status = None;
+}
+
+/// Keep of a Service only its metadata: a reconcile compares its `resourceVersion`.
+pub fn strip_service(service: &mut Service) {
+    keep_own_claims(&mut service.metadata, &[]);
+    service.spec = None;
+    service.status = None;
+}
+
+/// Keep of a PodDisruptionBudget only its metadata: a reconcile compares its
+/// `generation`.
+pub fn strip_pdb(pdb: &mut PodDisruptionBudget) {
+    keep_own_claims(&mut pdb.metadata, &[]);
+    pdb.spec = None;
+    pdb.status = None;
+}
+
+/// Keep of an HPA (the user's object) what the floor reads: its target, bounds and
+/// annotations, and whether lifeline applies `spec.minReplicas`. Its metrics,
+/// behaviour, status and kubectl's last-applied copy are dropped.
+pub fn strip_hpa(hpa: &mut HorizontalPodAutoscaler) {
+    keep_own_claims(&mut hpa.metadata, &["f:minReplicas"]);
+    if let Some(annotations) = hpa.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+    if let Some(spec) = hpa.spec.as_mut() {
+        spec.metrics = None;
+        spec.behavior = None;
+    }
+    hpa.status = None;
+}
+
+/// kubectl's copy of the whole object it last applied (client-side apply).
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Reduce `meta.managedFields` to what [`super::apply::applies_spec_field`] asks:
+/// lifeline's own Apply entries, each naming only those of `spec_fields` it holds.
+/// The full field sets of every manager would be kept for nothing.
+fn keep_own_claims(meta: &mut ObjectMeta, spec_fields: &[&str]) {
+    let kept: Vec<ManagedFieldsEntry> = meta
+        .managed_fields
+        .take()
+        .into_iter()
+        .flatten()
+        .filter(|m| {
+            m.manager.as_deref() == Some(FIELD_MANAGER) && m.operation.as_deref() == Some("Apply")
+        })
+        .filter_map(|m| {
+            let spec = m.fields_v1.as_ref()?.0.get("f:spec")?;
+            let held: serde_json::Map<String, serde_json::Value> = spec_fields
+                .iter()
+                .filter(|f| spec.get(**f).is_some())
+                .map(|f| (f.to_string(), serde_json::json!({})))
+                .collect();
+            (!held.is_empty()).then(|| ManagedFieldsEntry {
+                manager: m.manager,
+                operation: m.operation,
+                fields_v1: Some(FieldsV1(serde_json::json!({ "f:spec": held }))),
+                ..ManagedFieldsEntry::default()
+            })
+        })
+        .collect();
+    meta.managed_fields = (!kept.is_empty()).then_some(kept);
+}
+
 /// The pool a bot pod belongs to (its pool label).
 pub fn pool_of_pod(pod: Pod) -> Option<ObjectRef<Guarded<BotPool>>> {
     let name = pod.labels().get(build::POOL_LABEL)?;
@@ -187,6 +263,115 @@ mod tests {
             ("bots-cgn", Some("ns"))
         );
         assert!(pool_of_hpa(hpa("StatefulSet")).is_none());
+    }
+
+    #[test]
+    fn a_stripped_cache_still_knows_who_applies_replicas() {
+        use crate::controller::botpool::apply::applies_spec_field;
+        let entry =
+            |manager: &str, operation: &str, fields: serde_json::Value| ManagedFieldsEntry {
+                manager: Some(manager.into()),
+                operation: Some(operation.into()),
+                fields_v1: Some(FieldsV1(fields)),
+                ..Default::default()
+            };
+        let spec = serde_json::json!({
+            "f:spec": { "f:replicas": {}, "f:template": { "f:spec": { "f:containers": {} } } },
+        });
+        let deployment = |entries: Vec<ManagedFieldsEntry>| {
+            let mut d: Deployment = serde_json::from_value(serde_json::json!({
+                "metadata": {
+                    "name": "bots", "namespace": "ns", "generation": 3,
+                    "annotations": { build::SCALE_DOWN_SINCE: "2026-12-04T08:00:00Z" },
+                },
+                "spec": {
+                    "replicas": 4,
+                    "selector": { "matchLabels": { "app": "bots" } },
+                    "template": { "spec": { "containers": [{ "name": "bot", "image": "bot:1" }] } },
+                },
+                "status": { "readyReplicas": 4 },
+            }))
+            .unwrap();
+            d.metadata.managed_fields = Some(entries);
+            strip_deployment(&mut d);
+            d
+        };
+        let ours = deployment(vec![
+            entry(FIELD_MANAGER, "Apply", spec.clone()),
+            entry(
+                "kube-controller-manager",
+                "Update",
+                serde_json::json!({ "f:status": {} }),
+            ),
+        ]);
+        assert!(applies_spec_field(
+            ours.metadata.managed_fields.as_deref(),
+            "f:replicas"
+        ));
+        // What a reconcile reads is kept; the template and status are gone.
+        assert_eq!(ours.spec.as_ref().unwrap().replicas, Some(4));
+        assert_eq!(ours.metadata.generation, Some(3));
+        assert!(ours.annotations().contains_key(build::SCALE_DOWN_SINCE));
+        assert!(ours.spec.as_ref().unwrap().template.spec.is_none());
+        assert!(ours.status.is_none());
+        assert_eq!(ours.metadata.managed_fields.as_ref().unwrap().len(), 1);
+        // Replicas held by someone else (an HPA took them over), or by an Update: not ours.
+        for other in [
+            entry("kube-controller-manager", "Update", spec.clone()),
+            entry(FIELD_MANAGER, "Update", spec.clone()),
+            entry(
+                FIELD_MANAGER,
+                "Apply",
+                serde_json::json!({ "f:spec": { "f:template": {} } }),
+            ),
+        ] {
+            let d = deployment(vec![other]);
+            assert!(!applies_spec_field(
+                d.metadata.managed_fields.as_deref(),
+                "f:replicas"
+            ));
+            assert!(d.metadata.managed_fields.is_none());
+        }
+    }
+
+    #[test]
+    fn a_stripped_hpa_keeps_its_bounds_and_the_remembered_floor() {
+        let mut hpa: HorizontalPodAutoscaler = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "h", "namespace": "ns",
+                "annotations": {
+                    crate::controller::botpool::USER_MIN_REPLICAS: "2",
+                    LAST_APPLIED: "{\"a\":\"big copy\"}",
+                },
+                "managedFields": [{
+                    "manager": FIELD_MANAGER, "operation": "Apply",
+                    "fieldsV1": { "f:spec": { "f:minReplicas": {} } },
+                }],
+            },
+            "spec": {
+                "scaleTargetRef": { "kind": "Deployment", "name": "bots", "apiVersion": "apps/v1" },
+                "minReplicas": 3, "maxReplicas": 9,
+                "metrics": [{ "type": "Resource", "resource": { "name": "cpu",
+                    "target": { "type": "Utilization", "averageUtilization": 60 } } }],
+            },
+        }))
+        .unwrap();
+        strip_hpa(&mut hpa);
+        let spec = hpa.spec.as_ref().unwrap();
+        assert_eq!((spec.min_replicas, spec.max_replicas), (Some(3), 9));
+        assert!(spec.metrics.is_none());
+        assert_eq!(
+            hpa.annotations()
+                .get(crate::controller::botpool::USER_MIN_REPLICAS)
+                .map(String::as_str),
+            Some("2")
+        );
+        assert!(!hpa.annotations().contains_key(LAST_APPLIED));
+        assert!(crate::controller::botpool::apply::applies_spec_field(
+            hpa.metadata.managed_fields.as_deref(),
+            "f:minReplicas"
+        ));
+        assert_eq!(pool_of_hpa(hpa).unwrap().name, "bots");
     }
 
     #[test]

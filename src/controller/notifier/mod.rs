@@ -22,7 +22,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use tokio_util::sync::CancellationToken;
 
-use super::runtime::{Guarded, cached, guarded_watch, parsed, reconcile_parsed, write_status};
+use super::runtime::{Guarded, parsed, reconcile_parsed, write_status};
 use super::{Context, Retries};
 use crate::backoff::Backoff;
 use crate::crd::{
@@ -62,10 +62,7 @@ fn selects(notifier: &Notifier, policy: &FallbackPolicy) -> bool {
 
 /// Run the Notifier controller until `shutdown` is cancelled.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
-    let (policies, policy_events) = cached(guarded_watch(
-        ctx.api::<Guarded<FallbackPolicy>>(),
-        watcher::Config::default(),
-    ));
+    let (policies, policy_events) = ctx.policies.cached();
     let controller = Controller::new(ctx.api::<Guarded<Notifier>>(), watcher::Config::default())
         .trigger_backoff(crate::backoff::WATCH)
         .with_config(super::runtime::controller_config());

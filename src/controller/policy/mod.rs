@@ -37,16 +37,16 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use tokio_util::sync::CancellationToken;
 
 use super::runtime::{
-    Guarded, apply_status, cached, edge_changes, everyone_on_recovery, guarded_watch, on_deleted,
-    parsed, probe_changes, reconcile_parsed,
+    Guarded, apply_status, cached, edge_changes, everyone_on_recovery, on_deleted, parsed,
+    probe_changes, reconcile_parsed,
 };
 use super::{Context, Retries};
-use crate::crd::{BotPool, FailoverDrill, FallbackPolicy};
+use crate::crd::{FailoverDrill, FallbackPolicy};
 use crate::plan::Plan;
 use decide::Routing;
 use state::{Key, PolicyCtx, lock};
@@ -69,16 +69,18 @@ pub fn owner_key(namespace: &str, name: &str) -> String {
 
 /// Run the policy controller until `shutdown` is cancelled.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
-    let any = || watcher::Config::default().any_semantic();
-    let (trunks, trunk_events) = (ctx.trunks.store(), ctx.trunks.subscribe().touched_objects());
-    let (bot_pools, pool_events) = cached(guarded_watch(ctx.api::<Guarded<BotPool>>(), any()));
-    let (drills, drill_events) = cached(guarded_watch(ctx.api::<Guarded<FailoverDrill>>(), any()));
+    let _any = || watcher::Config::default().any_semantic();
+    let (trunks, trunk_events) = ctx.trunks.cached();
+    let (bot_pools, pool_events) = ctx.bot_pools.cached();
+    let (drills, drill_events) = ctx.drills.cached();
     let (config_maps, cm_events) = cached(
         watcher(
             ctx.api::<ConfigMap>(),
             watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}=lifeline")),
         )
-        .backoff(crate::backoff::WATCH),
+        .backoff(crate::backoff::WATCH)
+        // Read: owners, labels, the content-hash annotation and the data.
+        .modify(|cm| cm.metadata.managed_fields = None),
     );
     // Names and owners only: the annotations (kubectl's last-applied copy of the data)
     // and managed fields of every ConfigMap would cost memory for nothing.
@@ -111,9 +113,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         waiting_since: Mutex::default(),
     });
 
-    let (store, writer) = reflector::store::<Guarded<FallbackPolicy>>();
+    let store = ctx.policies.store();
     let policies = on_deleted(
-        guarded_watch(ctx.api::<Guarded<FallbackPolicy>>(), any()).reflect(writer),
+        ctx.policies.subscribe(),
         store.clone(),
         {
             let pctx = pctx.clone();

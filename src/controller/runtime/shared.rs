@@ -1,6 +1,6 @@
 //! One watch and one cache of a kind, shared by the controllers of one context that
 //! read it. At 10,000 Trunks the Trunk and policy controllers each kept a full copy;
-//! now they keep one.
+//! now they keep one (and so for FallbackPolicies, BotPools and FailoverDrills).
 //!
 //! kube's shared reflector (`reflector::store_shared`) was the first choice, but its
 //! subscribers are told only about objects that were applied, never about deletions,
@@ -9,14 +9,19 @@
 //! cache is filled first, then every subscriber gets each watch event in order, with
 //! backpressure (a bounded channel each, no event is ever dropped).
 
+use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
+
+use super::{Guarded, guarded_watch};
 
 use crate::lock;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use kube::Resource;
+use k8s_openapi::NamespaceResourceScope;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 /// Events a subscriber may have waiting before the watch waits for it.
@@ -42,6 +47,31 @@ where
     subscribers: Vec<mpsc::Sender<watcher::Event<K>>>,
 }
 
+impl<K> SharedWatch<Guarded<K>>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    /// A shared watch of the custom resource `K` in `namespace` (or everywhere), each
+    /// object guarded against a malformed one (see [`guarded_watch`]). Any resource
+    /// version will do for its lists (the API server's watch cache).
+    pub fn of(client: &Client, namespace: Option<&str>) -> Self {
+        let api = match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        Self::new(guarded_watch(
+            api,
+            watcher::Config::default().any_semantic(),
+        ))
+    }
+}
+
 impl<K> SharedWatch<K>
 where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
@@ -64,6 +94,20 @@ where
     /// The shared cache.
     pub fn store(&self) -> Store<K> {
         self.store.clone()
+    }
+
+    /// The shared cache and the objects each event touches (for `watches_stream` or
+    /// `owns_stream`), like [`super::cached`] for a watch of one's own.
+    pub fn cached(
+        &self,
+    ) -> (
+        Store<K>,
+        impl Stream<Item = watcher::Result<K>> + Send + 'static,
+    )
+    where
+        K: Debug,
+    {
+        (self.store(), self.subscribe().touched_objects())
     }
 
     /// The watch events from now on, after the cache has taken each one. A subscriber
