@@ -41,7 +41,7 @@ use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::runtime::{
-    Guarded, apply_status, cached, on_deleted, publish, reconcile_parsed, truncate,
+    BoundedWaits, Guarded, apply_status, cached, on_deleted, publish, reconcile_parsed, truncate,
 };
 use super::{Context, Retries};
 use crate::crd::{BotPool, ScalingMode};
@@ -123,6 +123,8 @@ struct State {
     /// What the owned objects looked like right after lifeline last applied them, per
     /// pool (with its UID); equal on the next reconcile means there is nothing to write.
     applied: Mutex<HashMap<Key, (String, Fingerprint)>>,
+    /// New pools waiting for their policies' first plan.
+    waits: BoundedWaits,
 }
 
 impl State {
@@ -131,9 +133,14 @@ impl State {
         let key = (ns.to_string(), name.to_string());
         lock(&self.targets).remove(&key);
         lock(&self.applied).remove(&key);
+        self.waits.forget(&key);
         self.retries.reset(&key);
     }
 }
+
+/// The longest a new pool waits for the first plan of a policy that routes to it
+/// (that plan waits at most one probe round plus 5 s for its Trunks' first verdicts).
+const FIRST_PLAN_WAIT: Duration = Duration::from_secs(30);
 
 /// Run the botpool controller until `shutdown` is cancelled.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
@@ -183,6 +190,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         retries: Retries::new(crate::backoff::Backoff::new(Duration::from_secs(1), RESYNC)),
         targets: Mutex::default(),
         applied: Mutex::default(),
+        waits: BoundedWaits::default(),
     });
     let store = ctx.bot_pools.store();
     let pools = on_deleted(
@@ -271,6 +279,15 @@ async fn reconcile_pool(pool: &BotPool, state: &State) -> Result<Action, Error> 
     }
     let demand = state.caches.demand(&ns, &name);
     let (existing, service, pdb) = state.caches.owned(&ns, &name);
+    // A new pool that a policy routes to waits (bounded) for that policy's first plan:
+    // made now, it would be sized without its demand and resized a moment later; and
+    // when many start together (a new cluster, a restore), their writes would delay
+    // the routing, which comes first. The policy's status write triggers this pool.
+    let awaiting = existing.is_none() && state.caches.awaits_first_plan(&ns, &name);
+    if let Some(left) = state.waits.left(&key, awaiting.then_some(FIRST_PLAN_WAIT)) {
+        tracing::debug!(?left, "bot pool waits for its policies' first plan");
+        return Ok(Action::requeue(left));
+    }
 
     // Decide.
     let rec = scaling::recommend(demand, sizing(pool));

@@ -65,6 +65,19 @@ impl Caches {
         )
     }
 
+    /// Whether a policy in `ns` routes to the pool `name` and has not planned yet (see
+    /// [`awaits_first_plan`]).
+    pub fn awaits_first_plan(&self, ns: &str, name: &str) -> bool {
+        let policies = self.policies.state();
+        awaits_first_plan(
+            policies
+                .iter()
+                .filter(|p| p.namespace().as_deref() == Some(ns))
+                .filter_map(|p| parsed(p)),
+            name,
+        )
+    }
+
     /// The pool's Deployment, Service and PDB (named after the pool).
     pub fn owned(&self, ns: &str, name: &str) -> Owned {
         (
@@ -199,6 +212,19 @@ pub fn pool_of_hpa(hpa: HorizontalPodAutoscaler) -> Option<ObjectRef<Guarded<Bot
     let target = &hpa.spec.as_ref()?.scale_target_ref;
     let ns = hpa.namespace()?;
     (target.kind == "Deployment").then(|| ObjectRef::new(&target.name).within(&ns))
+}
+
+/// Whether one of `policies` routes to the pool `name` and has no status yet: its
+/// first plan, with the pool's demand, is still to come.
+pub fn awaits_first_plan<'a>(
+    policies: impl IntoIterator<Item = &'a FallbackPolicy>,
+    name: &str,
+) -> bool {
+    policies.into_iter().any(|p| {
+        p.status.is_none()
+            && crate::controller::policy::observe::targets(&p.spec)
+                .any(|t| t.bot_pool.as_deref() == Some(name))
+    })
 }
 
 /// Pools a policy concerns: those in its demand and those its routes target, now or
@@ -372,6 +398,29 @@ mod tests {
             "f:minReplicas"
         ));
         assert_eq!(pool_of_hpa(hpa).unwrap().name, "bots");
+    }
+
+    #[test]
+    fn a_pool_awaits_the_first_plan_of_the_policies_that_route_to_it() {
+        use crate::plan::fixtures::{bots, policy};
+        let make = |pool: &str, planned: bool| {
+            let spec = policy()
+                .region("cologne", 1)
+                .route("inbound", 1, |r| r.tier("bots", [bots(pool)]))
+                .build();
+            let mut p = FallbackPolicy::new("cc", spec);
+            if planned {
+                p.status = Some(Default::default());
+            }
+            p
+        };
+        let (new, planned, other) = (make("a", false), make("a", true), make("b", false));
+        assert!(awaits_first_plan([&new, &planned], "a"));
+        assert!(!awaits_first_plan([&planned, &other], "a"));
+        assert!(
+            !awaits_first_plan([], "a"),
+            "a pool no policy names starts at once"
+        );
     }
 
     #[test]

@@ -42,8 +42,8 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use tokio_util::sync::CancellationToken;
 
 use super::runtime::{
-    Guarded, apply_status, cached, edge_changes, everyone_on_recovery, on_deleted, parsed,
-    probe_changes, reconcile_parsed,
+    BoundedWaits, Guarded, apply_status, cached, edge_changes, everyone_on_recovery, on_deleted,
+    parsed, probe_changes, reconcile_parsed,
 };
 use super::{Context, Retries};
 use crate::crd::{FailoverDrill, FallbackPolicy};
@@ -110,7 +110,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         region_counts: Mutex::default(),
         known: Mutex::default(),
         retries: Retries::default(),
-        waiting_since: Mutex::default(),
+        waits: BoundedWaits::default(),
     });
 
     let store = ctx.policies.store();
@@ -135,7 +135,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         let pctx = pctx.clone();
         move || {
             lock(&pctx.plans).clear();
-            lock(&pctx.waiting_since).clear();
+            pctx.waits.clear();
         }
     });
     let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store.clone());
@@ -292,7 +292,7 @@ async fn reconcile_policy(
     let trunks = wait.and_then(|w| observe::verdicts_pending(policy, ns, &pctx.caches, w));
     let statics =
         observe::static_targets_pending(policy, || ctx.probes.fully_probed(&owner_key(ns, name)));
-    if let Some(left) = pctx.first_routing_wait(&key, trunks.max(statics)) {
+    if let Some(left) = pctx.waits.left(&key, trunks.max(statics)) {
         tracing::debug!(?left, ?wait, "routing waits for first verdicts");
         return Ok(Action::requeue(left));
     }

@@ -3,9 +3,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use super::{observe, owner_key};
+use crate::controller::runtime::BoundedWaits;
 use crate::controller::{Context, Retries};
 pub(super) use crate::lock;
 use crate::plan::Plan;
@@ -30,10 +30,10 @@ pub(super) struct PolicyCtx {
     pub(super) known: Mutex<HashSet<Key>>,
     /// Failed reconciles in a row, for the backoff.
     pub(super) retries: Retries,
-    /// When a policy was first seen waiting for first verdicts: its Trunks' (see
-    /// [`observe::verdicts_pending`]) or its static targets' (see
+    /// Policies whose routing waits for first verdicts: their Trunks' (see
+    /// [`observe::verdicts_pending`]) or their static targets' (see
     /// [`observe::static_targets_pending`]).
-    pub(super) waiting_since: Mutex<HashMap<Key, Instant>>,
+    pub(super) waits: BoundedWaits,
 }
 
 impl PolicyCtx {
@@ -47,28 +47,9 @@ impl PolicyCtx {
         lock(&self.plans).remove(&key);
         lock(&self.written).remove(&key);
         lock(&self.region_counts).remove(&key);
-        lock(&self.waiting_since).remove(&key);
+        self.waits.forget(&key);
         self.retries.reset(&key);
         self.publish_region_gauge();
-    }
-
-    /// How much longer the routing of `key` waits for first verdicts: `pending` is the
-    /// longest wait [`observe::verdicts_pending`] and
-    /// [`observe::static_targets_pending`] allow (`None`: nothing to wait
-    /// for), counted from the first pass that had to wait.
-    pub(super) fn first_routing_wait(
-        &self,
-        key: &Key,
-        pending: Option<Duration>,
-    ) -> Option<Duration> {
-        let mut waiting = lock(&self.waiting_since);
-        let Some(allowed) = pending else {
-            waiting.remove(key);
-            return None;
-        };
-        let since = *waiting.entry(key.clone()).or_insert_with(Instant::now);
-        let left = allowed.saturating_sub(since.elapsed());
-        (!left.is_zero()).then_some(left)
     }
 
     pub(super) fn publish_region_gauge(&self) {
