@@ -297,7 +297,8 @@ async fn reconcile_policy(
         return Ok(Action::requeue(left));
     }
 
-    // Decide.
+    // Decide. Trunk status first publications wait while this is in flight.
+    let _routing = ctx.routing.enter();
     let previous = lock(&pctx.plans)
         .get(&key)
         .filter(|(u, _)| *u == uid)
