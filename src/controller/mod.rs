@@ -47,9 +47,6 @@ pub struct Context {
     /// The one FailoverDrill watch and cache, read by the FailoverDrill and policy
     /// controllers.
     pub drills: runtime::SharedWatch<runtime::Guarded<crate::crd::FailoverDrill>>,
-    /// Policy reconciles in flight: the Trunk status writer's first publications and
-    /// refreshes yield to them (see [`runtime::InFlight`]).
-    pub routing: runtime::InFlight,
     /// Trunk statuses this replica decided and has not seen in `trunks` yet: the policy
     /// controller plans from them without waiting for the write (see
     /// [`trunk::verdicts`]).
@@ -117,7 +114,6 @@ impl Context {
             bot_pools: runtime::SharedWatch::of(&client, namespace.as_deref()),
             drills: runtime::SharedWatch::of(&client, namespace.as_deref()),
             verdicts: Arc::default(),
-            routing: runtime::InFlight::default(),
             probes,
             client,
             metrics,

@@ -23,7 +23,7 @@ mod triggers;
 mod wait;
 pub use shared::SharedWatch;
 pub use triggers::{all_of, edge_changes, everyone_on_recovery, parse_owner_key, probe_changes};
-pub use wait::{BoundedWaits, InFlight};
+pub use wait::BoundedWaits;
 
 /// An object as the watches deliver it: either the parsed object or, for one that does
 /// not match its type (an older CRD version, a hand-made object that bypassed the

@@ -297,8 +297,7 @@ async fn reconcile_policy(
         return Ok(Action::requeue(left));
     }
 
-    // Decide. Trunk status first publications wait while this is in flight.
-    let _routing = ctx.routing.enter();
+    // Decide.
     let previous = lock(&pctx.plans)
         .get(&key)
         .filter(|(u, _)| *u == uid)

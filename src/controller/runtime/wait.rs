@@ -1,6 +1,5 @@
 //! Bounded waits of one object for something another object or controller will do
-//! (a first verdict, a first plan), counted from the first pass that had to wait; and
-//! work that yields (bounded) to more urgent work in flight.
+//! (a first verdict, a first plan), counted from the first pass that had to wait.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -42,75 +41,9 @@ impl BoundedWaits {
     }
 }
 
-/// Work in flight that other work yields to: policy reconciles (the routing), which
-/// Trunk status first publications and refreshes let go first. Both share the API
-/// server's throughput: at a 10,000-Trunk start the statuses took most of it and the
-/// routing waited.
-#[derive(Debug)]
-pub struct InFlight {
-    count: tokio::sync::watch::Sender<usize>,
-}
-
-impl Default for InFlight {
-    fn default() -> Self {
-        Self {
-            count: tokio::sync::watch::channel(0).0,
-        }
-    }
-}
-
-/// One unit of [`InFlight`] work, until dropped.
-#[must_use = "the work counts as in flight only while the guard lives"]
-pub struct InFlightGuard<'a>(&'a InFlight);
-
-impl Drop for InFlightGuard<'_> {
-    fn drop(&mut self) {
-        self.0.count.send_modify(|n| *n = n.saturating_sub(1));
-    }
-}
-
-impl InFlight {
-    /// Count one unit of work in flight until the guard drops.
-    pub fn enter(&self) -> InFlightGuard<'_> {
-        self.count.send_modify(|n| *n += 1);
-        InFlightGuard(self)
-    }
-
-    /// Wait until nothing is in flight, at most `max` (so that the yielding work is
-    /// slowed, never stopped, by a busy stream of the other).
-    pub async fn idle_within(&self, max: Duration) {
-        let mut rx = self.count.subscribe();
-        let _ = tokio::time::timeout(max, rx.wait_for(|n| *n == 0)).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn yielding_work_waits_for_idle_but_not_longer_than_its_bound() {
-        let work = InFlight::default();
-        let started = tokio::time::Instant::now();
-        work.idle_within(Duration::from_secs(1)).await;
-        assert_eq!(started.elapsed(), Duration::ZERO, "idle: no wait");
-        let guard = work.enter();
-        work.idle_within(Duration::from_secs(1)).await;
-        assert_eq!(started.elapsed(), Duration::from_secs(1), "busy: the bound");
-        // The work ends while the other waits: the wait ends with it.
-        let ends = async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            drop(guard);
-        };
-        tokio::join!(ends, work.idle_within(Duration::from_secs(5)));
-        assert_eq!(started.elapsed(), Duration::from_millis(1300));
-        work.idle_within(Duration::from_secs(1)).await;
-        assert_eq!(
-            started.elapsed(),
-            Duration::from_millis(1300),
-            "done: no wait"
-        );
-    }
 
     #[test]
     fn a_wait_is_bounded_and_ends_when_nothing_is_missing() {

@@ -37,9 +37,6 @@ use crate::lock;
 /// others write changes of state only.
 pub const WRITERS: usize = 4;
 
-/// The longest a first publication or refresh waits for policy reconciles in flight.
-const BULK_YIELD: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// One Trunk's decided status waiting to be written, with the Events that follow it.
 pub struct Pending {
     /// The status to apply.
@@ -256,14 +253,7 @@ impl StatusWriter {
                 let bulk = n == 0;
                 async move {
                     loop {
-                        let mut next = me.with_queue(|q| q.next(false));
-                        if next.is_none() && bulk {
-                            // First publications and refreshes let routing writes go
-                            // first (they share the API server), for at most a second
-                            // each: slowed while the routing is busy, never stopped.
-                            ctx.routing.idle_within(BULK_YIELD).await;
-                            next = me.with_queue(|q| q.next(true));
-                        }
+                        let next = me.with_queue(|q| q.next(bulk));
                         match next {
                             Some((key, p)) => me.write(&ctx, &verdicts, key, p).await,
                             None if bulk => me.wake_bulk.notified().await,
