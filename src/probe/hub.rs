@@ -1,5 +1,4 @@
-//! The scheduler: one task per endpoint, each probing on its own jittered phase (the
-//! first round within [`FIRST_PROBE_SPREAD`]).
+//! The scheduler: one task per endpoint, each probing on its own jittered phase.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,13 +13,6 @@ use super::{Admission, EndpointHealth, ProbeConfig, ProbeTarget, Quotas, TargetH
 use crate::crd::{EndpointState, ProbeSpec};
 use crate::lock;
 use crate::telemetry::{Metrics, ReasonLabels, StateLabels};
-
-/// A new endpoint's first probe comes at a random point of this time (or of its
-/// period, if shorter): a new Trunk, a restarted replica or a new leader has its first
-/// verdicts within seconds instead of up to one period. Later rounds spread over the
-/// whole period. At 10,000 endpoints the first round is a burst of about 5,000
-/// probes/s for two seconds (steady state there: 1,000/s at a 10 s period).
-pub const FIRST_PROBE_SPREAD: Duration = Duration::from_secs(2);
 
 /// How often an owner is told that the RTT of an Up endpoint changed, at most.
 pub const RTT_REFRESH: Duration = Duration::from_secs(30);
@@ -586,12 +578,9 @@ fn probe_runtime(shutdown: CancellationToken) -> Option<tokio::runtime::Handle> 
 async fn schedule(hub: std::sync::Weak<Inner>, owner_key: String, endpoint: Arc<Endpoint>) {
     let period = Duration::from_secs(u64::from(endpoint.spec.period_seconds.max(1)));
     let timeout = Duration::from_millis(u64::from(endpoint.spec.timeout_millis.max(1))).min(period);
-    let first = period
-        .min(FIRST_PROBE_SPREAD)
-        .mul_f64(rand::random::<f64>());
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + first, period);
+    let phase = period.mul_f64(rand::random::<f64>());
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut spread = false;
     let prober = match hub.upgrade() {
         Some(h) => h.prober.clone(),
         None => return,
@@ -616,12 +605,6 @@ async fn schedule(hub: std::sync::Weak<Inner>, owner_key: String, endpoint: Arc<
         if hub.record(&endpoint, &report) {
             // No receivers is fine: nobody is watching yet.
             let _ = hub.changes.send(owner_key.clone());
-        }
-        if !spread {
-            // From the second round on, a random phase of the whole period: thousands
-            // of endpoints started together do not keep firing together.
-            spread = true;
-            ticks.reset_at(tokio::time::Instant::now() + period.mul_f64(rand::random::<f64>()));
         }
     }
 }

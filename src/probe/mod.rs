@@ -137,10 +137,9 @@ pub struct EndpointHealth {
 
 /// Probes SIP endpoints on their schedules and keeps their health. Cheap to clone.
 ///
-/// Each endpoint gets its own task that probes it every `periodSeconds`: first within
-/// two seconds (`FIRST_PROBE_SPREAD`), then at a random phase so that thousands of
-/// endpoints do not fire together. UDP probes share one socket per address family
-/// (see [`transport`]).
+/// Each endpoint gets its own task that probes it every `periodSeconds`, starting at a
+/// random phase so that thousands of endpoints do not fire together. UDP probes share
+/// one socket per address family (see [`transport`]).
 #[derive(Clone)]
 pub struct ProbeHub {
     inner: Arc<hub::Inner>,
