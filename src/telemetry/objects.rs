@@ -259,6 +259,14 @@ fn has_reason(conditions: &[Condition], type_: &str, reason: &str) -> bool {
     find_condition(conditions, type_).is_some_and(|c| c.reason == reason)
 }
 
+/// What a cache holds now (nothing before the operator handed it over).
+fn cached<K: Resource + Clone>(source: &OnceLock<Store<K>>) -> Vec<Arc<K>>
+where
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    source.get().map(Store::state).unwrap_or_default()
+}
+
 /// The valid objects of a cache, by namespace and name (stable output order).
 fn sorted<K: Resource>(cached: &[Arc<Guarded<K>>]) -> Vec<&K> {
     let mut objects: Vec<&K> = cached.iter().filter_map(|o| parsed(o)).collect();
@@ -285,18 +293,7 @@ impl ObjectMetrics {
 
 impl Collector for ObjectMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let trunks = self
-            .sources
-            .trunks
-            .get()
-            .map(Store::state)
-            .unwrap_or_default();
-        let policies = self
-            .sources
-            .policies
-            .get()
-            .map(Store::state)
-            .unwrap_or_default();
+        let (trunks, policies) = (cached(&self.sources.trunks), cached(&self.sources.policies));
         let (trunks, policies) = (sorted(&trunks), sorted(&policies));
         let families = trunk_series(&trunks)
             .into_iter()

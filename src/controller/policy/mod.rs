@@ -69,7 +69,6 @@ pub fn owner_key(namespace: &str, name: &str) -> String {
 
 /// Run the policy controller until `shutdown` is cancelled.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
-    let _any = || watcher::Config::default().any_semantic();
     let (trunks, trunk_events) = ctx.trunks.cached();
     let (bot_pools, pool_events) = ctx.bot_pools.cached();
     let (drills, drill_events) = ctx.drills.cached();
