@@ -420,14 +420,21 @@ pub enum RegionState {
     Recovering,
 }
 
-impl std::fmt::Display for RegionState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl RegionState {
+    /// The name as in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
             RegionState::Active => "Active",
             RegionState::Failed => "Failed",
             RegionState::Draining => "Draining",
             RegionState::Recovering => "Recovering",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for RegionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

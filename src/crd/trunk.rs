@@ -414,12 +414,19 @@ pub enum EndpointState {
     Unknown,
 }
 
-impl std::fmt::Display for EndpointState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl EndpointState {
+    /// The name as in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
             EndpointState::Up => "Up",
             EndpointState::Down => "Down",
             EndpointState::Unknown => "Unknown",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for EndpointState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }

@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Resource;
 use kube::runtime::reflector::Store;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
@@ -97,154 +97,152 @@ pub fn register(registry: &mut Registry) -> Arc<Sources> {
     sources
 }
 
-/// One gauge series: label pairs and a value.
-struct Series {
-    labels: Vec<(&'static str, String)>,
+/// Help texts of [`GAUGES`], in the same order.
+const HELP: [&str; 7] = [
+    "1 when the Trunk's Healthy condition is True (some endpoint answers OPTIONS), 0 when False; absent while disabled or not judged yet",
+    "Endpoints of the Trunk by probe state (Up, Down, Unknown), from its status",
+    "1 when the Trunk is disabled for maintenance (spec.disabled)",
+    "1 for the region's current state (Active, Failed, Draining, Recovering), 0 for the others",
+    "The region's share of calls now (0 when it carries none)",
+    "1 when the FallbackPolicy condition (Ready, Degraded, CapacitySufficient) is True, 0 when False",
+    "Position of the route's active tier in spec.routes[].tiers (0 = preferred), -1 when no tier carries calls",
+];
+
+/// One series of the family `metric` is encoding. Labels are borrowed from the cached
+/// objects: a scrape at 10,000 Trunks writes 50,000 series, and owned label sets per
+/// series made each scrape allocate about 9 MiB at once (heaptrack, scale bench).
+fn series<const N: usize>(
+    metric: &mut MetricEncoder<'_>,
+    labels: [(&str, &str); N],
     value: i64,
+) -> Result<(), std::fmt::Error> {
+    ConstGauge::new(value).encode(metric.encode_family(&labels)?)
 }
 
-fn ns_name<K: Resource>(obj: &K) -> Vec<(&'static str, String)> {
-    vec![
-        (
-            "namespace",
-            obj.meta().namespace.clone().unwrap_or_default(),
-        ),
-        ("name", obj.meta().name.clone().unwrap_or_default()),
-    ]
+fn ns_name<K: Resource>(obj: &K) -> (&str, &str) {
+    let meta = obj.meta();
+    (
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default(),
+    )
 }
 
-/// `labels` and one more pair.
-fn plus(
-    mut labels: Vec<(&'static str, String)>,
-    key: &'static str,
-    value: impl ToString,
-) -> Vec<(&'static str, String)> {
-    labels.push((key, value.to_string()));
-    labels
+/// The Trunk's `trunk_healthy` value, if it has one.
+fn trunk_healthy(t: &Trunk) -> Option<i64> {
+    // A disabled trunk is parked on purpose: neither up nor down.
+    if t.spec.disabled {
+        return None;
+    }
+    let status = t.status.as_ref()?;
+    let value = condition_value(find_condition(&status.conditions, TRUNK_HEALTHY))?;
+    (!(value == 0 && has_reason(&status.conditions, TRUNK_HEALTHY, PROBING))).then_some(value)
 }
 
-/// The gauges of the Trunks, in metric order.
-fn trunk_series(trunks: &[&Trunk]) -> [(&'static str, &'static str, Vec<Series>); 3] {
-    let mut healthy = Vec::new();
-    let mut endpoints = Vec::new();
-    let mut disabled = Vec::new();
+/// The Trunk gauges, in metric order.
+fn encode_trunks(
+    encoder: &mut DescriptorEncoder<'_>,
+    trunks: &[&Trunk],
+) -> Result<(), std::fmt::Error> {
+    let mut m = encoder.encode_descriptor(GAUGES[0], HELP[0], None, MetricType::Gauge)?;
     for t in trunks {
-        let id = ns_name(*t);
-        disabled.push(Series {
-            labels: id.clone(),
-            value: i64::from(t.spec.disabled),
-        });
-        // A disabled trunk is parked on purpose: neither up nor down.
-        if t.spec.disabled {
+        if let Some(value) = trunk_healthy(t) {
+            let (ns, name) = ns_name(*t);
+            let labels = [
+                ("namespace", ns),
+                ("name", name),
+                ("region", &t.spec.region),
+            ];
+            series(&mut m, labels, value)?;
+        }
+    }
+    let mut m = encoder.encode_descriptor(GAUGES[1], HELP[1], None, MetricType::Gauge)?;
+    for t in trunks {
+        let Some(status) = t.status.as_ref().filter(|_| !t.spec.disabled) else {
             continue;
-        }
-        let Some(status) = &t.status else { continue };
-        if let Some(value) = condition_value(find_condition(&status.conditions, TRUNK_HEALTHY))
-            && !(value == 0 && has_reason(&status.conditions, TRUNK_HEALTHY, PROBING))
-        {
-            healthy.push(Series {
-                labels: plus(id.clone(), "region", &t.spec.region),
-                value,
-            });
-        }
+        };
+        let (ns, name) = ns_name(*t);
         for state in ENDPOINT_STATES {
             let count = status.endpoints.iter().filter(|e| e.state == state).count();
-            endpoints.push(Series {
-                labels: plus(id.clone(), "state", state),
-                value: i64::try_from(count).unwrap_or(i64::MAX),
-            });
+            let labels = [("namespace", ns), ("name", name), ("state", state.as_str())];
+            series(&mut m, labels, i64::try_from(count).unwrap_or(i64::MAX))?;
         }
     }
-    [
-        (
-            GAUGES[0],
-            "1 when the Trunk's Healthy condition is True (some endpoint answers OPTIONS), 0 when False; absent while disabled or not judged yet",
-            healthy,
-        ),
-        (
-            GAUGES[1],
-            "Endpoints of the Trunk by probe state (Up, Down, Unknown), from its status",
-            endpoints,
-        ),
-        (
-            GAUGES[2],
-            "1 when the Trunk is disabled for maintenance (spec.disabled)",
-            disabled,
-        ),
-    ]
+    let mut m = encoder.encode_descriptor(GAUGES[2], HELP[2], None, MetricType::Gauge)?;
+    for t in trunks {
+        let (ns, name) = ns_name(*t);
+        series(
+            &mut m,
+            [("namespace", ns), ("name", name)],
+            i64::from(t.spec.disabled),
+        )?;
+    }
+    Ok(())
 }
 
-/// The gauges of the FallbackPolicies, in metric order.
-fn policy_series(policies: &[&FallbackPolicy]) -> [(&'static str, &'static str, Vec<Series>); 4] {
-    let mut region_state = Vec::new();
-    let mut region_weight = Vec::new();
-    let mut conditions = Vec::new();
-    let mut route_tier = Vec::new();
-    for p in policies {
-        let Some(status) = &p.status else { continue };
-        let id = ns_name(*p);
+/// The position of `route`'s active tier in the policy's spec (-1: none carries calls).
+fn active_tier_index(p: &FallbackPolicy, route: &crate::crd::RouteStatus) -> i64 {
+    let tiers = p
+        .spec
+        .routes
+        .iter()
+        .find(|r| r.name == route.name)
+        .map(|r| r.tiers.as_slice())
+        .unwrap_or_default();
+    route
+        .active_tier
+        .as_deref()
+        .and_then(|active| tiers.iter().position(|t| t.name == active))
+        .map_or(-1, |i| i64::try_from(i).unwrap_or(i64::MAX))
+}
+
+/// The FallbackPolicy gauges, in metric order.
+fn encode_policies(
+    encoder: &mut DescriptorEncoder<'_>,
+    policies: &[&FallbackPolicy],
+) -> Result<(), std::fmt::Error> {
+    let with_status = || {
+        policies
+            .iter()
+            .filter_map(|p| Some((ns_name(*p), *p, p.status.as_ref()?)))
+    };
+    let mut m = encoder.encode_descriptor(GAUGES[3], HELP[3], None, MetricType::Gauge)?;
+    for ((ns, name), _, status) in with_status() {
         for region in &status.regions {
-            let labels = plus(id.clone(), "region", &region.name);
             for state in REGION_STATES {
-                region_state.push(Series {
-                    labels: plus(labels.clone(), "state", state),
-                    value: i64::from(region.state == state),
-                });
+                let labels = [
+                    ("namespace", ns),
+                    ("name", name),
+                    ("region", region.name.as_str()),
+                    ("state", state.as_str()),
+                ];
+                series(&mut m, labels, i64::from(region.state == state))?;
             }
-            region_weight.push(Series {
-                labels,
-                value: i64::from(region.effective_weight),
-            });
-        }
-        for c in &status.conditions {
-            if let Some(value) = condition_value(Some(c)) {
-                conditions.push(Series {
-                    labels: plus(id.clone(), "condition", &c.type_),
-                    value,
-                });
-            }
-        }
-        for route in &status.routes {
-            let tiers = p
-                .spec
-                .routes
-                .iter()
-                .find(|r| r.name == route.name)
-                .map(|r| r.tiers.as_slice())
-                .unwrap_or_default();
-            let index = route
-                .active_tier
-                .as_deref()
-                .and_then(|active| tiers.iter().position(|t| t.name == active))
-                .map_or(-1, |i| i64::try_from(i).unwrap_or(i64::MAX));
-            route_tier.push(Series {
-                labels: plus(id.clone(), "route", &route.name),
-                value: index,
-            });
         }
     }
-    [
-        (
-            GAUGES[3],
-            "1 for the region's current state (Active, Failed, Draining, Recovering), 0 for the others",
-            region_state,
-        ),
-        (
-            GAUGES[4],
-            "The region's share of calls now (0 when it carries none)",
-            region_weight,
-        ),
-        (
-            GAUGES[5],
-            "1 when the FallbackPolicy condition (Ready, Degraded, CapacitySufficient) is True, 0 when False",
-            conditions,
-        ),
-        (
-            GAUGES[6],
-            "Position of the route's active tier in spec.routes[].tiers (0 = preferred), -1 when no tier carries calls",
-            route_tier,
-        ),
-    ]
+    let mut m = encoder.encode_descriptor(GAUGES[4], HELP[4], None, MetricType::Gauge)?;
+    for ((ns, name), _, status) in with_status() {
+        for region in &status.regions {
+            let labels = [("namespace", ns), ("name", name), ("region", &region.name)];
+            series(&mut m, labels, i64::from(region.effective_weight))?;
+        }
+    }
+    let mut m = encoder.encode_descriptor(GAUGES[5], HELP[5], None, MetricType::Gauge)?;
+    for ((ns, name), _, status) in with_status() {
+        for c in &status.conditions {
+            if let Some(value) = condition_value(Some(c)) {
+                let labels = [("namespace", ns), ("name", name), ("condition", &c.type_)];
+                series(&mut m, labels, value)?;
+            }
+        }
+    }
+    let mut m = encoder.encode_descriptor(GAUGES[6], HELP[6], None, MetricType::Gauge)?;
+    for ((ns, name), p, status) in with_status() {
+        for route in &status.routes {
+            let labels = [("namespace", ns), ("name", name), ("route", &route.name)];
+            series(&mut m, labels, active_tier_index(p, route))?;
+        }
+    }
+    Ok(())
 }
 
 fn condition_value(c: Option<&Condition>) -> Option<i64> {
@@ -294,17 +292,8 @@ impl ObjectMetrics {
 impl Collector for ObjectMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let (trunks, policies) = (cached(&self.sources.trunks), cached(&self.sources.policies));
-        let (trunks, policies) = (sorted(&trunks), sorted(&policies));
-        let families = trunk_series(&trunks)
-            .into_iter()
-            .chain(policy_series(&policies));
-        for (name, help, series) in families {
-            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for s in series {
-                ConstGauge::new(s.value).encode(metric.encode_family(&s.labels)?)?;
-            }
-        }
-        Ok(())
+        encode_trunks(&mut encoder, &sorted(&trunks))?;
+        encode_policies(&mut encoder, &sorted(&policies))
     }
 }
 

@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
@@ -140,7 +140,14 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             move |ns, name| tctx.forget(ns, name)
         },
     )
-    .applied_objects();
+    .applied_objects()
+    .inspect_ok({
+        let verdicts = ctx.verdicts.clone();
+        move |trunk| {
+            let key = (trunk.namespace().unwrap_or_default(), trunk.name_any());
+            verdicts.cached(&key, trunk.meta().resource_version.as_deref());
+        }
+    });
     // Probe results, and — leadership gained or the API back after an outage — every
     // Trunk at once (reads from the cache; writes only what differs from the status).
     let changes = futures::stream::select(
@@ -401,12 +408,13 @@ async fn reconcile_trunk(
     }
     tracing::debug!(healthy = ?new.healthy_summary, urgent, "trunk status decided");
     let status = ctx.verdicts.decide(&id, new);
+    let reference = (!events.is_empty()).then(|| trunk.object_ref(&()));
     tctx.writer.submit(
         id,
         writer::Pending {
             status,
             events,
-            reference: trunk.object_ref(&()),
+            reference,
             urgent: urgent || raised_any,
         },
     );

@@ -8,9 +8,11 @@
 //! bounds those, not the probes).
 //!
 //! An entry lives until the watch cache holds the written status: once the status is
-//! written, the entry keeps the `resourceVersion` the write returned, and a reader
-//! whose cached Trunk is at that version or later drops it (the cache is the truth
-//! again). Resource versions are compared as numbers: the API server's are etcd
+//! written, the entry keeps the `resourceVersion` the write returned, and the watch
+//! delivering that version or a later one drops it (the cache is the truth again), as
+//! does a reader whose cached Trunk is that far. Dropping it on the watch matters at
+//! scale: most Trunks are named by no policy, and at 10,000 their written statuses
+//! would otherwise stay here beside the cache's copies. Resource versions are compared as numbers: the API server's are etcd
 //! revisions. One that does not parse as a number keeps the entry until the next
 //! decision, the Trunk's deletion or the end of leadership.
 //!
@@ -95,6 +97,22 @@ impl Verdicts {
             && Arc::ptr_eq(&e.status, status)
         {
             e.written = version(resource_version).or(Some(u64::MAX));
+        }
+    }
+
+    /// The watch delivered `key` at `resource_version` (the cache holds it now): a
+    /// written entry at that version or earlier is not needed any more.
+    pub fn cached(&self, key: &Key, resource_version: Option<&str>) {
+        let Some(cached) = version(resource_version) else {
+            return;
+        };
+        let mut entries = lock(&self.entries);
+        if entries
+            .get(key)
+            .and_then(|e| e.written)
+            .is_some_and(|written| cached >= written)
+        {
+            entries.remove(key);
         }
     }
 
@@ -225,6 +243,37 @@ mod tests {
             state_of(&board.status_of(&key, &cached_down).unwrap()),
             EndpointState::Down
         );
+    }
+
+    #[test]
+    fn the_watch_delivering_the_write_drops_the_entry_without_a_reader() {
+        let board = Verdicts::default();
+        let key = ("ns".to_string(), "fixed".to_string());
+        let down = board.decide(&key, decided(EndpointState::Down));
+        // Not written yet: a cache event (another change) keeps it.
+        board.cached(&key, Some("11"));
+        assert_eq!(board.len(), 1);
+        board.written(&key, &down, Some("12"));
+        board.cached(&key, Some("11"));
+        assert_eq!(board.len(), 1, "the cache is behind the write");
+        board.cached(&key, None);
+        assert_eq!(
+            board.len(),
+            1,
+            "a version that is not a number proves nothing"
+        );
+        board.cached(&key, Some("12"));
+        assert!(
+            board.is_empty(),
+            "the cache holds the write: no copy is kept"
+        );
+        // A decision made after the write stays until it is written itself.
+        let up = board.decide(&key, decided(EndpointState::Up));
+        board.cached(&key, Some("13"));
+        assert_eq!(board.len(), 1);
+        board.written(&key, &up, Some("14"));
+        board.cached(&key, Some("15"));
+        assert!(board.is_empty());
     }
 
     #[test]
