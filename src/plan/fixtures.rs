@@ -269,8 +269,20 @@ impl World {
                 ready_capacity: n * calls_per_replica,
                 min_replicas: n,
                 destinations,
+                reported: true,
             },
         );
+        self
+    }
+    /// A pool just created: no status yet (its controller has not sized it).
+    pub fn bots_unreported(mut self, name: &str) -> Self {
+        if let Some(p) = self.observed.bot_pools.get_mut(name) {
+            p.destinations.clear();
+            p.ready_replicas = 0;
+            p.desired_replicas = 0;
+            p.ready_capacity = 0;
+            p.reported = false;
+        }
         self
     }
     /// Make only `ready` of a pool's `desired` replicas ready (the first `ready` bots

@@ -64,6 +64,10 @@ pub struct BotPoolObservation {
     pub min_replicas: u32,
     /// SIP URIs of the ready bots, sorted (see [`bot_destination`]).
     pub destinations: Vec<String>,
+    /// Whether the pool has a status yet. A new pool has none until its controller
+    /// sized it (it waits for its policies' first plan): its bots are neither ready
+    /// nor missing yet.
+    pub reported: bool,
 }
 
 /// The health of a trunk as a whole.
@@ -148,6 +152,7 @@ impl BotPoolObservation {
             ready_capacity: status.ready_capacity,
             min_replicas: pool.spec.replicas.min,
             destinations,
+            reported: pool.status.is_some(),
         }
     }
 }

@@ -73,9 +73,17 @@ pub(super) fn region_health(
     }
 
     let fraction = spec.health.min_ready_bot_fraction;
+    // A pool without a status yet has not been sized: the region is not measured
+    // until it has, or other checks passing would make a new region Active (and a
+    // served one) a moment before its bots turn out to be still starting.
+    let mut unmeasured = false;
     for name in &pool_names {
         let pool = &observed.bot_pools[*name];
         if fraction <= 0.0 {
+            continue;
+        }
+        if !pool.reported {
+            unmeasured = true;
             continue;
         }
         if pool.desired_replicas == 0 {
@@ -116,7 +124,7 @@ pub(super) fn region_health(
 
     if !failures.is_empty() {
         Health::Unhealthy(failures.join("; "))
-    } else if passed {
+    } else if passed && !unmeasured {
         Health::Healthy
     } else {
         Health::Unknown

@@ -590,6 +590,38 @@ fn a_new_region_takes_calls_once_its_bots_are_up_without_a_failover() {
 }
 
 #[test]
+fn a_pool_not_sized_yet_keeps_a_new_region_waiting_instead_of_serving() {
+    let (spec, world) = two_regions();
+    // The policy's first plan comes before the pool's controller sized it (the pool
+    // waits for that plan): the lines are up, but the bots are not measured yet.
+    let not_sized = world.clone().bots_unreported("bots-cgn");
+    let (p0, events) = plan(&spec, &not_sized.observed(), None, t(0));
+    assert_eq!(region(&p0, "cologne").state, RegionState::Recovering);
+    assert!(!region(&p0, "cologne").has_served);
+    assert!(events.is_empty(), "{events:?}");
+    // Sized, bots starting: still a start-up, not a failover of a serving region.
+    let starting = world.clone().bots_ready("bots-cgn", 0, 4);
+    let (p1, _) = plan(&spec, &starting.observed(), Some(&p0), t(1));
+    assert_eq!(region(&p1, "cologne").state, RegionState::Failed);
+    assert!(
+        !region(&p1, "cologne").has_served,
+        "no flapping budget used"
+    );
+    assert!(region(&p1, "cologne").transitions.is_empty());
+    // Bots up: calls flow at once.
+    let (p2, _) = plan(&spec, &world.observed(), Some(&p1), t(2));
+    let (p3, _) = plan(&spec, &world.observed(), Some(&p2), t(2));
+    assert_eq!(region(&p3, "cologne").state, RegionState::Active);
+    // A serving region whose pool is re-created (no status for a moment) keeps serving.
+    let (p4, events) = plan(&spec, &not_sized.observed(), Some(&p3), t(3));
+    assert_eq!(
+        region(&p4, "cologne").state,
+        RegionState::Active,
+        "{events:?}"
+    );
+}
+
+#[test]
 fn a_scale_up_in_progress_does_not_fail_the_region_it_helps() {
     let (spec, world) = two_regions();
     let (p0, _) = plan(&spec, &world.observed(), None, t(0));

@@ -30,6 +30,13 @@ pub fn assert_outage_criteria(s: &Value, text: &str, require_failback: bool) {
         s["outage_to_routing_switch_s"].as_f64().is_some(),
         "the edge's Kamailio ran a routing without the dead carrier: {text}"
     );
+    assert_eq!(
+        s["failovers"].as_u64(),
+        Some(1),
+        "one carrier outage, one failover: starting up moves no region out of service \
+         (a start-up failover also spends the flapping budget the failback needs): {}",
+        s["history"]
+    );
     let recover_after = s["recover_after_seconds"].as_f64().unwrap();
     let back = s["carrier_back_to_routing_s"].as_f64();
     if require_failback {

@@ -12,9 +12,10 @@
 //! delivering that version or a later one drops it (the cache is the truth again), as
 //! does a reader whose cached Trunk is that far. Dropping it on the watch matters at
 //! scale: most Trunks are named by no policy, and at 10,000 their written statuses
-//! would otherwise stay here beside the cache's copies. Resource versions are compared as numbers: the API server's are etcd
-//! revisions. One that does not parse as a number keeps the entry until the next
-//! decision, the Trunk's deletion or the end of leadership.
+//! would otherwise stay here beside the cache's copies. Resource versions are
+//! compared as numbers: the API server's are etcd revisions. One that does not parse
+//! as a number keeps the entry until the next decision, the Trunk's deletion or the
+//! end of leadership.
 //!
 //! Only a leader decides, and a replica that stops leading clears the board: the next
 //! leader's statuses come through the cache.
