@@ -66,7 +66,7 @@ pub struct BotPoolObservation {
     pub destinations: Vec<String>,
     /// Whether the pool has a status yet. A new pool has none until its controller
     /// sized it (it waits for its policies' first plan): its bots are neither ready
-    /// nor missing yet.
+    /// nor missing yet, and with `replicas.min` > 0 its region is not measured.
     pub reported: bool,
 }
 

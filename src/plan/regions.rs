@@ -73,9 +73,10 @@ pub(super) fn region_health(
     }
 
     let fraction = spec.health.min_ready_bot_fraction;
-    // A pool without a status yet has not been sized: the region is not measured
-    // until it has, or other checks passing would make a new region Active (and a
-    // served one) a moment before its bots turn out to be still starting.
+    // A pool without a status yet that must keep bots (`replicas.min` > 0) has not
+    // started them: the region is not measured until it has, or its lines alone
+    // would make a new region Active (and a served one) a moment before its bots turn
+    // out to be still starting. A pool that may run no bots does not hold it.
     let mut unmeasured = false;
     for name in &pool_names {
         let pool = &observed.bot_pools[*name];
@@ -83,7 +84,7 @@ pub(super) fn region_health(
             continue;
         }
         if !pool.reported {
-            unmeasured = true;
+            unmeasured |= pool.min_replicas > 0;
             continue;
         }
         if pool.desired_replicas == 0 {

@@ -619,6 +619,15 @@ fn a_pool_not_sized_yet_keeps_a_new_region_waiting_instead_of_serving() {
         RegionState::Active,
         "{events:?}"
     );
+    // A pool that may run no bots (`replicas.min` 0) does not hold a new region.
+    let mut scale_to_zero = not_sized.observed();
+    scale_to_zero
+        .bot_pools
+        .get_mut("bots-cgn")
+        .unwrap()
+        .min_replicas = 0;
+    let (q0, _) = plan(&spec, &scale_to_zero, None, t(0));
+    assert_eq!(region(&q0, "cologne").state, RegionState::Active);
 }
 
 #[test]
