@@ -18,9 +18,11 @@ use serde::de::DeserializeOwned;
 use super::{Context, Retries};
 use crate::crd::FIELD_MANAGER;
 
+mod expedite;
 mod shared;
 mod triggers;
 mod wait;
+pub use expedite::Expedite;
 pub use shared::SharedWatch;
 pub use triggers::{all_of, edge_changes, everyone_on_recovery, parse_owner_key, probe_changes};
 pub use wait::BoundedWaits;

@@ -31,8 +31,8 @@ use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::runtime::{
-    Guarded, edge_changes, everyone_on_recovery, on_deleted, probe_changes, reconcile_parsed,
-    truncate,
+    Expedite, Guarded, edge_changes, everyone_on_recovery, on_deleted, probe_changes,
+    reconcile_parsed, truncate,
 };
 use super::{Context, Retries};
 use crate::crd::{
@@ -150,8 +150,18 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     });
     // Probe results, and — leadership gained or the API back after an outage — every
     // Trunk at once (reads from the cache; writes only what differs from the status).
-    let changes = futures::stream::select(
+    // A probe verdict is decided at once, not at the scheduler's next tick: a failover
+    // waits for it.
+    let expedite = Expedite::new(store.clone());
+    let probed = expedite.clone().triggers(
         probe_changes(ctx.probes.subscribe(), "trunk", store.clone()),
+        {
+            let tctx = tctx.clone();
+            move |trunk| reconcile(trunk, tctx.clone())
+        },
+    );
+    let changes = futures::stream::select(
+        probed,
         futures::stream::select(
             everyone_on_recovery(&ctx, store.clone(), || {}),
             futures::stream::select(
@@ -168,7 +178,14 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         .with_config(super::runtime::controller_config())
         .reconcile_on(changes)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-        .run(reconcile, error_policy, tctx.clone())
+        .run(
+            {
+                let expedite = expedite.clone();
+                move |trunk, tctx| expedite.clone().in_turn(trunk, |t| reconcile(t, tctx))
+            },
+            error_policy,
+            tctx.clone(),
+        )
         .for_each(|res| {
             if let Err(e) = res {
                 // Objects that vanished before their reconcile are not worth a warning.
@@ -177,6 +194,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             futures::future::ready(())
         })
         .await;
+    expedite.drained().await;
     reader.abort();
     resign.abort();
     writing.abort();
