@@ -153,7 +153,12 @@ async fn run(flips: usize) {
     let logs = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let op_addr = format!("127.0.0.1:{}", common::free_port("127.0.0.1"));
     let mut op_cmd = common::operator::command(&ns.name, &op_addr);
-    op_cmd.arg("--no-leader-election").env("RUST_LOG", "warn");
+    // `E2E_LOG` sets both binaries' log filter (default `warn`), e.g. `debug` to see
+    // the steps of a slow transition printed below.
+    let log_filter = std::env::var("E2E_LOG").unwrap_or_else(|_| "warn".into());
+    op_cmd
+        .arg("--no-leader-election")
+        .env("RUST_LOG", &log_filter);
     let mut operator =
         Process::spawn_logged("operator", &mut op_cmd, &logs.join("e2e-operator.log"));
     let mut sync = Process::spawn_logged(
@@ -164,7 +169,7 @@ async fn run(flips: usize) {
             .arg(&file)
             .args(["--rpc-url", &kamailio.rpc_url])
             .env("KUBECONFIG", common::kubeconfig_path())
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", &log_filter)
             .env("NO_COLOR", "1"),
         &logs.join("e2e-sip-sync.log"),
     );
@@ -280,6 +285,15 @@ async fn run(flips: usize) {
         let signed = |a: Instant, b: Instant| {
             if a >= b { ms(a - b) } else { -ms(b - a) }
         };
+        // A slow one is named with its wall-clock time, to find it in the logs.
+        if kamailio_at.saturating_duration_since(verdict_at) > Duration::from_millis(25) {
+            println!(
+                "  slow transition {i} (ended {}): verdict -> ConfigMap {:.1} ms, ConfigMap -> Kamailio {:.1} ms",
+                jiff::Timestamp::now(),
+                ms(cm_at.saturating_duration_since(verdict_at)),
+                ms(kamailio_at.saturating_duration_since(cm_at)),
+            );
+        }
         detect.push(verdict_at.saturating_duration_since(flipped));
         total.push(kamailio_at.saturating_duration_since(verdict_at));
         to_cm.push(cm_at.saturating_duration_since(verdict_at));

@@ -5,7 +5,7 @@
 //! (about a minute). sip-sync instead watches the one ConfigMap through the API and,
 //! for every new content: validates it ([`dispatcher::parse`], the parser of the
 //! [routing contract](crate::routing)), writes the file
-//! Kamailio loads atomically ([`file::write_atomic`]), calls `dispatcher.reload`,
+//! Kamailio loads atomically ([`file::replace`]), calls `dispatcher.reload`,
 //! reads `dispatcher.list` back and checks that the sets and URIs match. It retries
 //! with capped exponential backoff while Kamailio is not up or the check fails, and
 //! reports the outcome in metrics, logs and its `/readyz`.
@@ -241,14 +241,37 @@ impl Applier {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
             other => other,
         })?;
+        let started = std::time::Instant::now();
         let marks = self.rpc.down_marks().await.unwrap_or_default();
-        if on_disk.as_deref() != Some(hash.as_str()) {
-            self.io(file::write_atomic(&self.file, content))?;
+        let marked = started.elapsed();
+        let replaced = on_disk.as_deref() != Some(hash.as_str());
+        if replaced {
+            self.io(file::replace(&self.file, content))?;
             self.written = true;
         }
+        let written = started.elapsed();
         self.rpc.reload_dispatcher().await?;
+        let reloaded = started.elapsed();
         self.confirm(&expected).await?;
+        tracing::debug!(
+            marks = ?marked,
+            written = ?written,
+            reloaded = ?reloaded,
+            confirmed = ?started.elapsed(),
+            "routing applied (times since the first call to Kamailio)"
+        );
         self.confirmed = Some(hash);
+        if replaced {
+            // Durable once Kamailio runs it: the flush waits for the disk, the calls
+            // do not (see `file::persist`).
+            let path = self.file.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = file::persist(&path) {
+                    tracing::warn!(file = %path.display(), error = %e,
+                        "could not flush the routing file to disk (Kamailio runs it)");
+                }
+            });
+        }
         self.restore_marks(&previous_text, content, marks).await;
         Ok(Outcome::Reloaded)
     }
