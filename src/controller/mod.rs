@@ -51,6 +51,9 @@ pub struct Context {
     /// controller plans from them without waiting for the write (see
     /// [`trunk::verdicts`]).
     pub verdicts: Arc<trunk::verdicts::Verdicts>,
+    /// Routing updates in flight: the Trunk statuses' bulk writes wait for them (see
+    /// [`runtime::RoutingFirst`]).
+    pub routing_first: runtime::RoutingFirst,
     /// Wakes the API watchdog after a failed API call (see [`api_watchdog`]).
     api_failed: Arc<tokio::sync::Notify>,
     /// Bumped each time the API answers again after failures; controllers then retry
@@ -114,6 +117,7 @@ impl Context {
             bot_pools: runtime::SharedWatch::of(&client, namespace.as_deref()),
             drills: runtime::SharedWatch::of(&client, namespace.as_deref()),
             verdicts: Arc::default(),
+            routing_first: runtime::RoutingFirst::default(),
             probes,
             client,
             metrics,

@@ -19,10 +19,12 @@ use super::{Context, Retries};
 use crate::crd::FIELD_MANAGER;
 
 mod expedite;
+mod routing_first;
 mod shared;
 mod triggers;
 mod wait;
 pub use expedite::Expedite;
+pub use routing_first::RoutingFirst;
 pub use shared::SharedWatch;
 pub use triggers::{all_of, edge_changes, everyone_on_recovery, parse_owner_key, probe_changes};
 pub use wait::BoundedWaits;

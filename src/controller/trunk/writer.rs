@@ -256,6 +256,10 @@ impl StatusWriter {
                 let bulk = n == 0;
                 async move {
                     loop {
+                        if bulk {
+                            // A failover's routing write goes first.
+                            ctx.routing_first.clear().await;
+                        }
                         let next = me.with_queue(|q| q.next(bulk));
                         match next {
                             Some((key, p)) => me.write(&ctx, &verdicts, key, p).await,
