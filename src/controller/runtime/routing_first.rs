@@ -7,15 +7,19 @@
 //! A first routing (a new ConfigMap) does not hold it: at a start every policy writes
 //! one, and the statuses would wait for all of them.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 /// Counts routing updates in flight; the bulk status writer waits while there are any.
-#[derive(Default)]
 pub struct RoutingFirst {
-    in_flight: AtomicUsize,
-    idle: Notify,
+    in_flight: watch::Sender<usize>,
+}
+
+impl Default for RoutingFirst {
+    fn default() -> Self {
+        Self {
+            in_flight: watch::Sender::new(0),
+        }
+    }
 }
 
 /// A routing update in flight, until dropped.
@@ -24,29 +28,20 @@ pub struct Hold<'a>(&'a RoutingFirst);
 impl RoutingFirst {
     /// A routing update starts.
     pub fn hold(&self) -> Hold<'_> {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.in_flight.send_modify(|n| *n += 1);
         Hold(self)
     }
 
     /// Returns once no routing update is in flight.
     pub async fn clear(&self) {
-        loop {
-            let idle = self.idle.notified();
-            futures::pin_mut!(idle);
-            idle.as_mut().enable();
-            if self.in_flight.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            idle.await;
-        }
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = self.in_flight.subscribe().wait_for(|n| *n == 0).await;
     }
 }
 
 impl Drop for Hold<'_> {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.idle.notify_waiters();
-        }
+        self.0.in_flight.send_modify(|n| *n -= 1);
     }
 }
 
