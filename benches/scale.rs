@@ -28,7 +28,8 @@
 //!
 //! Run: `cargo bench --bench scale`. Sizes: `SCALE_TRUNKS` (10000), `SCALE_POLICIES`
 //! (500), `SCALE_BOTPOOLS` (500), `SCALE_NAMESPACES` (50), `SCALE_QUIET_SECS` (60),
-//! `SCALE_FLIPS` (20 Down+Up pairs); e.g. `SCALE_TRUNKS=1000 SCALE_POLICIES=50
+//! `SCALE_FLIPS` (20 Down+Up pairs); `SCALE_OPERATOR_LOG` sets the operator's
+//! `RUST_LOG` (default `warn`). E.g. `SCALE_TRUNKS=1000 SCALE_POLICIES=50
 //! SCALE_BOTPOOLS=50 SCALE_NAMESPACES=5 cargo bench --bench scale` for a quick run.
 //! Binds UDP 127.0.13.1–4:5060. Waits first until no namespace is being deleted (an
 //! earlier run's objects).
@@ -288,15 +289,19 @@ fn endpoint_state(trunk: &Trunk) -> EndpointState {
 
 /// `apiserver_request_total` summed by (verb, resource), watches left out.
 async fn apiserver_requests(client: &Client) -> BTreeMap<(String, String), f64> {
+    apiserver_series(client, "apiserver_request_total").await
+}
+
+/// One series family of the API server's `/metrics` (`family{labels} value` lines)
+/// summed by (verb, resource[/subresource]), watches and connections left out.
+async fn apiserver_series(client: &Client, family: &str) -> BTreeMap<(String, String), f64> {
     let req = http::Request::get("/metrics")
         .body(Vec::new())
         .expect("request");
     let text = client.request_text(req).await.expect("apiserver /metrics");
+    let prefix = format!("{family}{{");
     let mut out = BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-    {
+    for line in text.lines().filter(|l| l.starts_with(&prefix)) {
         let Some((labels, value)) = line.rsplit_once(' ') else {
             continue;
         };
@@ -319,6 +324,41 @@ async fn apiserver_requests(client: &Client) -> BTreeMap<(String, String), f64> 
         *out.entry((verb, resource)).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
     }
     out
+}
+
+/// The API server's request counts and mean latencies by (verb, resource), to compare
+/// two moments with [`ApiLoad::report`].
+struct ApiLoad {
+    count: BTreeMap<(String, String), f64>,
+    seconds: BTreeMap<(String, String), f64>,
+}
+
+impl ApiLoad {
+    async fn read(client: &Client) -> Self {
+        Self {
+            count: apiserver_series(client, "apiserver_request_duration_seconds_count").await,
+            seconds: apiserver_series(client, "apiserver_request_duration_seconds_sum").await,
+        }
+    }
+
+    /// What every client asked of the API server since `self`: the busiest (verb,
+    /// resource) pairs with their mean latency, so that a slow phase can be told apart
+    /// as the plane's (every request slow) or the operator's.
+    fn report(&self, after: &Self, what: &str, secs: f64) {
+        let count = delta(&self.count, &after.count);
+        let seconds = delta(&self.seconds, &after.seconds);
+        let total: f64 = count.values().sum();
+        let mut busiest: Vec<_> = count.iter().collect();
+        busiest.sort_by(|a, b| b.1.total_cmp(a.1));
+        println!(
+            "  API server during {what} ({secs:.1} s, every client): {total} requests ({:.0}/s); busiest, with mean latency:",
+            total / secs.max(0.001)
+        );
+        for (key, n) in busiest.into_iter().take(8) {
+            let mean = seconds.get(key).copied().unwrap_or(0.0) / n * 1000.0;
+            println!("    {:<7} {:<32} {n:>7} {mean:>8.1} ms", key.0, key.1);
+        }
+    }
 }
 
 fn delta(
@@ -412,8 +452,14 @@ async fn run(sizes: Sizes) {
         })
         .args(["--probe-allow", "127.0.0.0/8"])
         .env("KUBECONFIG", common::kubeconfig_path())
-        .env("RUST_LOG", "warn")
+        // SCALE_OPERATOR_LOG (a RUST_LOG filter) turns on more of the operator's log,
+        // e.g. to time its start-up phases; the figures then include the logging.
+        .env(
+            "RUST_LOG",
+            std::env::var("SCALE_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env("NO_COLOR", "1");
+    let load_before = ApiLoad::read(&client).await;
     let started = Instant::now();
     let mut operator = Operator::spawn("operator", &mut cmd, &addr, Some(&log));
     let pid = operator.process.id();
@@ -476,6 +522,11 @@ async fn run(sizes: Sizes) {
         "scale: every policy's routing written {:.2} s after the operator started (target < 30 s: ratio {:.2})",
         all_written.as_secs_f64(),
         all_written.as_secs_f64() / 30.0
+    );
+    load_before.report(
+        &ApiLoad::read(&client).await,
+        "the start",
+        started.elapsed().as_secs_f64(),
     );
     let mut last_change = Instant::now();
     let mut changes = 0usize;

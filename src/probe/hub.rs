@@ -14,6 +14,9 @@ use crate::crd::{EndpointState, ProbeSpec};
 use crate::lock;
 use crate::telemetry::{Metrics, ReasonLabels, StateLabels};
 
+mod owners;
+use owners::Owners;
+
 /// How often an owner is told that the RTT of an Up endpoint changed, at most.
 pub const RTT_REFRESH: Duration = Duration::from_secs(30);
 
@@ -24,16 +27,10 @@ pub(super) struct Inner {
     /// another owner of their namespace shrinks or goes).
     refused: Mutex<HashMap<String, Vec<ProbeTarget>>>,
     changes: broadcast::Sender<String>,
-    owners: Mutex<HashMap<String, Owner>>,
+    owners: Mutex<Owners>,
     prober: Arc<Prober>,
     shutdown: CancellationToken,
     runtime: Mutex<Option<tokio::runtime::Handle>>,
-}
-
-#[derive(Default)]
-struct Owner {
-    order: Vec<String>,
-    endpoints: HashMap<String, Arc<Endpoint>>,
 }
 
 struct Endpoint {
@@ -78,7 +75,7 @@ impl Inner {
             quotas: config.quotas,
             refused: Mutex::new(HashMap::new()),
             changes,
-            owners: Mutex::new(HashMap::new()),
+            owners: Mutex::default(),
             prober: Arc::new(
                 Prober::new(shutdown.clone(), config.policy, config.dns)
                     .with_source(config.source, config.source_port),
@@ -119,46 +116,48 @@ impl Inner {
         let mut refused = lock(&self.refused);
         if let Some(why) = self.over_quota(&owners, owner_key, &targets) {
             tracing::warn!(owner = owner_key, reason = %why, "probe quota exceeded; endpoints not probed");
-            let owner = owners.entry(owner_key.to_string()).or_default();
-            for (_, gone) in owner.endpoints.drain() {
-                self.stop(&gone);
-            }
-            owner.order = targets.iter().map(|t| t.uri.clone()).collect();
-            for t in &targets {
-                owner
-                    .endpoints
-                    .entry(t.uri.clone())
-                    .or_insert_with(|| Arc::new(Endpoint::refused(t, &why)));
-            }
+            owners.update(owner_key, |owner| {
+                for (_, gone) in owner.endpoints.drain() {
+                    self.stop(&gone);
+                }
+                owner.order = targets.iter().map(|t| t.uri.clone()).collect();
+                for t in &targets {
+                    owner
+                        .endpoints
+                        .entry(t.uri.clone())
+                        .or_insert_with(|| Arc::new(Endpoint::refused(t, &why)));
+                }
+            });
             refused.insert(owner_key.to_string(), targets);
             return Admission::QuotaExceeded(why);
         }
         refused.remove(owner_key);
-        let owner = owners.entry(owner_key.to_string()).or_default();
-        let mut next: HashMap<String, Arc<Endpoint>> = HashMap::new();
-        let mut order = Vec::with_capacity(targets.len());
-        for t in targets {
-            order.push(t.uri.clone());
-            if next.contains_key(&t.uri) {
-                continue;
-            }
-            let endpoint = match owner.endpoints.remove(&t.uri) {
-                Some(old) if old.spec == t.spec && old.tls == t.tls && !old.is_refused() => old,
-                Some(old) if !old.is_refused() => {
-                    // New settings: restart the schedule but keep what we know.
-                    old.stop.cancel();
-                    let kept = lock(&old.health).health.clone();
-                    self.start(&runtime, owner_key, t, kept, false)
+        owners.update(owner_key, |owner| {
+            let mut next: HashMap<String, Arc<Endpoint>> = HashMap::new();
+            let mut order = Vec::with_capacity(targets.len());
+            for t in targets {
+                order.push(t.uri.clone());
+                if next.contains_key(&t.uri) {
+                    continue;
                 }
-                _ => self.start(&runtime, owner_key, t, HealthState::default(), true),
-            };
-            next.insert(endpoint.uri.clone(), endpoint);
-        }
-        for (_, gone) in owner.endpoints.drain() {
-            self.stop(&gone);
-        }
-        owner.order = order;
-        owner.endpoints = next;
+                let endpoint = match owner.endpoints.remove(&t.uri) {
+                    Some(old) if old.spec == t.spec && old.tls == t.tls && !old.is_refused() => old,
+                    Some(old) if !old.is_refused() => {
+                        // New settings: restart the schedule but keep what we know.
+                        old.stop.cancel();
+                        let kept = lock(&old.health).health.clone();
+                        self.start(&runtime, owner_key, t, kept, false)
+                    }
+                    _ => self.start(&runtime, owner_key, t, HealthState::default(), true),
+                };
+                next.insert(endpoint.uri.clone(), endpoint);
+            }
+            for (_, gone) in owner.endpoints.drain() {
+                self.stop(&gone);
+            }
+            owner.order = order;
+            owner.endpoints = next;
+        });
         drop(refused);
         drop(owners);
         self.readmit();
@@ -169,26 +168,20 @@ impl Inner {
     /// The owner's current endpoints are not counted against it.
     fn over_quota(
         &self,
-        owners: &HashMap<String, Owner>,
+        owners: &Owners,
         owner_key: &str,
         targets: &[ProbeTarget],
     ) -> Option<String> {
-        let ns = namespace_of(owner_key);
-        let (mut endpoints, mut rate) = (0usize, 0f64);
-        for (key, owner) in owners.iter() {
-            if key == owner_key || namespace_of(key) != ns {
-                continue;
-            }
-            for e in owner.endpoints.values().filter(|e| !e.is_refused()) {
-                endpoints += 1;
-                rate += 1.0 / f64::from(e.spec.period_seconds.max(1));
-            }
+        if self.quotas == Quotas::default() {
+            return None;
         }
+        let ns = namespace_of(owner_key);
+        let mut usage = owners.usage_without(owner_key);
         let mut seen = std::collections::HashSet::new();
         for t in targets.iter().filter(|t| seen.insert(&t.uri)) {
-            endpoints += 1;
-            rate += 1.0 / f64::from(t.spec.period_seconds.max(1));
+            usage.add(&t.spec);
         }
+        let (endpoints, rate) = (usage.endpoints, usage.rate());
         if let Some(max) = self.quotas.max_endpoints_per_namespace
             && endpoints > max
         {
@@ -317,10 +310,7 @@ impl Inner {
     pub(super) fn uri_states(&self, namespace: &str) -> HashMap<String, EndpointState> {
         let owners = lock(&self.owners);
         let mut out = HashMap::new();
-        for (key, owner) in owners.iter() {
-            if namespace_of(key) != namespace {
-                continue;
-            }
+        for (_, owner) in owners.in_namespace(namespace) {
             for e in owner.endpoints.values() {
                 let state = lock(&e.health).health.state;
                 // Two owners probing one URI: a judged state beats Unknown.
@@ -378,7 +368,7 @@ impl Inner {
     pub(super) fn shutdown(&self) {
         self.shutdown.cancel();
         let mut owners = lock(&self.owners);
-        for (_, owner) in owners.drain() {
+        for owner in owners.drain() {
             for e in owner.endpoints.values() {
                 self.stop(e);
             }
