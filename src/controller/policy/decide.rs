@@ -47,30 +47,78 @@ pub enum Routing {
     Stale,
     /// Exists and is not lifeline's: left alone.
     Conflict(String),
+    /// Not in any cache yet, but this process wrote this very content a moment ago:
+    /// not written again. Looked at again after `recheck`, so that a ConfigMap removed
+    /// before the watch showed it is still written.
+    Unseen {
+        /// Time left of [`UNSEEN_WRITE_GRACE`].
+        recheck: std::time::Duration,
+    },
 }
 
-/// Compare the routing ConfigMap as the caches show it with the rendered routing.
+/// How long a first routing this process wrote may stay out of the caches before it is
+/// written again. The watch shows it within milliseconds, or seconds under a start-up
+/// burst; a policy's own status write triggers its next pass before that (at 500
+/// policies, that pass wrote 420 first routings a second time).
+pub const UNSEEN_WRITE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A routing write of this process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// The content hash written.
+    pub hash: String,
+    /// The resourceVersion the write produced.
+    pub version: String,
+    /// When the write returned.
+    pub at: std::time::Instant,
+}
+
+/// The routing ConfigMap's content as rendered from the plan.
+#[derive(Clone, Copy, Debug)]
+pub struct Rendered<'a> {
+    /// The data key of the routing text (by format).
+    pub data_key: &'a str,
+    /// The routing text's content hash.
+    pub hash: &'a str,
+    /// The edges' probe list.
+    pub probes: &'a str,
+}
+
+/// Compare the routing ConfigMap as the caches show it with the `rendered` routing.
 ///
 /// `exists` says whether a ConfigMap of that name exists at all (from the metadata
 /// cache of every ConfigMap), `cached` is its full version if it carries lifeline's
 /// label (from the cache of lifeline's ConfigMaps). `written` is what this process
-/// wrote last (hash and resourceVersion): a cache that has not caught up with our own
-/// write yet is not a reason to write again.
+/// wrote last: a cache that has not caught up with our own write yet is not a reason to
+/// write again (`now` tells how long ago it was).
 pub fn routing(
     policy: &FallbackPolicy,
     exists: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference]>,
     cached: Option<&ConfigMap>,
-    data_key: &str,
-    hash: &str,
-    probes: &str,
-    written: Option<&(String, String)>,
+    rendered: Rendered<'_>,
+    written: Option<&Written>,
+    now: std::time::Instant,
 ) -> Routing {
+    let Rendered {
+        data_key,
+        hash,
+        probes,
+    } = rendered;
     let cm_name = &policy.spec.routing_config_map.name;
     let uid = policy.meta().uid.as_ref();
+    // Missing from the full cache: to be written, unless this process has just written
+    // this very content and the watch has not shown it yet.
+    let missing = || match written {
+        Some(w) if w.hash == hash => UNSEEN_WRITE_GRACE
+            .checked_sub(now.saturating_duration_since(w.at))
+            .filter(|left| !left.is_zero())
+            .map_or(Routing::Stale, |recheck| Routing::Unseen { recheck }),
+        _ => Routing::Stale,
+    };
     let (owners, labelled) = match (cached, exists) {
         (Some(cm), _) => (cm.owner_references(), true),
         (None, Some(owners)) => (owners, false),
-        (None, None) => return Routing::Stale,
+        (None, None) => return missing(),
     };
     let ours = owners.iter().any(|o| Some(&o.uid) == uid);
     // Adopt only a ConfigMap lifeline created (e.g. before its owner was recreated).
@@ -83,8 +131,10 @@ pub fn routing(
         return Routing::Conflict(cm_name.clone());
     }
     let Some(cm) = cached else {
-        // Ours by owner, but without lifeline's label (removed by hand): rewrite it.
-        return Routing::Stale;
+        // Ours by owner, but not (yet) in the cache of lifeline's labelled ConfigMaps:
+        // its label was removed by hand (rewrite it), or that watch is behind the
+        // metadata watch.
+        return missing();
     };
     let same_hash = cm
         .annotations()
@@ -107,11 +157,11 @@ pub fn routing(
     }
     // Our own write of this very content that the cache has not shown yet.
     let version = |v: Option<&String>| v.and_then(|v| v.parse::<u64>().ok());
-    if let Some((written_hash, written_version)) = written
-        && written_hash == hash
+    if let Some(w) = written
+        && w.hash == hash
         && let (Some(cached), Some(ours)) = (
             version(cm.metadata.resource_version.as_ref()),
-            version(Some(written_version)),
+            version(Some(&w.version)),
         )
         && cached < ours
     {

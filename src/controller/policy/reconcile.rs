@@ -5,7 +5,7 @@ use std::sync::Arc;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
-use super::decide::Routing;
+use super::decide::{Routing, Written};
 use super::state::{Key, PolicyCtx, lock};
 use super::{CONTROLLER, Error, apply, decide, desired_status, observe, owner_key};
 use crate::controller::runtime::{Guarded, apply_status, parsed, reconcile_parsed};
@@ -128,10 +128,13 @@ async fn reconcile_policy(
         policy,
         owners.as_deref(),
         cached.as_deref(),
-        crate::routing::data_key(format),
-        &hash,
-        &probes,
+        decide::Rendered {
+            data_key: crate::routing::data_key(format),
+            hash: &hash,
+            probes: &probes,
+        },
         written.as_ref(),
+        std::time::Instant::now(),
     );
     let conflict = match &routing {
         Routing::Conflict(cm) => Some(cm.clone()),
@@ -178,7 +181,12 @@ async fn reconcile_policy(
         futures::join!(write_status, write_routing)
     };
     if let Some(Ok(Some(version))) = &routing_result {
-        lock(&pctx.written).insert(key.clone(), (uid.clone(), (hash.clone(), version.clone())));
+        let written = Written {
+            hash: hash.clone(),
+            version: version.clone(),
+            at: std::time::Instant::now(),
+        };
+        lock(&pctx.written).insert(key.clone(), (uid.clone(), written));
     }
     let Some(status_result) = status_result else {
         // leadership lost during the write: the next leader plans from the status
@@ -203,7 +211,10 @@ async fn reconcile_policy(
     lock(&pctx.region_counts).insert(key, decide::region_counts(&plan));
     pctx.publish_region_gauge();
 
-    let next = decide::next_pass(&plan, jiff::Timestamp::now());
+    let mut next = decide::next_pass(&plan, jiff::Timestamp::now());
+    if let Routing::Unseen { recheck } = routing {
+        next = next.min(recheck);
+    }
     Ok(match (&conflict, plan.next_wakeup) {
         // Permanent until the ConfigMap in the way goes or the spec names another one
         // (both are watched): only the plan's own timers bring us back.

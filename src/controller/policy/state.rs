@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use super::decide::Written;
 use super::{observe, owner_key};
 use crate::controller::runtime::BoundedWaits;
 use crate::controller::{Context, Retries};
@@ -12,8 +13,6 @@ use crate::plan::Plan;
 use crate::telemetry::StateLabels;
 
 pub(super) type Key = (String, String);
-/// A routing write: content hash and the resourceVersion it produced.
-pub(super) type Written = (String, String);
 
 /// Controller state beyond the shared [`Context`].
 pub(super) struct PolicyCtx {
@@ -21,8 +20,7 @@ pub(super) struct PolicyCtx {
     pub(super) caches: observe::Caches,
     /// Last plan per policy, with the policy's uid (a recreated policy starts afresh).
     pub(super) plans: Mutex<HashMap<Key, (String, Plan)>>,
-    /// The routing this process last wrote per policy: uid, content hash and the
-    /// resourceVersion the write produced.
+    /// The routing this process last wrote per policy, with the policy's uid.
     pub(super) written: Mutex<HashMap<Key, (String, Written)>>,
     /// Region states per policy, summed into the `regions{state}` gauge.
     pub(super) region_counts: Mutex<HashMap<Key, [i64; 4]>>,

@@ -42,6 +42,14 @@ fn cm(owners: Vec<OwnerReference>, labelled: bool, text: &str, hash: &str, rv: &
     cm
 }
 
+fn rendered<'a>(data_key: &'a str, hash: &'a str, probes: &'a str) -> Rendered<'a> {
+    Rendered {
+        data_key,
+        hash,
+        probes,
+    }
+}
+
 const PROBES: &str = "{\"version\": 1, \"targets\": []}\n";
 
 #[test]
@@ -50,16 +58,24 @@ fn routing_is_written_only_when_it_differs_and_foreign_maps_are_left_alone() {
     let text = "1 sip:127.0.0.1:5060 0 100\n";
     let h = crate::routing::content_hash(text);
     let key = "dispatcher.list";
+    let now = std::time::Instant::now();
     let current = cm(vec![owner("uid-1")], true, text, &h, "10");
     let r = |exists: Option<&[OwnerReference]>,
              cached: Option<&ConfigMap>,
-             written: Option<&(String, String)>| {
-        routing(&p, exists, cached, key, &h, PROBES, written)
+             written: Option<&Written>| {
+        routing(&p, exists, cached, rendered(key, &h, PROBES), written, now)
     };
     let ours = [owner("uid-1")];
     // Other probe settings for the edges: the same routing is written again.
     assert_eq!(
-        routing(&p, Some(&ours[..]), Some(&current), key, &h, "{}", None),
+        routing(
+            &p,
+            Some(&ours[..]),
+            Some(&current),
+            rendered(key, &h, "{}"),
+            None,
+            now
+        ),
         Routing::Stale
     );
 
@@ -88,11 +104,68 @@ fn routing_is_written_only_when_it_differs_and_foreign_maps_are_left_alone() {
     assert_eq!(r(Some(&ours[..]), None, None), Routing::Stale);
     // The cache still shows version 9 while we wrote this content as version 10.
     let old = cm(vec![owner("uid-1")], true, "old\n", "old", "9");
-    let written = (h.clone(), "10".to_string());
+    let written = Written {
+        hash: h.clone(),
+        version: "10".into(),
+        at: now,
+    };
     assert_eq!(r(None, Some(&old), Some(&written)), Routing::Current);
     // …but a later version that differs is an edit to undo.
     let later = cm(vec![owner("uid-1")], true, "old\n", "old", "11");
     assert_eq!(r(None, Some(&later), Some(&written)), Routing::Stale);
+}
+
+#[test]
+fn a_first_routing_no_cache_shows_yet_is_not_written_again_for_a_while() {
+    let p = policy();
+    let text = "1 sip:127.0.0.1:5060 0 100\n";
+    let h = crate::routing::content_hash(text);
+    let wrote = std::time::Instant::now();
+    let written = Written {
+        hash: h.clone(),
+        version: "10".into(),
+        at: wrote,
+    };
+    let r = |written: Option<&Written>, after: std::time::Duration| {
+        routing(
+            &p,
+            None,
+            None,
+            rendered("dispatcher.list", &h, PROBES),
+            written,
+            wrote + after,
+        )
+    };
+    // The policy's own status write brings it back before the ConfigMap watch shows
+    // the routing it has just written: nothing to write, look again in a moment.
+    assert_eq!(
+        r(Some(&written), std::time::Duration::from_millis(60)),
+        Routing::Unseen {
+            recheck: UNSEEN_WRITE_GRACE - std::time::Duration::from_millis(60)
+        }
+    );
+    // The same when only the metadata watch has shown it so far.
+    let ours = [owner("uid-1")];
+    assert!(matches!(
+        routing(
+            &p,
+            Some(&ours[..]),
+            None,
+            rendered("dispatcher.list", &h, PROBES),
+            Some(&written),
+            wrote
+        ),
+        Routing::Unseen { .. }
+    ));
+    // Still missing after the grace (removed before the watch showed it): written.
+    assert_eq!(r(Some(&written), UNSEEN_WRITE_GRACE), Routing::Stale);
+    // Another plan since, or nothing written by this process: written.
+    let other = Written {
+        hash: "other".into(),
+        ..written.clone()
+    };
+    assert_eq!(r(Some(&other), std::time::Duration::ZERO), Routing::Stale);
+    assert_eq!(r(None, std::time::Duration::ZERO), Routing::Stale);
 }
 
 #[test]
