@@ -29,7 +29,9 @@
 //! Run: `cargo bench --bench scale`. Sizes: `SCALE_TRUNKS` (10000), `SCALE_POLICIES`
 //! (500), `SCALE_BOTPOOLS` (500), `SCALE_NAMESPACES` (50), `SCALE_QUIET_SECS` (60),
 //! `SCALE_FLIPS` (20 Down+Up pairs); `SCALE_OPERATOR_LOG` sets the operator's
-//! `RUST_LOG` (default `warn`). E.g. `SCALE_TRUNKS=1000 SCALE_POLICIES=50
+//! `RUST_LOG` (default `warn`); the operator inherits the environment, so
+//! `LIFELINE_PROBE_MAX_ENDPOINTS_PER_NAMESPACE=2000 LIFELINE_PROBE_MAX_RATE_PER_NAMESPACE=1000`
+//! runs it with the chart's probe quotas (the bench's namespaces fit them). E.g. `SCALE_TRUNKS=1000 SCALE_POLICIES=50
 //! SCALE_BOTPOOLS=50 SCALE_NAMESPACES=5 cargo bench --bench scale` for a quick run.
 //! Binds UDP 127.0.13.1–4:5060. Waits first until no namespace is being deleted (an
 //! earlier run's objects).
