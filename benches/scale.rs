@@ -28,7 +28,8 @@
 //!
 //! Run: `cargo bench --bench scale`. Sizes: `SCALE_TRUNKS` (10000), `SCALE_POLICIES`
 //! (500), `SCALE_BOTPOOLS` (500), `SCALE_NAMESPACES` (50), `SCALE_QUIET_SECS` (60),
-//! `SCALE_FLIPS` (20 Down+Up pairs); `SCALE_OPERATOR_LOG` sets the operator's
+//! `SCALE_FLIPS` (50 Down+Up pairs: 100 transitions per phase, so that the p99 is the
+//! second-largest, not the maximum); `SCALE_OPERATOR_LOG` sets the operator's
 //! `RUST_LOG` (default `warn`); the operator inherits the environment, so
 //! `LIFELINE_PROBE_MAX_ENDPOINTS_PER_NAMESPACE=2000 LIFELINE_PROBE_MAX_RATE_PER_NAMESPACE=1000`
 //! runs it with the chart's probe quotas (the bench's namespaces fit them). E.g. `SCALE_TRUNKS=1000 SCALE_POLICIES=50
@@ -85,7 +86,7 @@ impl Sizes {
             pools: env_num("SCALE_BOTPOOLS", 500),
             namespaces: env_num("SCALE_NAMESPACES", 50).max(1),
             quiet: Duration::from_secs(env_num("SCALE_QUIET_SECS", 60) as u64),
-            flips: env_num("SCALE_FLIPS", 20),
+            flips: env_num("SCALE_FLIPS", 50),
         };
         assert!(
             s.trunks >= 2 * s.policies && s.policies >= s.namespaces && s.pools >= s.namespaces,
