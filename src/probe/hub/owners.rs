@@ -100,10 +100,17 @@ impl Owners {
                 self.usage.remove(ns);
             }
         }
-        self.by_namespace
-            .entry(ns.to_string())
-            .or_default()
-            .insert(key.to_string());
+        // Called on every Trunk reconcile: allocate only for a new owner.
+        match self.by_namespace.get_mut(ns) {
+            Some(keys) if keys.contains(key) => {}
+            Some(keys) => {
+                keys.insert(key.to_string());
+            }
+            None => {
+                self.by_namespace
+                    .insert(ns.to_string(), BTreeSet::from([key.to_string()]));
+            }
+        }
         result
     }
 
