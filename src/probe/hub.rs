@@ -132,7 +132,7 @@ impl Inner {
             return Admission::QuotaExceeded(why);
         }
         refused.remove(owner_key);
-        owners.update(owner_key, |owner| {
+        let freed = owners.update(owner_key, |owner| {
             let mut next: HashMap<String, Arc<Endpoint>> = HashMap::new();
             let mut order = Vec::with_capacity(targets.len());
             for t in targets {
@@ -160,7 +160,10 @@ impl Inner {
         });
         drop(refused);
         drop(owners);
-        self.readmit();
+        // Only a smaller owner can make room (most calls set the same targets again).
+        if freed {
+            self.readmit();
+        }
         Admission::Admitted
     }
 

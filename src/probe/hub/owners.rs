@@ -85,13 +85,15 @@ impl Owners {
         self.by_key.get(key)
     }
 
-    /// Change `key`'s owner (created empty if new) with `f`, keeping the indexes.
-    pub(super) fn update<R>(&mut self, key: &str, f: impl FnOnce(&mut Owner) -> R) -> R {
+    /// Change `key`'s owner (created empty if new) with `f`, keeping the indexes. True
+    /// when the owner costs less than before: an owner refused for quota may fit now.
+    pub(super) fn update(&mut self, key: &str, f: impl FnOnce(&mut Owner)) -> bool {
         let ns = namespace_of(key);
         let owner = self.by_key.entry(key.to_string()).or_default();
         let before = Usage::of(owner);
-        let result = f(owner);
+        f(owner);
         let after = Usage::of(owner);
+        let freed = after.endpoints < before.endpoints || after.rate() < before.rate();
         if before != after {
             let usage = self.usage.entry(ns.to_string()).or_default();
             usage.minus(&before);
@@ -111,7 +113,7 @@ impl Owners {
                     .insert(ns.to_string(), BTreeSet::from([key.to_string()]));
             }
         }
-        result
+        freed
     }
 
     pub(super) fn remove(&mut self, key: &str) -> Option<Owner> {
@@ -180,13 +182,13 @@ mod tests {
         Arc::new(e)
     }
 
-    fn set(owners: &mut Owners, key: &str, endpoints: &[(&str, u32, bool)]) {
+    fn set(owners: &mut Owners, key: &str, endpoints: &[(&str, u32, bool)]) -> bool {
         owners.update(key, |owner| {
             owner.endpoints = endpoints
                 .iter()
                 .map(|(uri, period, refused)| (uri.to_string(), endpoint(uri, *period, *refused)))
                 .collect();
-        });
+        })
     }
 
     /// The kept totals equal a count over the namespace's owners from scratch.
@@ -218,21 +220,20 @@ mod tests {
     #[test]
     fn namespace_usage_follows_every_change() {
         let mut owners = Owners::default();
-        set(
-            &mut owners,
-            "trunk/a/one",
-            &[("sip:1@x", 5, false), ("sip:2@x", 1, false)],
-        );
-        set(&mut owners, "trunk/a/two", &[("sip:3@x", 5, false)]);
-        set(&mut owners, "trunk/b/one", &[("sip:4@x", 10, false)]);
+        let a_one = [("sip:1@x", 5, false), ("sip:2@x", 1, false)];
+        // New owners, and the same targets again (every reconcile): nothing freed.
+        assert!(!set(&mut owners, "trunk/a/one", &a_one));
+        assert!(!set(&mut owners, "trunk/a/one", &a_one));
+        assert!(!set(&mut owners, "trunk/a/two", &[("sip:3@x", 5, false)]));
+        assert!(!set(&mut owners, "trunk/b/one", &[("sip:4@x", 10, false)]));
         assert_consistent(&owners);
         let a = &owners.usage["a"];
         assert_eq!(a.endpoints, 3);
         assert!((a.rate() - (1.0 / 5.0 + 1.0 + 1.0 / 5.0)).abs() < 1e-12);
 
-        // A period changes, an endpoint goes, another is refused.
-        set(&mut owners, "trunk/a/one", &[("sip:1@x", 2, false)]);
-        set(&mut owners, "trunk/a/two", &[("sip:3@x", 5, true)]);
+        // A period changes, an endpoint goes, another is refused: quota freed.
+        assert!(set(&mut owners, "trunk/a/one", &[("sip:1@x", 2, false)]));
+        assert!(set(&mut owners, "trunk/a/two", &[("sip:3@x", 5, true)]));
         assert_consistent(&owners);
         assert_eq!(owners.usage["a"].endpoints, 1);
         assert!((owners.usage["a"].rate() - 0.5).abs() < 1e-12);
