@@ -8,6 +8,11 @@
 //!    the Trunk delivers the new status, and that → the routing delivered (the
 //!    operator's part: both ends are seen by watches of the same client, so the API
 //!    server's delivery delay is on both sides).
+//!    Between flips, the bench also measures the floor of the operator's hop on the same
+//!    plane: it applies a scratch ConfigMap the size of the routing itself (server-side
+//!    apply, as the operator writes) and times it until its own watch delivers it. The
+//!    operator's own share is "status seen → routing seen" less that floor; the least
+//!    the whole path can take here is the bench's patch plus that floor.
 //! 2. Leave everything alone for a quiet window and count the writes the operator
 //!    makes: ConfigMap and FallbackPolicy modifications seen by watches, and the
 //!    `configmap_writes` metric. Target: 0.
@@ -33,6 +38,9 @@ use kube::{Api, ResourceExt};
 use lifeline::crd::{FallbackPolicy, Trunk};
 use serde_json::json;
 
+/// Flips slower than this are listed one by one.
+const SLOW: Duration = Duration::from_millis(20);
+
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -56,18 +64,52 @@ async fn set_state(api: &Api<Trunk>, name: &str, uri: &str, up: bool) {
         .expect("patch trunk status");
 }
 
-/// Wait until the watch delivers a routing whose set 1 carries calls only to `want`.
+/// Apply the scratch ConfigMap with `text` (made unique by `n`) and time it until the
+/// watch delivers that version.
+async fn floor_write(
+    api: &Api<ConfigMap>,
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<(Instant, ConfigMap)>,
+    text: &str,
+    n: u64,
+) -> Duration {
+    while seen.try_recv().is_ok() {}
+    let text = format!("{text}# {n}\n");
+    let cm = json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "plane-floor" },
+        "data": { "dispatcher.list": text },
+    });
+    let start = Instant::now();
+    api.patch(
+        "plane-floor",
+        &PatchParams::apply("lifeline-bench").force(),
+        &Patch::Apply(&cm),
+    )
+    .await
+    .expect("apply the scratch ConfigMap");
+    loop {
+        let (at, cm) = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .expect("scratch ConfigMap within 10 s")
+            .expect("watch alive");
+        if cm.data.and_then(|d| d.get("dispatcher.list").cloned()) == Some(text.clone()) {
+            return at - start;
+        }
+    }
+}
+
+/// Wait until the watch delivers a routing whose set 1 carries calls only to `want`;
+/// returns when, and the routing's text.
 async fn wait_for(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<(Instant, String)>,
     want: &str,
-) -> Instant {
+) -> (Instant, String) {
     loop {
         let (at, text) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .expect("ConfigMap update within 10 s")
             .expect("watch alive");
         if weighted_set1(&text) == [want] {
-            return at;
+            return (at, text);
         }
     }
 }
@@ -153,8 +195,16 @@ async fn main() {
         watcher::Config::default().fields("metadata.name=fixed-cgn"),
     );
 
+    // The floor of the operator's hop: a scratch ConfigMap, written and watched the same way.
+    let floor_cms: Api<ConfigMap> = ns.api();
+    let mut floor_seen = timestamped(
+        floor_cms.clone(),
+        watcher::Config::default().fields("metadata.name=plane-floor"),
+    );
+
     let mut latencies = Vec::with_capacity(flips as usize);
     let (mut to_status, mut status_to_routing) = (Vec::new(), Vec::new());
+    let mut floor = Vec::with_capacity(flips as usize);
     for i in 0..flips {
         let up = i % 2 == 1;
         let want = if up {
@@ -166,9 +216,10 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         while rx.try_recv().is_ok() {}
         while trunk_seen.try_recv().is_ok() {}
-        let start = Instant::now();
+        let (start, wall) = (Instant::now(), std::time::SystemTime::now());
         set_state(&trunks, "fixed-cgn", "sip:127.0.20.10:5060", up).await;
-        let seen = wait_for(&mut rx, want).await;
+        let patched = Instant::now();
+        let (seen, routing_text) = wait_for(&mut rx, want).await;
         let status_seen = loop {
             let (at, trunk) = tokio::time::timeout(Duration::from_secs(10), trunk_seen.recv())
                 .await
@@ -181,13 +232,31 @@ async fn main() {
                 break at;
             }
         };
+        if seen - start > SLOW {
+            // With the wall time, to find the flip in the API server's and etcd's logs.
+            let at = wall
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            println!(
+                "  slow flip {i} at {}.{:06} (unix): patch answered {:.1} ms, status seen {:.1} ms, routing seen {:.1} ms",
+                at.as_secs(),
+                at.subsec_micros(),
+                (patched - start).as_secs_f64() * 1e3,
+                (status_seen - start).as_secs_f64() * 1e3,
+                (seen - start).as_secs_f64() * 1e3,
+            );
+        }
         latencies.push(seen - start);
         to_status.push(status_seen - start);
         status_to_routing.push(seen.saturating_duration_since(status_seen));
+
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        floor.push(floor_write(&floor_cms, &mut floor_seen, &routing_text, i).await);
     }
     latencies.sort();
     to_status.sort();
     status_to_routing.sort();
+    floor.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!("policy_latency: trunk status change -> routing ConfigMap update ({flips} flips)");
     println!(
@@ -212,6 +281,17 @@ async fn main() {
     println!(
         "  status seen -> routing seen p99 against the issue's 10 ms: ratio {:.2}",
         ms(percentile(&status_to_routing, 0.99)) / 10.0
+    );
+    println!(
+        "  plane floor, interleaved with the flips: a ConfigMap of the routing's size applied -> seen by its watch: p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms",
+        ms(percentile(&floor, 0.5)),
+        ms(percentile(&floor, 0.9)),
+        ms(percentile(&floor, 0.99)),
+    );
+    println!(
+        "    the operator's own share (status seen -> routing seen, less the floor): p50 {:.1} ms; the plane's two writes alone (patch -> status seen, plus the floor): p50 {:.1} ms",
+        ms(percentile(&status_to_routing, 0.5)) - ms(percentile(&floor, 0.5)),
+        ms(percentile(&to_status, 0.5)) + ms(percentile(&floor, 0.5)),
     );
 
     // Quiet window: settle, then count.
