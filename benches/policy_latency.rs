@@ -289,7 +289,7 @@ async fn main() {
         ms(percentile(&floor, 0.99)),
     );
     println!(
-        "    the operator's own share (status seen -> routing seen, less the floor): p50 {:.1} ms; the plane's two writes alone (patch -> status seen, plus the floor): p50 {:.1} ms",
+        "    the operator's own share (status seen -> routing seen, less the floor): p50 {:+.1} ms (below 0: the operator's watch saw the status before the bench's did); the plane's two writes alone (patch -> status seen, plus the floor): p50 {:.1} ms",
         ms(percentile(&status_to_routing, 0.5)) - ms(percentile(&floor, 0.5)),
         ms(percentile(&to_status, 0.5)) + ms(percentile(&floor, 0.5)),
     );
