@@ -554,6 +554,23 @@ async fn run(sizes: Sizes) {
         "the start",
         started.elapsed().as_secs_f64(),
     );
+    // The operator's own requests since it started (its counters start at 0): reads
+    // should be only the first list of each watch, no get inside a reconcile.
+    if let Some(text) = operator.scrape().await {
+        let own = operator_requests(&text);
+        let line: Vec<String> = own
+            .iter()
+            .map(|((verb, resource), n)| format!("{verb} {resource} {n}"))
+            .collect();
+        let gets = own
+            .iter()
+            .filter(|((verb, _), _)| verb == "get")
+            .fold(0.0, |sum, (_, n)| sum + n);
+        println!(
+            "  the operator's own requests so far (watches left out; {gets} get): {}",
+            line.join(", ")
+        );
+    }
     let mut last_change = Instant::now();
     let mut changes = 0usize;
     let settle_deadline = Instant::now() + Duration::from_secs(180);
