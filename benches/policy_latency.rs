@@ -54,6 +54,18 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// p50, p90, p99 and the maximum of sorted durations, in milliseconds.
+fn spread(sorted: &[Duration]) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    format!(
+        "p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        ms(percentile(sorted, 0.5)),
+        ms(percentile(sorted, 0.9)),
+        ms(percentile(sorted, 0.99)),
+        ms(sorted.last().copied().unwrap_or_default()),
+    )
+}
+
 async fn set_state(api: &Api<Trunk>, name: &str, uri: &str, up: bool) {
     let state = if up { "Up" } else { "Down" };
     let status = json!({ "status": {
@@ -272,35 +284,22 @@ async fn main() {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!("policy_latency: trunk status change -> routing ConfigMap update ({flips} flips)");
     println!(
-        "  p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms  (target p99 < 100 ms: ratio {:.2})",
-        ms(percentile(&latencies, 0.5)),
-        ms(percentile(&latencies, 0.9)),
-        ms(percentile(&latencies, 0.99)),
-        ms(*latencies.last().unwrap()),
+        "  {}  (target p99 < 100 ms: ratio {:.2})",
+        spread(&latencies),
         ms(percentile(&latencies, 0.99)) / 100.0
     );
-    for (what, v) in [
-        ("patch sent -> status seen", &to_status),
-        ("status seen -> routing seen", &status_to_routing),
-    ] {
-        println!(
-            "    {what}: p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
-            ms(percentile(v, 0.5)),
-            ms(percentile(v, 0.9)),
-            ms(percentile(v, 0.99)),
-            ms(*v.last().unwrap()),
-        );
-    }
+    println!("    patch sent -> status seen: {}", spread(&to_status));
+    println!(
+        "    status seen -> routing seen: {}",
+        spread(&status_to_routing)
+    );
     println!(
         "  status seen -> routing seen p99 against the issue's 10 ms: ratio {:.2}",
         ms(percentile(&status_to_routing, 0.99)) / 10.0
     );
     println!(
-        "  plane floor, interleaved with the flips: a ConfigMap of the routing's size applied -> seen by its watch: p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
-        ms(percentile(&floor, 0.5)),
-        ms(percentile(&floor, 0.9)),
-        ms(percentile(&floor, 0.99)),
-        ms(*floor.last().unwrap()),
+        "  plane floor, interleaved with the flips: a ConfigMap of the routing's size applied -> seen by its watch: {}",
+        spread(&floor)
     );
     println!(
         "    the operator's own share (status seen -> routing seen, less the floor): p50 {:+.1} ms (below 0: the operator's watch saw the status before the bench's did); the plane's two writes alone (patch -> status seen, plus the floor): p50 {:.1} ms",
