@@ -89,7 +89,18 @@ impl Owners {
     /// when the owner costs less than before: an owner refused for quota may fit now.
     pub(super) fn update(&mut self, key: &str, f: impl FnOnce(&mut Owner)) -> bool {
         let ns = namespace_of(key);
-        let owner = self.by_key.entry(key.to_string()).or_default();
+        // Called on every Trunk reconcile: the key is copied (and indexed) only for a
+        // new owner.
+        if !self.by_key.contains_key(key) {
+            self.by_key.insert(key.to_string(), Owner::default());
+            self.by_namespace
+                .entry(ns.to_string())
+                .or_default()
+                .insert(key.to_string());
+        }
+        let Some(owner) = self.by_key.get_mut(key) else {
+            unreachable!("inserted above");
+        };
         let before = Usage::of(owner);
         f(owner);
         let after = Usage::of(owner);
@@ -100,17 +111,6 @@ impl Owners {
             usage.plus(&after);
             if usage.endpoints == 0 {
                 self.usage.remove(ns);
-            }
-        }
-        // Called on every Trunk reconcile: allocate only for a new owner.
-        match self.by_namespace.get_mut(ns) {
-            Some(keys) if keys.contains(key) => {}
-            Some(keys) => {
-                keys.insert(key.to_string());
-            }
-            None => {
-                self.by_namespace
-                    .insert(ns.to_string(), BTreeSet::from([key.to_string()]));
             }
         }
         freed
