@@ -39,6 +39,10 @@ use kube::{Api, ResourceExt};
 use lifeline::crd::{FallbackPolicy, Trunk};
 use serde_json::json;
 
+/// The endpoints of the flipped Trunk (tier 1) and of the fallback (tier 2).
+const FIXED: &str = "sip:127.0.20.10:5060";
+const MOBILE: &str = "sip:127.0.20.11:5060";
+
 /// Flips slower than this are listed one by one.
 const SLOW: Duration = Duration::from_millis(20);
 
@@ -137,10 +141,7 @@ async fn main() {
     let (ns, metrics) = (&harness.ns, harness.metrics());
 
     let trunks: Api<Trunk> = ns.api();
-    for (name, uri) in [
-        ("fixed-cgn", "sip:127.0.20.10:5060"),
-        ("mobile-cgn", "sip:127.0.20.11:5060"),
-    ] {
+    for (name, uri) in [("fixed-cgn", FIXED), ("mobile-cgn", MOBILE)] {
         let t: Trunk = serde_json::from_value(json!({
             "apiVersion": "lifeline.dev/v1alpha1", "kind": "Trunk", "metadata": { "name": name },
             "spec": { "region": "cologne", "endpoints": [{ "uri": uri }] },
@@ -201,7 +202,7 @@ async fn main() {
         });
     }
 
-    wait_for(&mut rx, "sip:127.0.20.10:5060").await;
+    wait_for(&mut rx, FIXED).await;
     // The flipped Trunk as a watch delivers it.
     let mut trunk_seen = timestamped(
         trunks.clone(),
@@ -221,27 +222,19 @@ async fn main() {
     // One Down/Up pair first, not counted: the bench's first status patch of a run took
     // 40-50 ms (its own request, before the operator has anything to do).
     for up in [false, true] {
-        let want = if up {
-            "sip:127.0.20.10:5060"
-        } else {
-            "sip:127.0.20.11:5060"
-        };
-        set_state(&trunks, "fixed-cgn", "sip:127.0.20.10:5060", up).await;
+        let want = if up { FIXED } else { MOBILE };
+        set_state(&trunks, "fixed-cgn", FIXED, up).await;
         wait_for(&mut rx, want).await;
     }
     for i in 0..flips {
         let up = i % 2 == 1;
-        let want = if up {
-            "sip:127.0.20.10:5060"
-        } else {
-            "sip:127.0.20.11:5060"
-        };
+        let want = if up { FIXED } else { MOBILE };
         // Let the previous write settle so that flips do not overlap.
         tokio::time::sleep(Duration::from_millis(100)).await;
         while rx.try_recv().is_ok() {}
         while trunk_seen.try_recv().is_ok() {}
         let (start, wall) = (Instant::now(), std::time::SystemTime::now());
-        set_state(&trunks, "fixed-cgn", "sip:127.0.20.10:5060", up).await;
+        set_state(&trunks, "fixed-cgn", FIXED, up).await;
         let patched = Instant::now();
         let (seen, routing_text) = wait_for(&mut rx, want).await;
         let status_seen = loop {

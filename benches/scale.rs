@@ -295,6 +295,13 @@ async fn apiserver_requests(client: &Client) -> BTreeMap<(String, String), f64> 
     apiserver_series(client, "apiserver_request_total").await
 }
 
+/// One line per (verb, resource) and count, after `who` and before `why`.
+fn print_rows(who: &str, rows: &[(&(String, String), &f64)], why: &str) {
+    for ((verb, resource), n) in rows {
+        println!("  {who}{verb:<7} {resource:<40} {n}{why}");
+    }
+}
+
 /// The value of label `name` in a Prometheus label set (`{a="x",b="y"}`), or "".
 fn label(labels: &str, name: &str) -> String {
     labels
@@ -307,31 +314,23 @@ fn label(labels: &str, name: &str) -> String {
 
 /// The operator's `lifeline_api_requests_total` by (verb, resource), watches left out.
 fn operator_requests(text: &str) -> BTreeMap<(String, String), f64> {
-    let mut out = BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("lifeline_api_requests_total{"))
-    {
-        let Some((labels, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let verb = label(labels, "verb");
-        if verb == "watch" {
-            continue;
-        }
-        *out.entry((verb, label(labels, "resource"))).or_insert(0.0) +=
-            value.parse::<f64>().unwrap_or(0.0);
-    }
-    out
+    requests_by_verb(text, "lifeline_api_requests_total")
 }
 
-/// One series family of the API server's `/metrics` (`family{labels} value` lines)
-/// summed by (verb, resource[/subresource]), watches and connections left out.
+/// One series family of the API server's `/metrics`, as [`requests_by_verb`] sums it.
 async fn apiserver_series(client: &Client, family: &str) -> BTreeMap<(String, String), f64> {
     let req = http::Request::get("/metrics")
         .body(Vec::new())
         .expect("request");
     let text = client.request_text(req).await.expect("apiserver /metrics");
+    requests_by_verb(&text, family)
+}
+
+/// A request series family (`family{labels} value` lines, with `verb` and `resource`
+/// labels and perhaps `subresource`) summed by (verb, resource[/subresource]), watches
+/// and connections left out. The API server's verbs are upper case, the operator's
+/// audit verbs lower case (its resource already carries `/status`).
+fn requests_by_verb(text: &str, family: &str) -> BTreeMap<(String, String), f64> {
     let prefix = format!("{family}{{");
     let mut out = BTreeMap::new();
     for line in text.lines().filter(|l| l.starts_with(&prefix)) {
@@ -340,7 +339,7 @@ async fn apiserver_series(client: &Client, family: &str) -> BTreeMap<(String, St
         };
         let label = |name: &str| label(labels, name);
         let verb = label("verb");
-        if verb == "WATCH" || verb == "CONNECT" {
+        if verb.eq_ignore_ascii_case("watch") || verb.eq_ignore_ascii_case("connect") {
             continue;
         }
         let resource = match label("subresource").as_str() {
@@ -564,10 +563,10 @@ async fn run(sizes: Sizes) {
             .collect();
         let gets = own
             .iter()
-            .filter(|((verb, _), _)| verb == "get")
+            .filter(|((verb, resource), _)| verb == "get" && !resource.starts_with("leases"))
             .fold(0.0, |sum, (_, n)| sum + n);
         println!(
-            "  the operator's own requests so far (watches left out; {gets} get): {}",
+            "  the operator's own requests so far (watches left out; {gets} get beside leader election's Lease): {}",
             line.join(", ")
         );
     }
@@ -859,12 +858,8 @@ async fn report_quiet_and_memory(
             count(&own, true),
             count(&own, false),
         );
-        for ((verb, resource), n) in &own {
-            println!("  operator {verb:<7} {resource:<40} {n}");
-        }
-        for ((verb, resource), n) in &lease {
-            println!("  operator {verb:<7} {resource:<40} {n}  (leader election)");
-        }
+        print_rows("operator ", &own, "");
+        print_rows("operator ", &lease, "  (leader election)");
     } else {
         println!(
             "scale: quiet window of {quiet_secs:.0} s: this operator does not export lifeline_api_requests_total, only the API server's counts below; routing ConfigMap changes seen {cm_changes}"
@@ -875,12 +870,8 @@ async fn report_quiet_and_memory(
         count(&ours, true),
         count(&ours, false),
     );
-    for ((verb, resource), n) in &ours {
-        println!("  {verb:<7} {resource:<40} {n}");
-    }
-    for ((verb, resource), n) in &apart {
-        println!("  {verb:<7} {resource:<40} {n}  (leader election / kubelet heartbeat)");
-    }
+    print_rows("", &ours, "");
+    print_rows("", &apart, "  (leader election / kubelet heartbeat)");
     let family = |text: &str, name: &str| -> f64 {
         text.lines()
             .filter(|l| l.starts_with(name))
